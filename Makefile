@@ -1,0 +1,43 @@
+# One-word entry points. `make lab` and `make test` set everything up themselves (idempotent).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export D2L_EXT_PRESET ?=
+
+.PHONY: lab test setup unit notebooks lint format export check bench clean
+
+lab: setup  ## prepare everything and open JupyterLab on the notebooks
+	$(BIN)/jupyter lab notebooks/
+
+test: setup  ## prepare everything, then lint, unit tests and every notebook in the ci preset
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	D2L_EXT_PRESET=ci $(BIN)/pytest tests notebooks --nbval-lax
+
+setup:  ## data set, .venv with torch, d2l (without its pins) and this package
+	PYTHON=$(PYTHON) VENV=$(VENV) bash tools/setup.sh
+
+unit: setup
+	$(BIN)/pytest tests
+
+notebooks: setup
+	D2L_EXT_PRESET=ci $(BIN)/pytest notebooks --nbval-lax
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: setup  ## fix lint, format, and strip notebook outputs
+	$(BIN)/ruff check --fix . ; $(BIN)/ruff format .
+	$(BIN)/nbstripout notebooks/*.ipynb
+
+export: setup  ## regenerate d2l_ext's topic modules from the notebooks' #@save cells
+	$(BIN)/python tools/export.py
+
+check: setup
+	$(BIN)/python tools/export.py --check
+
+bench: setup  ## time to accuracy: the book's settings against the demo preset
+	$(BIN)/python benchmarks/time_to_accuracy.py
+
+clean:
+	rm -rf $(VENV) build

@@ -1,0 +1,253 @@
+"""Run presets: one knob, ``D2L_EXT_PRESET``, and the settings of every training in the notebooks.
+
+* ``ci``   the same code end to end on a fixed, class-balanced 10,000-image training subset and a
+           1,000-image test subset, a fixed number of steps (so the result does not depend on the
+           machine's speed), seconds per model: what the test suite executes.
+* ``demo`` what an instructor runs live on a laptop CPU: the full data set, at most a minute of
+           training per model, shaped for the machine (native 28x28 input, a stem for small
+           images, narrow stages, a one-cycle schedule that follows the clock).
+* ``full`` the book's settings (resolution, epochs, learning rate); meant for a GPU.
+
+The default is ``full`` where CUDA has a GPU and ``demo`` elsewhere. A notebook asks for its
+experiment by name, ``cfg = experiment('resnet')``, which prints the preset in force, the settings
+and the expected time; it then builds ``FashionMNIST(**cfg.data)``, the model from ``cfg.model``
+and ``Trainer(**cfg.trainer)``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["EXPERIMENTS", "PRESETS", "Experiment", "current_preset", "experiment"]
+
+PRESETS = ("ci", "demo", "full")
+
+
+def current_preset() -> str:
+    """The preset in force: ``$D2L_EXT_PRESET``, else ``full`` with a CUDA GPU and ``demo`` without."""
+    name = os.environ.get("D2L_EXT_PRESET", "").strip().lower()
+    if not name:
+        return "full" if torch.cuda.is_available() else "demo"
+    if name not in PRESETS:
+        raise ValueError(f"D2L_EXT_PRESET={name!r} is not a preset; use one of {', '.join(PRESETS)}.")
+    return name
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """The settings of one training under one preset."""
+
+    name: str
+    preset: str
+    data: dict[str, Any]
+    model: dict[str, Any]
+    trainer: dict[str, Any]
+    seconds: float  # expected wall time of the training cell (2-core CPU; GPU for ``full``)
+    about: str = ""  # what is scaled relative to the book, and why
+    extra: dict[str, Any] = field(default_factory=dict)  # experiment-specific knobs
+
+    def __str__(self) -> str:
+        def fmt(d: dict[str, Any]) -> str:
+            return ", ".join(f"{k}={v!r}" for k, v in d.items()) or "-"
+
+        where = "a GPU" if self.preset == "full" else "a 2-core CPU"
+        lines = [
+            f"Experiment {self.name!r} under preset {self.preset!r} "
+            f"(set D2L_EXT_PRESET to one of {', '.join(PRESETS)} to change it)",
+            f"  data:     {fmt(self.data)}",
+            f"  model:    {fmt(self.model)}",
+            f"  trainer:  {fmt(self.trainer)}",
+        ]
+        if self.extra:
+            lines.append(f"  also:     {fmt(self.extra)}")
+        lines.append(f"  expected: about {self.seconds:.0f} s on {where}")
+        if self.about:
+            lines.append(f"  why:      {self.about}")
+        return "\n".join(lines)
+
+
+# Data shapes shared by many experiments.
+_CI_DATA = dict(train_subset=10_000, val_subset=1_000)  # fixed, class-balanced subsets
+# The recipe that shapes a run for a small CPU (../PERFORMANCE study): SGD with Nesterov momentum
+# under a one-cycle schedule, weight decay, label smoothing, channels-last.
+_FAST = dict(
+    optimizer="sgd",
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    schedule="onecycle",
+    label_smoothing=0.1,
+    channels_last=True,
+)
+# A timed demo evaluates once, at the end: evaluating 10,000 images every epoch would eat the minute.
+_DEMO = dict(_FAST, max_epochs=1000, time_budget=60, eval_every=0)
+_BOOK = dict(max_epochs=10, channels_last=True, amp=True)  # the book's run, plus GPU speed-ups
+_SMALL_STEM = dict(stem_kernel=3, stem_stride=1)
+_BOOK_STEM = dict(stem_kernel=7, stem_stride=2)
+_WHY_SMALL = (
+    "native 28x28 input instead of 96x96 (9x fewer pixels); a 3x3 stride-1 stem, since "
+    "7x7 stride 2 is meant for 224-pixel images; one block per stage with widths "
+    "16-32-64-128, so that more epochs fit in the minute"
+)
+_WHY_CI = "a 10,000-image training subset and a fixed step count, so CI takes seconds"
+
+
+def _three(ci: dict, demo: dict, full: dict) -> dict[str, dict[str, Any]]:
+    return {"ci": ci, "demo": demo, "full": full}
+
+
+EXPERIMENTS: dict[str, dict[str, dict[str, Any]]] = {
+    # ---- 01_batch_norm -------------------------------------------------------------------
+    "lenet": _three(
+        ci=dict(
+            data=dict(batch_size=128, **_CI_DATA),
+            model=dict(lr=0.1),
+            trainer=dict(max_epochs=3),
+            seconds=10,
+            about=_WHY_CI,
+        ),
+        demo=dict(
+            data=dict(batch_size=128),
+            model=dict(lr=0.1),
+            trainer=dict(max_epochs=1000, time_budget=30, eval_every=0),
+            seconds=35,
+            about="the book's LeNet and settings, stopped after 30 s",
+        ),
+        full=dict(
+            data=dict(batch_size=128),
+            model=dict(lr=0.1),
+            trainer=dict(max_epochs=10),
+            seconds=120,
+            about="the book's settings",
+        ),
+    ),
+    "bn_lenet": _three(
+        ci=dict(
+            data=dict(batch_size=128, **_CI_DATA),
+            model=dict(lr=0.1),
+            trainer=dict(max_epochs=3),
+            seconds=12,
+            about=_WHY_CI,
+        ),
+        demo=dict(
+            data=dict(batch_size=128, normalize=True),
+            model=dict(lr=0.1),
+            trainer=dict(_DEMO),
+            seconds=65,
+            about="the book's BN-LeNet, trained for 60 s with a one-cycle schedule",
+        ),
+        full=dict(
+            data=dict(batch_size=128),
+            model=dict(lr=0.1),
+            trainer=dict(max_epochs=10),
+            seconds=180,
+            about="the book's settings",
+        ),
+    ),
+    # ---- 02_resnet -----------------------------------------------------------------------
+    "resnet": _three(
+        ci=dict(
+            data=dict(batch_size=128, normalize=True, **_CI_DATA),
+            model=dict(arch=((1, 16), (1, 32), (1, 64), (1, 128)), lr=0.1, **_SMALL_STEM),
+            trainer=dict(_FAST, max_epochs=100, max_steps=160),
+            seconds=15,
+            about=_WHY_CI,
+        ),
+        demo=dict(
+            data=dict(batch_size=256, normalize=True),
+            model=dict(arch=((1, 16), (1, 32), (1, 64), (1, 128)), lr=0.2, **_SMALL_STEM),
+            trainer=dict(_DEMO),
+            seconds=70,
+            about=_WHY_SMALL,
+        ),
+        full=dict(
+            data=dict(batch_size=128, resize=96),
+            model=dict(arch=((2, 64), (2, 128), (2, 256), (2, 512)), lr=0.01, **_BOOK_STEM),
+            trainer=dict(_BOOK),
+            seconds=600,
+            about="the book's ResNet-18 run",
+        ),
+    ),
+    # ---- 03_resnext ----------------------------------------------------------------------
+    "resnext": _three(
+        ci=dict(
+            data=dict(batch_size=128, normalize=True, **_CI_DATA),
+            model=dict(
+                arch=((1, 16), (1, 32), (1, 64), (1, 128)), groups=8, bot_mul=1, lr=0.1, **_SMALL_STEM
+            ),
+            trainer=dict(_FAST, max_epochs=100, max_steps=160),
+            seconds=15,
+            about=_WHY_CI,
+        ),
+        demo=dict(
+            data=dict(batch_size=256, normalize=True),
+            model=dict(
+                arch=((1, 16), (1, 32), (1, 64), (1, 128)), groups=8, bot_mul=1, lr=0.2, **_SMALL_STEM
+            ),
+            trainer=dict(_DEMO),
+            seconds=70,
+            about=_WHY_SMALL,
+        ),
+        full=dict(
+            data=dict(batch_size=128, resize=96),
+            model=dict(
+                arch=((2, 64), (2, 128), (2, 256), (2, 512)), groups=32, bot_mul=0.5, lr=0.05, **_BOOK_STEM
+            ),
+            trainer=dict(_BOOK),
+            seconds=900,
+            about="ResNet-18's stages with ResNeXt blocks, at the book's resolution",
+        ),
+    ),
+    # ---- 04_densenet ---------------------------------------------------------------------
+    "densenet": _three(
+        ci=dict(
+            data=dict(batch_size=128, normalize=True, **_CI_DATA),
+            model=dict(num_channels=32, growth_rate=16, arch=(2, 2, 2, 2), lr=0.1, **_SMALL_STEM),
+            trainer=dict(_FAST, max_epochs=100, max_steps=160),
+            seconds=15,
+            about=_WHY_CI,
+        ),
+        demo=dict(
+            data=dict(batch_size=128, normalize=True),
+            model=dict(num_channels=32, growth_rate=16, arch=(2, 2, 2, 2), lr=0.1, **_SMALL_STEM),
+            trainer=dict(_DEMO),
+            seconds=70,
+            about="native 28x28 input; a 3x3 stride-1 stem; 32 initial channels, growth "
+            "rate 16 and two convolutions per dense block, so more epochs fit",
+        ),
+        full=dict(
+            data=dict(batch_size=128, resize=96),
+            model=dict(num_channels=64, growth_rate=32, arch=(4, 4, 4, 4), lr=0.01, **_BOOK_STEM),
+            trainer=dict(_BOOK),
+            seconds=700,
+            about="the book's DenseNet run",
+        ),
+    ),
+}
+
+
+def experiment(name: str, preset: str | None = None, verbose: bool = True) -> Experiment:
+    """The settings of experiment ``name`` under ``preset`` (default: the one in force), printed."""
+    if name not in EXPERIMENTS:
+        raise KeyError(f"No experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}.")
+    preset = preset or current_preset()
+    if preset not in PRESETS:
+        raise ValueError(f"{preset!r} is not a preset; use one of {', '.join(PRESETS)}.")
+    spec = EXPERIMENTS[name][preset]
+    exp = Experiment(
+        name=name,
+        preset=preset,
+        data=dict(spec["data"]),
+        model=dict(spec["model"]),
+        trainer=dict(spec["trainer"]),
+        seconds=spec["seconds"],
+        about=spec.get("about", ""),
+        extra=dict(spec.get("extra", {})),
+    )
+    if verbose:
+        print(exp)
+    return exp
