@@ -25,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "#@save"
+# `ruff format` rewrites a trailing `#@save` as `# @save`; both mark a definition.
+MARK_RE = re.compile(r"#\s*@save\s*$")
 HEADER = "# Generated from {nb} by tools/export.py. Do not edit: change the notebook and run `make export`."
 NAME = re.compile(r"^\d\d_(?P<topic>[a-z][a-z0-9_]*)\.ipynb$")
 
@@ -44,7 +46,7 @@ def saved_chunks(notebook: Path) -> tuple[list[str], list[str]]:
         if cell["cell_type"] != "code":
             continue
         src = "".join(cell["source"])
-        if MARK not in src:
+        if not any(MARK_RE.search(line) for line in src.splitlines()):
             continue
         lines = _code(src).splitlines()
         try:
@@ -53,11 +55,11 @@ def saved_chunks(notebook: Path) -> tuple[list[str], list[str]]:
             raise SystemExit(f"{notebook.name}, code cell {n}: cannot parse ({e}).") from None
         for node in tree.body:
             head = lines[node.lineno - 1]
-            if not head.rstrip().endswith(MARK):
+            if not MARK_RE.search(head):
                 continue
             first = min([d.lineno for d in getattr(node, "decorator_list", [])] + [node.lineno])
             text = lines[first - 1 : node.end_lineno]
-            text[node.lineno - first] = head.rstrip()[: -len(MARK)].rstrip()
+            text[node.lineno - first] = MARK_RE.sub("", head).rstrip()
             chunk = "\n".join(text).rstrip()
             (imports if isinstance(node, ast.Import | ast.ImportFrom) else chunks).append(chunk)
     return imports, chunks
