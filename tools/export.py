@@ -27,7 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 MARK = "#@save"
 # `ruff format` rewrites a trailing `#@save` as `# @save`; both mark a definition.
 MARK_RE = re.compile(r"#\s*@save\s*$")
-HEADER = "# Generated from {nb} by tools/export.py. Do not edit: change the notebook and run `make export`."
+# Two lines, so that the header stays within the line length that ruff checks.
+HEADER = (
+    "# Generated from {nb} by tools/export.py.\n# Do not edit: change the notebook and run `make export`."
+)
 NAME = re.compile(r"^\d\d_(?P<topic>[a-z][a-z0-9_]*)\.ipynb$")
 
 
@@ -95,7 +98,7 @@ def generate(notebook: Path) -> str | None:
     )
     parts = [
         HEADER.format(nb=rel),
-        f'"""{title}: the definitions saved from {rel}."""',
+        f'"""{title}\n\nThe definitions saved from {rel}.\n"""',
         "\n".join(dict.fromkeys(imports)),
         *chunks,
     ]
