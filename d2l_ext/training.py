@@ -142,6 +142,7 @@ class Trainer(d2l.Trainer):
             model.to(memory_format=torch.channels_last)
         if self.time_budget is not None or self.max_steps is not None:
             model.board.xlim = None  # the epoch count is not known in advance
+        model.board.xlabel = "epoch"  # without one, d2l's ProgressBoard.draw reads a missing .x
         model.board.display = self.plot
 
     def configure_optimizer(self, model) -> torch.optim.Optimizer:
