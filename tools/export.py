@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Export the notebooks' ``#@save`` definitions into ``d2l_ext``, or check that they are in sync.
 
-d2l's convention: a trailing ``#@save`` on a top-level ``class`` or ``def`` line saves that whole
-definition (with its decorators, so ``@d2l.add_to_class(C)`` methods come along); on a top-level
-import or assignment it saves that statement. ``notebooks/NN_topic.ipynb`` becomes
+d2l's convention: a trailing ``#@save`` on a top-level ``class`` or ``def`` line, or on one of its
+decorators' lines, saves that whole definition with its decorators (so ``@d2l.add_to_class(C)``
+methods come along); on a top-level import or assignment it saves that statement. ``notebooks/NN_topic.ipynb`` becomes
 ``d2l_ext/topic.py`` with a header saying so. A module without that header is hand-written and is
 never overwritten.
 
@@ -57,12 +57,15 @@ def saved_chunks(notebook: Path) -> tuple[list[str], list[str]]:
         except SyntaxError as e:
             raise SystemExit(f"{notebook.name}, code cell {n}: cannot parse ({e}).") from None
         for node in tree.body:
-            head = lines[node.lineno - 1]
-            if not MARK_RE.search(head):
-                continue
+            # The mark sits on the def/class line, or, as in the book, on a decorator's line:
+            # `@d2l.add_to_class(ResNet)  #@save`.
             first = min([d.lineno for d in getattr(node, "decorator_list", [])] + [node.lineno])
+            marked = [i for i in range(first, node.lineno + 1) if MARK_RE.search(lines[i - 1])]
+            if not marked:
+                continue
             text = lines[first - 1 : node.end_lineno]
-            text[node.lineno - first] = MARK_RE.sub("", head).rstrip()
+            for i in marked:
+                text[i - first] = MARK_RE.sub("", lines[i - 1]).rstrip()
             chunk = "\n".join(text).rstrip()
             (imports if isinstance(node, ast.Import | ast.ImportFrom) else chunks).append(chunk)
     return imports, chunks
