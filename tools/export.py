@@ -3,7 +3,8 @@
 
 d2l's convention: a trailing ``#@save`` on a top-level ``class`` or ``def`` line, or on one of its
 decorators' lines, saves that whole definition with its decorators (so ``@d2l.add_to_class(C)``
-methods come along); on a top-level import or assignment it saves that statement. ``notebooks/NN_topic.ipynb`` becomes
+methods come along); on a top-level import or assignment it saves that statement (``ruff format``
+writes the mark as ``# @save``; both count). ``notebooks/NN_topic.ipynb`` becomes
 ``d2l_ext/topic.py`` with a header saying so. A module without that header is hand-written and is
 never overwritten.
 
