@@ -10,6 +10,7 @@ per-epoch ``history`` with throughput. With its defaults it trains exactly as `d
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -19,6 +20,8 @@ import torch
 from d2l import torch as d2l
 from torch import nn
 from torch.nn import functional as F
+
+from d2l_ext.data import balanced_subset
 
 __all__ = ["Trainer", "evaluate", "has_lazy", "set_seed"]
 
@@ -86,6 +89,9 @@ class Trainer(d2l.Trainer):
         tta_flip: average predictions over each image and its mirror image when evaluating.
         seed: seeds initialization (Lazy modules materialize in ``fit``) and the shuffling.
         plot: animate the book's progress board.
+        probe_every: every this many seconds of training, measure accuracy on ``probe_size``
+            class-balanced test images; recorded in ``probes`` as (seconds, accuracy), and not
+            counted as training time (for accuracy-against-time curves and time to accuracy).
     """
 
     def __init__(
@@ -109,6 +115,8 @@ class Trainer(d2l.Trainer):
         tta_flip: bool = False,
         seed: int = 0,
         plot: bool = True,
+        probe_every: float | None = None,
+        probe_size: int = 2000,
     ):
         if num_gpus is None:
             num_gpus = min(1, d2l.num_gpus())
@@ -119,6 +127,7 @@ class Trainer(d2l.Trainer):
         self.save_hyperparameters()
         self.gpus = [d2l.gpu(i) for i in range(min(num_gpus, d2l.num_gpus()))]
         self.history: list[dict[str, float]] = []
+        self.probes: list[tuple[float, float]] = []
 
     @property
     def device(self) -> torch.device:
@@ -127,6 +136,12 @@ class Trainer(d2l.Trainer):
     # -- set-up -----------------------------------------------------------------------------
     def prepare_data(self, data) -> None:
         super().prepare_data(data)
+        self.probe_loader = None
+        if self.probe_every and self.val_dataloader is not None:
+            val = self.val_dataloader
+            idx = balanced_subset(val.targets, min(self.probe_size, len(val.targets)))
+            self.probe_loader = copy.copy(val)
+            self.probe_loader.images, self.probe_loader.targets = val.images[idx], val.targets[idx]
         if self.gpus:  # keep the in-memory data set on the GPU: no host-to-device copy per batch
             for loader in (self.train_dataloader, self.val_dataloader):
                 if hasattr(loader, "to"):
@@ -167,6 +182,7 @@ class Trainer(d2l.Trainer):
         self.base_lrs = [g["lr"] for g in self.optim.param_groups]
         self.epoch = self.train_batch_idx = self.val_batch_idx = 0
         self.history, self.train_seconds, self.images_seen, self.done = [], 0.0, 0, False
+        self.probes, self.next_probe = [], self.probe_every
         self.total_steps = self.max_steps or self.max_epochs * self.num_train_batches
         for self.epoch in range(self.max_epochs):
             self.fit_epoch()
@@ -227,6 +243,12 @@ class Trainer(d2l.Trainer):
             loss_sum += loss.detach() * len(y)  # stays a tensor: no device sync per step
             correct += (Y_hat.detach().argmax(1) == y).sum()
             self.train_seconds = epoch_start_seconds + time.perf_counter() - start
+            if self.probe_loader is not None and self.train_seconds >= self.next_probe:
+                probe_start = time.perf_counter()
+                acc = evaluate(model, self.probe_loader, self.tta_flip, device, self.channels_last)["acc"]
+                self.probes.append((self.train_seconds, acc))
+                self.next_probe += self.probe_every
+                start += time.perf_counter() - probe_start  # probing is not training time
         if seen == 0:
             self.done = True
             return

@@ -121,3 +121,16 @@ def test_the_fast_recipe_learns_fashion_mnist():
 def test_bad_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Trainer(**kwargs)
+
+
+def test_probes_measure_accuracy_without_counting_as_training_time():
+    trainer = Trainer(max_epochs=3, probe_every=0.05, probe_size=200, eval_every=0, plot=False)
+    trainer.fit(TinyCNN(), small_data())
+    assert len(trainer.probes) >= 2
+    seconds = [t for t, _ in trainer.probes]
+    assert seconds == sorted(seconds) and seconds[-1] <= trainer.train_seconds
+    assert all(0.0 <= acc <= 1.0 for _, acc in trainer.probes)
+    assert (
+        len(trainer.probe_loader.targets) == 200
+        and (torch.bincount(trainer.probe_loader.targets) == 20).all()
+    )
