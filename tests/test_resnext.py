@@ -1,0 +1,212 @@
+"""d2l_ext.resnext: group semantics, torchvision as the oracle, split-and-concatenate, shapes, errors."""
+
+import pytest
+import torch
+import torchvision
+from d2l import torch as d2l
+from torch import nn
+from torch.nn import functional as F
+
+from d2l_ext import experiment
+from d2l_ext.resnet import ResNet
+from d2l_ext.resnext import (
+    ResNeXt,
+    ResNeXtBlock,
+    bottleneck_channels,
+    conv_cost,
+    copy_torchvision_bottleneck,
+    count_flops,
+    group_conv_by_split,
+    resnext_cost,
+    resnext_cost_view,
+)
+
+
+def built(blk: nn.Module, c_in: int, size: int = 8) -> nn.Module:
+    """``blk`` with its Lazy layers materialized by one forward pass."""
+    blk(torch.randn(2, c_in, size, size))
+    return blk
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# -- group semantics and weight shapes --------------------------------------------------------
+@pytest.mark.parametrize(
+    "num_channels, groups, bot_mul, b",
+    [(32, 16, 1, 32), (256, 32, 0.5, 128), (64, 1, 1, 64), (64, 64, 1, 64), (96, 4, 0.25, 24)],
+)
+def test_groups_is_the_number_of_groups(num_channels, groups, bot_mul, b):
+    blk = built(ResNeXtBlock(num_channels, groups, bot_mul), num_channels)
+    assert blk.conv2.groups == groups
+    assert blk.conv2.weight.shape == (b, b // groups, 3, 3)
+    assert blk.conv1.weight.shape == (b, num_channels, 1, 1)
+    assert blk.conv3.weight.shape == (num_channels, b, 1, 1)
+
+
+def test_the_books_example_builds_16_groups_of_2_not_2_groups_of_16():
+    ours = built(ResNeXtBlock(32, 16, 1), 32)
+    book = built(d2l.ResNeXtBlock(32, 16, 1), 32)  # the book's block, from the installed d2l
+    assert (ours.conv2.groups, ours.conv2.weight.numel()) == (16, 576)
+    assert (book.conv2.groups, book.conv2.weight.numel()) == (2, 4608)
+
+
+# -- torchvision as the oracle ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tv_bottleneck() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnext50_32x4d(weights=None).layer1[0]
+
+
+def test_first_bottleneck_of_resnext50_32x4d(tv_bottleneck):
+    ours = built(ResNeXtBlock(256, groups=32, bot_mul=0.5, use_1x1conv=True), 64)
+    assert ours.conv2.weight.shape == tv_bottleneck.conv2.weight.shape == (128, 4, 3, 3)
+    assert ours.conv2.groups == tv_bottleneck.conv2.groups == 32
+    biases = sum(getattr(ours, f"conv{i}").bias.numel() for i in (1, 2, 3, 4))
+    assert biases == 128 + 128 + 256 + 256
+    assert n_params(tv_bottleneck) == 63_488
+    assert n_params(ours) == n_params(tv_bottleneck) + biases
+
+
+def test_same_output_as_torchvision_in_training_mode(tv_bottleneck):
+    """The convolutions' biases are the only difference, and BN cancels them on a minibatch."""
+    torch.manual_seed(1)
+    ours = copy_torchvision_bottleneck(built(ResNeXtBlock(256, 32, 0.5, use_1x1conv=True), 64), tv_bottleneck)
+    X = torch.randn(4, 64, 8, 8, requires_grad=True)
+    ours.train(), tv_bottleneck.train()
+    Y_ours, Y_ref = ours(X), tv_bottleneck(X)
+    torch.testing.assert_close(Y_ours, Y_ref)
+    (g_ours,) = torch.autograd.grad(Y_ours.square().sum(), X)
+    (g_ref,) = torch.autograd.grad(Y_ref.square().sum(), X)
+    torch.testing.assert_close(g_ours, g_ref)
+
+
+def test_same_output_as_torchvision_in_eval_mode_once_biases_are_zero(tv_bottleneck):
+    ours = copy_torchvision_bottleneck(built(ResNeXtBlock(256, 32, 0.5, use_1x1conv=True), 64), tv_bottleneck)
+    with torch.no_grad():
+        for i in (1, 2, 3, 4):
+            getattr(ours, f"conv{i}").bias.zero_()
+    ours.eval(), tv_bottleneck.eval()
+    X = torch.randn(2, 64, 8, 8)
+    torch.testing.assert_close(ours(X), tv_bottleneck(X))
+
+
+# -- a grouped convolution is split, convolve, concatenate ------------------------------------
+@pytest.mark.parametrize(
+    "c_i, c_o, groups, stride, padding", [(8, 12, 4, 1, 1), (6, 6, 6, 2, 0), (4, 8, 1, 1, 1), (9, 3, 3, 3, 2)]
+)
+def test_grouped_conv_equals_split_and_concatenate(c_i, c_o, groups, stride, padding):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(c_i, c_o, 3, stride=stride, padding=padding, groups=groups)
+    X = torch.randn(2, c_i, 9, 9, requires_grad=True)
+    Y_ref = conv(X)
+    Y = group_conv_by_split(X, conv.weight, conv.bias, groups, stride, padding)
+    torch.testing.assert_close(Y, Y_ref)
+    grads = torch.autograd.grad(Y.sum(), (X, conv.weight))
+    grads_ref = torch.autograd.grad(Y_ref.sum(), (X, conv.weight))
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref)
+
+
+def test_split_without_bias_and_bad_groups():
+    X, W = torch.randn(1, 6, 5, 5), torch.randn(4, 3, 3, 3)
+    torch.testing.assert_close(group_conv_by_split(X, W, groups=2), F.conv2d(X, W, groups=2))
+    with pytest.raises(ValueError, match="groups=4 must divide c_i=6"):
+        group_conv_by_split(X, torch.randn(4, 1, 3, 3), groups=4)
+
+
+# -- shapes across strides --------------------------------------------------------------------
+@pytest.mark.parametrize("strides, size, out", [(1, 9, 9), (2, 9, 5), (2, 8, 4), (3, 10, 4)])
+def test_shapes_across_strides(strides, size, out):
+    blk = ResNeXtBlock(32, 8, 0.5, use_1x1conv=True, strides=strides)
+    assert blk(torch.randn(2, 16, size, size)).shape == (2, 32, out, out)
+
+
+def test_identity_shortcut_keeps_the_shape():
+    assert ResNeXtBlock(24, 3, 1)(torch.randn(2, 24, 7, 7)).shape == (2, 24, 7, 7)
+
+
+# -- clear errors -----------------------------------------------------------------------------
+def test_groups_that_do_not_divide_the_bottleneck_are_refused():
+    with pytest.raises(ValueError, match=r"b = round\(48 \* 1\) = 48 .* 32 groups .* divisors of 48"):
+        ResNeXtBlock(48, groups=32, bot_mul=1)
+    with pytest.raises(ValueError, match=r"b = round\(256 \* 0.5\) = 128 .* 3 groups"):
+        ResNeXtBlock(256, groups=3, bot_mul=0.5)
+
+
+@pytest.mark.parametrize("groups", [0, -2, 2.0, True])
+def test_groups_must_be_a_positive_int(groups):
+    with pytest.raises(ValueError, match="number of groups, a positive int"):
+        ResNeXtBlock(32, groups, 1)
+
+
+def test_tiny_bot_mul_and_stride_without_shortcut_are_refused():
+    with pytest.raises(ValueError, match="larger bot_mul"):
+        ResNeXtBlock(16, 1, 0.01)
+    with pytest.raises(ValueError, match="use_1x1conv=True"):
+        ResNeXtBlock(16, 4, 1, strides=2)
+    with pytest.raises(ValueError, match="got an input with 8 channels"):
+        ResNeXtBlock(16, 4, 1)(torch.randn(1, 8, 4, 4))
+
+
+# -- the model ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["ci", "demo", "full"])
+def test_preset_widths_split_into_groups(preset):
+    m = experiment("resnext", preset, verbose=False).model
+    for _, c in m["arch"]:
+        assert bottleneck_channels(c, m["groups"], m["bot_mul"]) % m["groups"] == 0
+
+
+def test_model_is_resnet_with_resnext_blocks():
+    m = experiment("resnext", "ci", verbose=False).model
+    net = ResNeXt(**m)
+    assert isinstance(net, ResNet)
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    blocks = [mod for mod in net.modules() if isinstance(mod, ResNeXtBlock)]
+    assert len(blocks) == 4 and all(b.conv2.groups == 8 for b in blocks)
+    assert [b.conv2.weight.shape[1] for b in blocks] == [2, 4, 8, 16]  # channels per group
+    assert blocks[0].conv4 is None and all(b.conv4 is not None for b in blocks[1:])
+    # the stem and head are ResNet's: same layers, same shapes as a ResNet of the same arch
+    resnet = ResNet(m["arch"], stem_kernel=m["stem_kernel"], stem_stride=m["stem_stride"])
+    resnet(torch.randn(2, 1, 28, 28))
+    for stem_or_head in (0, -1):
+        shapes = [p.shape for p in net.net[stem_or_head].parameters()]
+        assert shapes == [p.shape for p in resnet.net[stem_or_head].parameters()]
+    assert net.hparams["groups"] == 8 and net.hparams["bot_mul"] == 1
+
+
+def test_model_refuses_a_width_the_groups_cannot_split():
+    with pytest.raises(ValueError, match=r"b = round\(24 \* 1\) = 24"):
+        ResNeXt(((1, 16), (1, 24)), groups=16, bot_mul=1)
+
+
+# -- cost -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("groups", [1, 4, 64])
+def test_conv_cost_is_c_i_c_o_over_g(groups):
+    cost = conv_cost(64, 128, groups, kernel_size=3, size=10)
+    assert cost["weights"] == 9 * 64 * 128 // groups
+    assert cost["params"] == cost["weights"] + 128
+    assert cost["flops"] == 2 * 10 * 10 * 9 * 64 * 128 // groups
+
+
+def test_count_flops_leaves_bn_statistics_and_mode_alone():
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).train()
+    before = net[1].running_mean.clone()
+    assert count_flops(net, torch.randn(2, 3, 5, 5)) == 2 * 2 * 25 * 3 * 4
+    assert net.training and torch.equal(net[1].running_mean, before)
+
+
+def test_resnext_cost_matches_real_layers():
+    table = resnext_cost(64, 256, groups=32, bot_mul=0.5)
+    blk = built(ResNeXtBlock(256, 32, 0.5, use_1x1conv=True), 64, size=28)
+    assert table.params.iloc[3] == n_params(blk) == 64_256
+    assert table.flops.iloc[3] == count_flops(blk, torch.randn(1, 64, 28, 28))
+    assert table.flops.iloc[2] == 2 * 28 * 28 * 9 * 128 * 128 // 32
+    assert table.ratio.iloc[1] == 1
+
+
+def test_cost_view_refuses_with_the_reason(capsys):
+    assert resnext_cost_view(16, 16, groups=8, bot_mul=0.25) is None
+    assert "b = round(16 * 0.25) = 4" in capsys.readouterr().out
+    assert list(resnext_cost_view(64, 64, 8, 1).columns) == ["params", "ratio", "MFLOPs"]
