@@ -182,7 +182,7 @@ class Trainer(d2l.Trainer):
         self.base_lrs = [g["lr"] for g in self.optim.param_groups]
         self.epoch = self.train_batch_idx = self.val_batch_idx = 0
         self.history, self.train_seconds, self.images_seen, self.done = [], 0.0, 0, False
-        self.probes, self.next_probe = [], self.probe_every
+        self.probes, self.next_probe, self.probe_seconds = [], self.probe_every, 0.0
         self.total_steps = self.max_steps or self.max_epochs * self.num_train_batches
         for self.epoch in range(self.max_epochs):
             self.fit_epoch()
@@ -248,6 +248,7 @@ class Trainer(d2l.Trainer):
                 acc = evaluate(model, self.probe_loader, self.tta_flip, device, self.channels_last)["acc"]
                 self.probes.append((self.train_seconds, acc))
                 self.next_probe += self.probe_every
+                self.probe_seconds += time.perf_counter() - probe_start
                 start += time.perf_counter() - probe_start  # probing is not training time
         if seen == 0:
             self.done = True
