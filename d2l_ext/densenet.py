@@ -246,6 +246,14 @@ def forward(self, X):
     return self.net(X)
 
 
+def densenet_num_params(num_channels=64, growth_rate=32, arch=(4, 4, 4, 4), **kwargs) -> int:
+    """The parameter count of ``DenseNet(num_channels, growth_rate, arch, **kwargs)`` for 1-channel images."""
+    net = DenseNet(num_channels, growth_rate, arch, **kwargs).eval()
+    with torch.no_grad():  # one call on the smallest image gives the Lazy layers their shapes
+        net(torch.zeros(1, 1, net.min_input(), net.min_input()))
+    return sum(p.numel() for p in net.parameters())
+
+
 def saved_activation_bytes(net: nn.Module, X: torch.Tensor) -> int:
     """Bytes of the tensors autograd saves for backward in one training forward pass of ``net`` on ``X``.
 

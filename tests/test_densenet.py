@@ -16,6 +16,7 @@ from d2l_ext.densenet import (
     count_flops,
     densenet_channels,
     densenet_min_input,
+    densenet_num_params,
     densenet_sizes,
     plot_connectivity,
     saved_activation_bytes,
@@ -147,6 +148,14 @@ def test_parameter_count_other_configs(c, k, arch, kernel, stride):
     net = DenseNet(c, k, arch, stem_kernel=kernel, stem_stride=stride)
     net(torch.zeros(1, 1, 40, 40))
     assert num_params(net) == expected_params(c, k, arch, stem_kernel=kernel)
+
+
+def test_densenet_num_params():
+    assert densenet_num_params() == 758_226
+    assert densenet_num_params(32, 16, (2, 2, 2, 2), stem_kernel=3, stem_stride=1) == expected_params(
+        32, 16, (2, 2, 2, 2), stem_kernel=3
+    )
+    assert densenet_num_params(16, 8, (3, 5)) == expected_params(16, 8, (3, 5))
 
 
 def test_far_fewer_parameters_than_resnet18():
