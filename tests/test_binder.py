@@ -1,0 +1,153 @@
+"""Binder's configuration, checked with the real builder.
+
+``jupyter-repo2docker`` (what mybinder.org runs) generates the Dockerfile from our repository in
+its no-build mode, which needs no Docker daemon. We check that recipe, and the files it installs
+from, for what a student's session needs: the data set from the Debian/Ubuntu package, CPU-only
+PyTorch, d2l without its pins, this package, and the start script that caps thread pools. Each
+check is shown to fail on a copy of the repository with that piece broken.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REPO2DOCKER = Path(sys.executable).with_name("repo2docker")
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def recipe(repo: Path) -> str:
+    """The Dockerfile that repo2docker generates for ``repo``, as Binder's user ``jovyan``."""
+    if not REPO2DOCKER.exists():
+        raise FileNotFoundError(f"{REPO2DOCKER} is missing: install the test tools with `make setup`.")
+    run = subprocess.run(
+        [REPO2DOCKER, "--no-build", "--user-id", "1000", "--user-name", "jovyan", str(repo)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, f"repo2docker failed:\n{run.stderr}"
+    assert "FROM " in run.stdout, f"repo2docker printed no Dockerfile:\n{run.stdout}\n{run.stderr}"
+    return run.stdout.replace("\\\n", " ")  # one line per Dockerfile instruction
+
+
+def requirement_options(text: str) -> list[tuple[str, str]]:
+    """The index options of a pip requirements file, as (option, URL) pairs."""
+    found = []
+    for line in text.splitlines():
+        m = re.match(r"\s*(--index-url|--extra-index-url|-i)[\s=]+(\S+)", line)
+        if m:
+            found.append((m[1], m[2].rstrip("/")))
+    return found
+
+
+def problems(repo: Path) -> list[str]:
+    """What is wrong with ``repo``'s Binder set-up, judged from repo2docker's recipe."""
+    dockerfile = recipe(repo)
+    runs = [line for line in dockerfile.splitlines() if line.startswith("RUN ")]
+    found = []
+
+    # The data set from the distribution's package, installed as root before the repository.
+    if not any(re.search(r"apt-get install\b.*\sdataset-fashion-mnist\b", run) for run in runs):
+        found.append("the recipe does not apt-get install dataset-fashion-mnist (binder/apt.txt)")
+
+    # Python packages: the recipe installs binder/requirements.txt, which must take PyTorch from
+    # its CPU-only index.
+    if not any(re.search(r'pip install .*-r "?binder/requirements.txt"?', run) for run in runs):
+        found.append("the recipe does not pip install binder/requirements.txt")
+    reqs = repo / "binder" / "requirements.txt"
+    text = reqs.read_text() if reqs.exists() else ""
+    if CPU_INDEX not in [url for _, url in requirement_options(text)]:
+        found.append(f"binder/requirements.txt does not take torch from the CPU-only index {CPU_INDEX}")
+    names = {re.split(r"[\s<>=!~;\[]", line, maxsplit=1)[0].lower() for line in text.splitlines()}
+    for name in ("torch", "torchvision", "jupyterlab", "ipywidgets"):
+        if name not in names:
+            found.append(f"binder/requirements.txt does not name {name}")
+
+    # postBuild: d2l without its pins, then this package.
+    post = repo / "binder" / "postBuild"
+    if not any(run.strip() == "RUN ./binder/postBuild" for run in runs):
+        found.append("the recipe does not run binder/postBuild")
+    elif not re.search(r"pip install .*--no-deps .*d2l==1\.0\.3", post.read_text()):
+        found.append("binder/postBuild does not install d2l==1.0.3 with --no-deps")
+    elif not re.search(r"pip install .*(-e \.|\s\.)\s*$", post.read_text(), re.M):
+        found.append("binder/postBuild does not install this package")
+
+    # The start command: binder/start wraps every session's command.
+    if 'ENV R2D_ENTRYPOINT="${REPO_DIR}/binder/start"' not in dockerfile:
+        found.append("the recipe does not use binder/start as the start command")
+    return found
+
+
+def copy_of_repo(tmp_path: Path) -> Path:
+    """A copy of the repository without environments, build outputs and caches."""
+    dest = tmp_path / "repo"
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "__pycache__", "*.egg-info", ".*_cache")
+    shutil.copytree(REPO, dest, ignore=skip)
+    return dest
+
+
+def test_recipe_has_data_cpu_torch_packages_and_start():
+    assert problems(REPO) == []
+
+
+def test_recipe_details():
+    dockerfile = recipe(REPO)
+    # The data set is installed before the repository is copied (a cached layer) ...
+    assert dockerfile.index("dataset-fashion-mnist") < dockerfile.index("COPY --chown=1000:1000 src/ ")
+    # ... and packages are installed as the user, in the Python of binder/runtime.txt.
+    assert "environment-2epy-2d3-2e11-2dlinux-2d64" in dockerfile  # Python 3.11's lock file
+    assert "USER ${NB_USER}" in dockerfile
+
+
+@pytest.mark.parametrize(
+    "path, edit, expected",
+    [
+        ("apt.txt", lambda s: s.replace("dataset-fashion-mnist", ""), "dataset-fashion-mnist"),
+        ("apt.txt", None, "dataset-fashion-mnist"),
+        ("requirements.txt", lambda s: s.replace(CPU_INDEX, "https://pypi.org/simple"), "CPU-only"),
+        ("requirements.txt", lambda s: re.sub(r"(?m)^torch\b.*\n", "", s), "does not name torch"),
+        ("postBuild", lambda s: s.replace("--no-deps d2l", "d2l"), "--no-deps"),
+        ("postBuild", None, "postBuild"),
+        ("start", None, "start command"),
+    ],
+    ids=["apt-emptied", "apt-removed", "cuda-index", "no-torch", "d2l-pins", "no-postBuild", "no-start"],
+)
+def test_recipe_check_fails_on_a_broken_copy(tmp_path, path, edit, expected):
+    repo = copy_of_repo(tmp_path)
+    target = repo / "binder" / path
+    if edit is None:
+        target.unlink()
+    else:
+        target.write_text(edit(target.read_text()))
+    found = problems(repo)
+    assert any(expected in p for p in found), found
+
+
+def test_start_script_caps_threads_and_runs_the_command():
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    script = [str(REPO / "binder" / "start"), "python3", "-c"]
+    code = "import os, sys; print(*[os.environ[v] for v in sys.argv[1:]])"
+    out = subprocess.run(
+        [*script, code, *THREAD_VARS], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert len(out) == len(THREAD_VARS) and all(v.isdigit() and int(v) >= 1 for v in out), out
+    # A value set by the user or the host wins.
+    env["OMP_NUM_THREADS"] = "7"
+    out = subprocess.run([*script, code, "OMP_NUM_THREADS"], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["7"], out.stderr
+
+
+def test_binder_scripts_are_executable():
+    for name in ("postBuild", "start"):
+        path = REPO / "binder" / name
+        assert os.access(path, os.X_OK), f"binder/{name} must be executable (chmod +x)"
+        assert path.read_text().startswith("#!/bin/bash\n")
