@@ -29,6 +29,25 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -z "${FASHION_MNIST_DIR:-}" ]
   fi
 fi
 
+# --- browser for the JupyterLab end-to-end test (tests/test_lab_e2e.py) ---------------------------
+# Debian's Chromium, driven headless by Playwright; Playwright's own browser download is not used.
+# Elsewhere, point E2E_CHROMIUM at a Chromium binary.
+if [ ! -x /usr/bin/chromium ] && [ -z "${E2E_CHROMIUM:-}" ]; then
+  browser_pkgs="chromium chromium-driver fonts-liberation"
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    say "installing Debian's $browser_pkgs for the browser test"
+    # shellcheck disable=SC2086  # a list of packages
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $browser_pkgs >/dev/null
+  elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then
+    say "installing Debian's $browser_pkgs for the browser test (sudo)"
+    # shellcheck disable=SC2086
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $browser_pkgs >/dev/null
+  else
+    say "no /usr/bin/chromium and no root for apt-get: the browser test needs E2E_CHROMIUM=<chromium binary>"
+  fi
+fi
+# --- end of the browser block ----------------------------------------------------------------------
+
 # 2. Virtual environment and packages; a stamp of the inputs skips this when nothing changed.
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV with $($PYTHON --version)"
