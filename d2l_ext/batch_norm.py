@@ -44,8 +44,9 @@ def batch_norm(X, gamma, beta, moving_mean, moving_var, eps, momentum, *, traini
         var = ((X - mean) ** 2).mean(dim=dims, keepdim=True)  # biased: it normalizes this batch
         X_hat = (X - mean) / torch.sqrt(var + eps)
         with torch.no_grad():  # the running estimates are bookkeeping, not part of the graph
-            moving_mean = (1.0 - momentum) * moving_mean + momentum * mean
-            moving_var = (1.0 - momentum) * moving_var + momentum * var * (n / (n - 1))
+            dtype = moving_mean.dtype  # kept, as PyTorch keeps it, whatever the input's (autocast)
+            moving_mean = ((1.0 - momentum) * moving_mean + momentum * mean).to(dtype)
+            moving_var = ((1.0 - momentum) * moving_var + momentum * var * (n / (n - 1))).to(dtype)
     return gamma * X_hat + beta, moving_mean, moving_var
 
 

@@ -1,0 +1,382 @@
+"""d2l_ext.batch_norm: the from-scratch layers against PyTorch's, and the measurement helpers."""
+
+import pytest
+import torch
+from d2l import torch as d2l
+from torch import nn
+from torch.nn import functional as F
+
+from d2l_ext.batch_norm import (
+    ActivationRecorder,
+    BatchNorm,
+    BNLeNet,
+    BNLeNetAfter,
+    BNLeNetScratch,
+    LayerNorm,
+    batch_norm,
+    batch_stat_noise,
+    bn_inputs,
+    bn_layers,
+    companion_outputs,
+    exact_bn_statistics,
+    layer_norm,
+    sigmoid_inputs,
+)
+
+SHAPES = [(16, 7), (4, 3, 5, 6)]  # fully connected (N, C) and convolutional (N, C, H, W)
+MOMENTA = [0.1, 0.5, 0.0, 1.0, None]
+
+
+def pair(shape, momentum=0.1, dtype=torch.float64, seed=0):
+    """Our layer and PyTorch's, with the same random gamma and beta."""
+    torch.manual_seed(seed)
+    C = shape[1]
+    ours = BatchNorm(C, num_dims=len(shape), momentum=momentum).to(dtype)
+    ref = (nn.BatchNorm1d if len(shape) == 2 else nn.BatchNorm2d)(C, momentum=momentum).to(dtype)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 2.0)
+        ref.bias.normal_()
+        ours.gamma.copy_(ref.weight.view_as(ours.gamma))
+        ours.beta.copy_(ref.bias.view_as(ours.beta))
+    return ours, ref
+
+
+def batches(shape, n, dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g, dtype=dtype) * (1 + i) + i for i in range(n)]
+
+
+# ---- the layer against nn.BatchNorm1d / nn.BatchNorm2d -----------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("momentum", MOMENTA)
+def test_training_outputs_gradients_and_running_stats_equal_torch(shape, momentum):
+    ours, ref = pair(shape, momentum)
+    for X in batches(shape, 5):
+        X1, X2 = X.clone().requires_grad_(), X.clone().requires_grad_()
+        G = torch.randn_like(X)
+        Y1, Y2 = ours(X1), ref(X2)
+        torch.testing.assert_close(Y1, Y2)
+        (Y1 * G).sum().backward()
+        (Y2 * G).sum().backward()
+        torch.testing.assert_close(X1.grad, X2.grad)
+        torch.testing.assert_close(ours.gamma.grad.flatten(), ref.weight.grad)
+        torch.testing.assert_close(ours.beta.grad.flatten(), ref.bias.grad)
+        ours.zero_grad()
+        ref.zero_grad()
+    torch.testing.assert_close(ours.moving_mean.flatten(), ref.running_mean)
+    torch.testing.assert_close(ours.moving_var.flatten(), ref.running_var)
+    assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 5
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_eval_mode_equals_torch_and_ignores_the_batch(shape):
+    ours, ref = pair(shape)
+    for X in batches(shape, 3):
+        ours(X), ref(X)
+    ours.eval(), ref.eval()
+    X = batches(shape, 1, seed=7)[0].requires_grad_()  # autograd on: still prediction mode
+    Y = ours(X)
+    torch.testing.assert_close(Y, ref(X))
+    torch.testing.assert_close(ours(X[:1]), Y[:1])  # an example's output does not depend on its batch
+    Y.sum().backward()
+    assert X.grad is not None
+    assert int(ours.num_batches_tracked) == 3  # eval mode does not count batches
+
+
+def test_float32_equals_torch_within_float32_tolerance():
+    for shape in SHAPES:
+        ours, ref = pair(shape, dtype=torch.float32)
+        for X in batches(shape, 3, dtype=torch.float32):
+            torch.testing.assert_close(ours(X), ref(X))
+        torch.testing.assert_close(ours.moving_var.flatten(), ref.running_var)
+
+
+def test_momentum_is_the_weight_of_the_new_batch():
+    X = batches((32, 4), 1, dtype=torch.float32)[0]
+    bn = BatchNorm(4, num_dims=2, momentum=0.1)
+    bn(X)
+    torch.testing.assert_close(bn.moving_mean.flatten(), 0.1 * X.mean(0))
+    torch.testing.assert_close(bn.moving_var.flatten(), 0.9 + 0.1 * X.var(0))  # unbiased
+
+
+def test_running_stats_keep_their_dtype_whatever_the_input():
+    bn = BatchNorm(4, num_dims=2)
+    bn(torch.randn(8, 4, dtype=torch.float64))
+    assert bn.moving_mean.dtype == bn.moving_var.dtype == torch.float32
+
+
+def test_no_grad_in_training_mode_still_uses_and_updates_batch_stats():
+    ours, ref = pair((8, 3, 4, 4))
+    X = batches((8, 3, 4, 4), 1)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(ours(X), ref(X))
+    torch.testing.assert_close(ours.moving_mean.flatten(), ref.running_mean)
+    assert ours.moving_mean.abs().sum() > 0
+
+
+def test_conv_statistics_are_per_channel_over_batch_and_positions():
+    X = batches((3, 2, 4, 5), 1)[0]
+    bn = BatchNorm(2, num_dims=4, momentum=1.0).double()
+    bn(X)
+    for c in range(2):
+        values = X[:, c].flatten()
+        assert len(values) == 3 * 4 * 5
+        torch.testing.assert_close(bn.moving_mean[0, c, 0, 0], values.mean())
+        torch.testing.assert_close(bn.moving_var[0, c, 0, 0], values.var())
+
+
+def test_batch_of_one_image_works_for_convolutions():
+    ours, ref = pair((1, 3, 5, 5))
+    X = batches((1, 3, 5, 5), 1)[0]
+    torch.testing.assert_close(ours(X), ref(X))
+
+
+def test_batch_of_one_vector_is_refused_like_torch():
+    X = torch.randn(1, 5)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        nn.BatchNorm1d(5)(X)
+    bn = BatchNorm(5, num_dims=2)
+    with pytest.raises(ValueError, match=r"more than one value per channel.*\(1, 5\).*at least 2"):
+        bn(X)
+    assert int(bn.num_batches_tracked) == 0 and bn.moving_var.eq(1).all()  # nothing half-updated
+    bn.eval()
+    assert bn(X).shape == (1, 5)  # prediction mode is fine
+
+
+# ---- state, device, dtype ------------------------------------------------------------------------
+
+
+def test_running_stats_are_buffers_in_the_state_dict():
+    bn = BatchNorm(3, num_dims=4)
+    assert list(bn.state_dict()) == ["gamma", "beta", "moving_mean", "moving_var", "num_batches_tracked"]
+    assert [n for n, _ in bn.named_parameters()] == ["gamma", "beta"]
+    assert bn.gamma.shape == bn.moving_var.shape == (1, 3, 1, 1)
+    assert BatchNorm(3, num_dims=2).moving_mean.shape == (1, 3)
+
+
+def test_state_dict_round_trip_and_torch_mapping():
+    ours, ref = pair((8, 4, 3, 3))
+    for X in batches((8, 4, 3, 3), 4):
+        ours(X), ref(X)
+    fresh = BatchNorm(4, num_dims=4).double()
+    fresh.load_state_dict(ours.state_dict())
+    fresh.eval(), ref.eval()
+    X = batches((8, 4, 3, 3), 1, seed=3)[0]
+    torch.testing.assert_close(fresh(X), ref(X))
+    names = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_var": "running_var"}
+    for ours_name, ref_name in names.items():
+        torch.testing.assert_close(ours.state_dict()[ours_name].flatten(), ref.state_dict()[ref_name])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_dtype_moves_buffers(dtype):
+    bn = BatchNorm(3, num_dims=4).to(dtype)
+    assert all(t.dtype == dtype for t in (bn.gamma, bn.beta, bn.moving_mean, bn.moving_var))
+    assert bn.num_batches_tracked.dtype == torch.long
+    Y = bn(torch.randn(2, 3, 4, 4, dtype=dtype))
+    assert Y.dtype == bn.moving_mean.dtype == dtype
+
+
+def test_device_moves_buffers():
+    bn = BatchNorm(3, num_dims=2).to("meta")  # a device every machine has: the buffers must follow
+    assert {t.device.type for t in bn.state_dict().values()} == {"meta"}
+    assert bn(torch.empty(4, 3, device="meta")).device.type == "meta"
+
+
+# ---- the function and bad input -------------------------------------------------------------------
+
+
+def test_function_matches_f_batch_norm_in_both_modes():
+    X = batches((10, 4, 3, 3), 1)[0]
+    shape = (1, 4, 1, 1)
+    gamma, beta = torch.rand(shape, dtype=X.dtype) + 0.5, torch.randn(shape, dtype=X.dtype)
+    mm, mv = torch.randn(shape, dtype=X.dtype), torch.rand(shape, dtype=X.dtype) + 0.5
+    rm, rv = mm.flatten().clone(), mv.flatten().clone()
+    Y, new_mm, new_mv = batch_norm(X, gamma, beta, mm, mv, eps=1e-5, momentum=0.3)
+    ref = F.batch_norm(X, rm, rv, gamma.flatten(), beta.flatten(), training=True, momentum=0.3, eps=1e-5)
+    torch.testing.assert_close(Y, ref)
+    torch.testing.assert_close(new_mm.flatten(), rm)
+    torch.testing.assert_close(new_mv.flatten(), rv)
+    Y, same_mm, same_mv = batch_norm(X, gamma, beta, mm, mv, eps=1e-5, momentum=0.3, training=False)
+    ref = F.batch_norm(
+        X, mm.flatten(), mv.flatten(), gamma.flatten(), beta.flatten(), training=False, eps=1e-5
+    )
+    torch.testing.assert_close(Y, ref)
+    assert same_mm is mm and same_mv is mv
+
+
+def test_function_rejects_other_ranks():
+    with pytest.raises(ValueError, match=r"\(N, C\) or \(N, C, H, W\).*\(2, 3, 4\)"):
+        batch_norm(torch.randn(2, 3, 4), 1.0, 0.0, torch.zeros(1, 3, 1), torch.ones(1, 3, 1), 1e-5, 0.1)
+
+
+def test_layer_rejects_mismatched_input():
+    with pytest.raises(
+        ValueError, match=r"BatchNorm\(6, num_dims=4\) expects \(N, C, H, W\).*C=6.*\(2, 3, 5, 5\)"
+    ):
+        BatchNorm(6, num_dims=4)(torch.randn(2, 3, 5, 5))
+    with pytest.raises(ValueError, match=r"expects \(N, C\) input.*\(2, 6, 5, 5\).*num_dims"):
+        BatchNorm(6, num_dims=2)(torch.randn(2, 6, 5, 5))
+    with pytest.raises(ValueError, match="num_dims must be 2 .* or 4"):
+        BatchNorm(6, num_dims=3)
+
+
+# ---- the models ------------------------------------------------------------------------------------
+
+
+def test_bn_lenets_shapes_and_parameter_counts():
+    X = torch.randn(4, 1, 28, 28)
+    models = [BNLeNetScratch(), BNLeNet(), BNLeNetAfter()]
+    for model in models:
+        assert model(X).shape == (4, 10)
+    counts = [sum(p.numel() for p in m.parameters()) for m in models]
+    convs_and_linears = (
+        (6 * 25 + 6) + (16 * 6 * 25 + 16) + (256 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
+    )
+    assert counts == [convs_and_linears + 2 * (6 + 16 + 120 + 84)] * 3
+    assert BNLeNet(num_classes=3)(X).shape == (4, 3) and BNLeNet(lr=0.5).lr == 0.5
+
+
+def test_scratch_and_concise_bn_lenet_compute_the_same_function():
+    X = torch.randn(8, 1, 28, 28, dtype=torch.float64)
+    scratch, concise = BNLeNetScratch().double(), BNLeNet().double()
+    scratch(X), concise(X)
+    for a, b in zip(scratch.state_dict().values(), concise.state_dict().values()):
+        b.copy_(a.view_as(b))  # same order, same values: weights, gamma/beta, running stats
+    torch.testing.assert_close(scratch(X), concise(X))
+    scratch.eval(), concise.eval()
+    torch.testing.assert_close(scratch(X), concise(X))
+
+
+def test_placement_puts_bn_after_each_sigmoid():
+    kinds = [type(m).__name__ for m in BNLeNetAfter().net]
+    for i, kind in enumerate(kinds):
+        if kind.startswith("LazyBatchNorm"):
+            assert kinds[i - 1] == "Sigmoid"
+    assert sum(k.startswith("LazyBatchNorm") for k in kinds) == 4
+
+
+# ---- layer normalization ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (3, 4, 6), (2, 3, 5, 5)])
+def test_layer_norm_equals_torch_with_gradients(shape):
+    X = torch.randn(shape, dtype=torch.float64) * 3 + 1
+    X1, X2 = X.clone().requires_grad_(), X.clone().requires_grad_()
+    Y1 = LayerNorm()(X1)
+    Y2 = nn.LayerNorm(shape[1:], elementwise_affine=False, dtype=torch.float64)(X2)
+    torch.testing.assert_close(Y1, Y2)
+    G = torch.randn_like(X)
+    (Y1 * G).sum().backward()
+    (Y2 * G).sum().backward()
+    torch.testing.assert_close(X1.grad, X2.grad)
+    torch.testing.assert_close(layer_norm(X, eps=1e-3), F.layer_norm(X, shape[1:], eps=1e-3))
+
+
+def test_layer_norm_is_scale_invariant_until_eps_and_batch_independent():
+    X = torch.randn(4, 50, dtype=torch.float64)
+    torch.testing.assert_close(layer_norm(1e3 * X), layer_norm(X), rtol=1e-4, atol=1e-4)
+    assert layer_norm(1e-4 * X).abs().max() < 0.1  # eps dominates: the output collapses
+    torch.testing.assert_close(layer_norm(X[:1]), layer_norm(X)[:1])
+
+
+def test_layer_norm_needs_a_batch_axis():
+    with pytest.raises(ValueError, match="batch axis"):
+        layer_norm(torch.randn(5))
+
+
+# ---- measurement helpers ---------------------------------------------------------------------------
+
+
+def test_batch_stat_noise():
+    features = torch.randn(64, 3, 2, 2)
+    err, ratio = batch_stat_noise(features, 64, num_batches=3)
+    assert err.shape == ratio.shape == (3, 3)
+    torch.testing.assert_close(err, torch.zeros(3, 3), atol=1e-5, rtol=0)  # the whole pool: exact
+    torch.testing.assert_close(ratio, torch.ones(3, 3))
+    _, ratio = batch_stat_noise(torch.randn(64, 5), 1, num_batches=4)
+    assert ratio.eq(0).all()  # a batch of one vector has no variance
+    a, _ = batch_stat_noise(features, 8, num_batches=5, seed=1)
+    b, _ = batch_stat_noise(features, 8, num_batches=5, seed=1)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="between 1 and 64"):
+        batch_stat_noise(features, 65)
+
+
+def tiny_net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Sigmoid(), nn.Linear(4, 2), BatchNorm(2, num_dims=2)
+    )
+
+
+def test_exact_bn_statistics_are_the_whole_data_statistics_layer_by_layer():
+    net = tiny_net().double()
+    X = torch.randn(100, 3, dtype=torch.float64) * 2 + 1
+    loader = [(X[i : i + 16], None) for i in range(0, 100, 16)]  # uneven last batch
+    net.train()
+    stats = exact_bn_statistics(net, loader)
+    assert net.training and len(stats) == 2
+    H = net[0](X)
+    torch.testing.assert_close(net[1].running_mean, H.mean(0))
+    torch.testing.assert_close(net[1].running_var, H.var(0, unbiased=False))
+    net.eval()
+    H2 = net[3](net[2](net[1](H)))  # with the first layer already on its exact statistics
+    torch.testing.assert_close(net[4].moving_mean.flatten(), H2.mean(0))
+    torch.testing.assert_close(net[4].moving_var.flatten(), H2.var(0, unbiased=False))
+    torch.testing.assert_close(stats[1][0], H2.mean(0).float())
+
+
+def test_bn_layers_and_bn_inputs():
+    net = tiny_net()
+    assert [type(m) for m in bn_layers(net)] == [nn.BatchNorm1d, BatchNorm]
+    X = torch.randn(6, 3)
+    net.train()
+    first, second = bn_inputs(net, X)
+    assert net.training
+    torch.testing.assert_close(first, net[0](X).detach())
+    net.eval()
+    torch.testing.assert_close(second, net[3](net[2](net[1](net[0](X)))).detach())
+
+
+def test_companion_outputs_vary_and_leave_the_model_as_it_was():
+    model = BNLeNet()
+    model(torch.zeros(2, 1, 28, 28))
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pool = torch.randn(20, 1, 28, 28)
+    out = companion_outputs(model, pool[0], pool[1:], batch_size=4, num_batches=5)
+    assert out.shape == (5, 10) and not model.training
+    torch.testing.assert_close(out.sum(1), torch.ones(5))
+    assert out.std(0).max() > 0  # the same example, other companions, another output
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_activation_recorder_and_sigmoid_inputs():
+    model = BNLeNet()
+    model(torch.zeros(2, 1, 28, 28))
+    layers = sigmoid_inputs(model)
+    assert list(layers) == ["conv 1", "conv 2", "fc 1", "fc 2"]
+    assert all(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in layers.values())
+    assert all(isinstance(m, nn.Conv2d | nn.Linear) for m in sigmoid_inputs(d2l.LeNet()).values())
+    recorder = ActivationRecorder(layers)
+    X = torch.randn(16, 1, 28, 28)
+    model(X), model(X[:2])  # a pass on two examples is not recorded
+    model.eval()
+    model(X)  # nor one in eval mode
+    curves = recorder.curves()
+    recorder.remove()
+    model.train()
+    model(X)
+    assert {name: tuple(m.shape) for name, (m, _) in curves.items()} == {
+        "conv 1": (1, 6),
+        "conv 2": (1, 16),
+        "fc 1": (1, 120),
+        "fc 2": (1, 84),
+    }
+    means, stds = curves["fc 1"]
+    torch.testing.assert_close(means, torch.zeros(1, 120), atol=1e-5, rtol=0)  # BN output: centred
+    assert len(recorder.means["conv 1"]) == 1  # removed: nothing more recorded
