@@ -246,6 +246,36 @@ EXPERIMENTS: dict[str, dict[str, dict[str, Any]]] = {
             about="the book's ResNet-18 run",
         ),
     ),
+    # Plain (no shortcut) against residual networks at two depths, the same steps for all four:
+    # three stages of n blocks with 16-32-64 channels (He et al.'s CIFAR-10 nets, 6n + 2 layers);
+    # plain cross-entropy (no label smoothing), so the training losses compare directly.
+    "degradation": _three(
+        ci=dict(
+            data=dict(batch_size=64, normalize=True, **_CI_DATA),
+            model=dict(lr=0.1, stem_kernel=3, stem_stride=2),
+            trainer=dict(_FAST, label_smoothing=0.0, max_epochs=100, max_steps=60),
+            seconds=40,
+            extra=dict(depths=(1, 5), widths=(16, 32, 64)),
+            about="8 against 32 layers, 60 steps each on the 10,000-image subset",
+        ),
+        demo=dict(
+            data=dict(batch_size=64, normalize=True, val_subset=2_000),
+            model=dict(lr=0.1, stem_kernel=3, stem_stride=2),
+            trainer=dict(_FAST, label_smoothing=0.0, max_epochs=100, max_steps=150, eval_every=0),
+            seconds=150,
+            extra=dict(depths=(1, 5), widths=(16, 32, 64)),
+            about="8 against 32 layers, 150 steps each on the full training set; a 3x3 stride-2 "
+            "stem (7x7 maps in the first stage) keeps the deep nets cheap; 2,000 test images",
+        ),
+        full=dict(
+            data=dict(batch_size=128, normalize=True),
+            model=dict(lr=0.1, stem_kernel=3, stem_stride=1),
+            trainer=dict(_FAST, label_smoothing=0.0, max_epochs=100, max_steps=3000, eval_every=0),
+            seconds=600,
+            extra=dict(depths=(3, 9), widths=(16, 32, 64)),
+            about="He et al.'s 20 against 56 layers, 3,000 steps each, 14x14 maps in the first stage",
+        ),
+    ),
     # ---- 03_resnext ----------------------------------------------------------------------
     "resnext": _three(
         ci=dict(

@@ -12,6 +12,8 @@ from d2l import torch as d2l
 from torch import nn
 from torch.nn import functional as F
 
+from d2l_ext.training import Trainer
+
 
 class Residual(nn.Module):
     """The residual block of ResNet (He et al., 2016): ReLU(g(X) + X), g = conv-BN-ReLU-conv-BN.
@@ -63,7 +65,8 @@ class ResNet(d2l.Classifier):
             starts with a block that halves height and width.
         lr: learning rate.
         num_classes: outputs of the head.
-        stem_kernel, stem_stride: the stem's convolution (the book's: 7 and 2).
+        stem_kernel, stem_stride: the stem's convolution (the book's: 7 and 2). The stem has
+            arch[0][1] channels (the book's 64 for ResNet-18).
 
     Shapes: (N, C, H, W) -> (N, num_classes).
     """
@@ -97,10 +100,11 @@ def __init__(self, arch, lr=0.1, num_classes=10, stem_kernel=7, stem_stride=2):
         raise ValueError(f"arch must be (num_residuals, num_channels) pairs of positive ints, got {arch!r}.")
     if stem_kernel < 1 or stem_kernel % 2 == 0 or stem_stride < 1:
         raise ValueError(
-            f"stem_kernel must be odd and positive, stem_stride positive: {stem_kernel}, {stem_stride}."
+            f"stem_kernel must be odd and stem_stride positive, got {stem_kernel}, {stem_stride}."
         )
     self.save_hyperparameters()
-    self.net = nn.Sequential(self.b1())
+    self.net = nn.Sequential()
+    self.net.add_module("b1", self.b1())
     for i, b in enumerate(arch):
         self.net.add_module(f"b{i + 2}", self.block(*b, first_block=(i == 0)))
     self.net.add_module(
@@ -113,3 +117,67 @@ class ResNet18(ResNet):
 
     def __init__(self, lr: float = 0.1, num_classes: int = 10):
         super().__init__(((2, 64), (2, 128), (2, 256), (2, 512)), lr, num_classes)
+
+
+@d2l.add_to_class(ResNet)
+def stage_shapes(self, X_shape):
+    """Output shape of every stage of ``self.net`` (stem, stages, head) for an input of ``X_shape``."""
+    X, shapes, was_training = torch.zeros(X_shape), {}, self.training
+    self.eval()  # BN in eval mode: shapes for any batch size, and no change to running statistics
+    with torch.no_grad():
+        for name, layer in self.net.named_children():
+            X = layer(X)
+            shapes[name] = tuple(X.shape)
+    self.train(was_training)
+    return shapes
+
+
+class PlainBlock(Residual):
+    """A residual block without its shortcut, ReLU(g(X)): the "plain" baseline of He et al. (2016)."""
+
+    def __init__(self, num_channels: int, strides: int = 1):
+        super().__init__(num_channels, use_1x1conv=strides != 1, strides=strides)
+        self.conv3 = None  # no shortcut, so no 1x1 convolution to match it
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        Y = F.relu(self.bn1(self.conv1(X)))
+        return F.relu(self.bn2(self.conv2(Y)))
+
+
+class PlainNet(ResNet):
+    """ResNet with every shortcut removed: the same stem, stages, widths and head (He et al., 2016)."""
+
+    def block(self, num_residuals, num_channels, first_block=False):
+        strides = [1 if i > 0 or first_block else 2 for i in range(num_residuals)]
+        return nn.Sequential(*[PlainBlock(num_channels, s) for s in strides])
+
+
+class StepTrainer(Trainer):
+    """`Trainer` that also records the training loss of every step, in ``step_losses``."""
+
+    def fit(self, model, data):
+        self.step_losses = []
+        return super().fit(model, data)
+
+    def training_loss(self, Y_hat, y):
+        loss = super().training_loss(Y_hat, y)
+        self.step_losses.append(loss.item())
+        return loss
+
+
+def conv_grad_norms(net, X, y):
+    """Norm of the loss gradient w.r.t. the weight of every 3x3 (and stem) convolution of ``net``,
+    input side first, for one minibatch. The 1x1 shortcut convolutions are left out, so that a
+    ResNet and its PlainNet give lists of the same length."""
+    net.zero_grad()
+    net.loss(net(X), y).backward()
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+    return [m.weight.grad.norm().item() for m in convs]
+
+
+def init_grad_norms(Net, num_residuals, widths, X, y, seed=0, **kwargs):
+    """`conv_grad_norms` of ``Net`` with ``num_residuals`` blocks per stage, initialized as `Trainer` does."""
+    torch.manual_seed(seed)
+    net = Net(tuple((num_residuals, w) for w in widths), **kwargs)
+    net.apply_init([X[:2]], d2l.init_cnn)
+    return conv_grad_norms(net, X, y)
