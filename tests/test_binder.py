@@ -104,7 +104,7 @@ def test_recipe_details():
     # The data set is installed before the repository is copied (a cached layer) ...
     assert dockerfile.index("dataset-fashion-mnist") < dockerfile.index("COPY --chown=1000:1000 src/ ")
     # ... and packages are installed as the user, in the Python of binder/runtime.txt.
-    assert "environment-2epy-2d3-2e11-2dlinux-2d64" in dockerfile  # Python 3.11's lock file
+    assert re.search(r"environment\S*py\S*3(\.|-2e)11", dockerfile), "not Python 3.11 (runtime.txt)"
     assert "USER ${NB_USER}" in dockerfile
 
 

@@ -319,11 +319,13 @@ def test_notebook_runs_in_jupyterlab(lab: Lab, browser: Browser, notebook: Path)
             if failed := move_a_slider(page):
                 problems.append(failed)
             problems += [f"error output after moving a slider:\n{t[-2000:]}" for t in tracebacks(page)]
-    finally:
-        try:
+    finally:  # without masking the error that brought us here
+        shot = None
+        with contextlib.suppress(Exception):
             shot = screenshot(page, notebook.stem)
-        finally:
+        with contextlib.suppress(Exception):
             context.close()
+        with contextlib.suppress(OSError):
             for k in lab.api("GET", "/api/kernels"):  # free its memory for the next notebook
                 lab.api("DELETE", f"/api/kernels/{k['id']}")
     assert hashlib.sha256(notebook.read_bytes()).hexdigest() == digest, (

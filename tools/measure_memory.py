@@ -103,8 +103,10 @@ def measure(path: Path, cell_timeout: int) -> dict:
                 if (rise := high_water_mark(kernel.pid) - before) > 0:
                     first_line = cell.source.strip().splitlines()[0][:60] if cell.source.strip() else ""
                     result["rises"].append({"cell": index, "source": first_line, "rise": rise})
-        except (CellExecutionError, CellTimeoutError) as e:
-            result["error"] = str(e).strip().splitlines()[-1][:300]
+        except CellExecutionError as e:
+            result["error"] = f"cell {index}: {e.ename}: {e.evalue}"[:300]
+        except CellTimeoutError:
+            result["error"] = f"cell {index}: no result within {cell_timeout} s"
         finally:
             result["kernel_hwm"] = high_water_mark(kernel.pid)
             result["cuda_libs"] = cuda_library_rss(kernel.pid)
