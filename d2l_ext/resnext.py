@@ -62,10 +62,10 @@ def conv_cost(c_i: int, c_o: int, groups: int, kernel_size: int = 3, size: int =
     return dict(groups=groups, weights=conv.weight.numel(), params=params, flops=count_flops(conv, X))
 
 
-def time_forward(net, X, repeat: int = 5) -> float:
+def time_forward(net, X, repeat: int = 10) -> float:
     """Wall time in seconds of ``net(X)`` without autograd: the fastest of ``repeat`` calls after a warm-up.
 
-    The minimum, not the mean, since other programs on the machine can only add time.
+    The minimum, not the mean: other programs on the machine can only add time.
     """
     times = []
     with torch.no_grad():
