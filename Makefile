@@ -2,12 +2,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Jupyter refuses to run as root unless told; containers and CI often are root.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 export D2L_EXT_PRESET ?=
 
 .PHONY: lab test setup unit notebooks lint format export check bench clean
 
 lab: setup  ## prepare everything and open JupyterLab on the notebooks
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/
 
 test: setup  ## prepare everything, then lint, unit tests and every notebook in the ci preset
 	$(BIN)/ruff check .
