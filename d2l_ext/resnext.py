@@ -9,6 +9,7 @@ The definitions saved from notebooks/03_resnext.ipynb.
 
 import time
 
+import IPython
 import pandas as pd
 import torch
 from d2l import torch as d2l
@@ -201,7 +202,10 @@ def resnext_cost_view(c_i: int, c_o: int, groups: int, bot_mul: float):
     except ValueError as e:
         print(f"Refused: {e}")
         return None
-    return table.assign(MFLOPs=table.flops / 1e6).drop(columns="flops").round(3)
+    table = table.assign(MFLOPs=table.flops / 1e6).drop(columns="flops").round(3)
+    # interactive() shows only what its function displays, so display here, on every change.
+    IPython.display.display(table)
+    return table
 
 
 class ResNeXt(ResNet):
