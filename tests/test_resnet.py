@@ -325,3 +325,11 @@ def test_degradation_preset(preset):
     assert shallow < deep and len(cfg.extra["widths"]) == 3
     assert cfg.trainer["max_steps"] and cfg.trainer["label_smoothing"] == 0
     PlainNet(tuple((deep, w) for w in cfg.extra["widths"]), **cfg.model)
+
+
+def test_stage_shapes_leaves_mode_and_statistics_alone():
+    model = materialized(ResNet(((1, 4),), stem_kernel=3, stem_stride=1), (2, 1, 8, 8))
+    before = model.net.b1[1].running_mean.clone()
+    model.train()
+    assert model.stage_shapes((1, 1, 8, 8))["last"] == (1, 10)  # batch 1 works: BN in eval mode
+    assert model.training and torch.equal(model.net.b1[1].running_mean, before)
