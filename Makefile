@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 export D2L_EXT_PRESET ?=
 
-.PHONY: lab test setup unit notebooks lint format export check bench clean
+.PHONY: lab test setup unit notebooks lint format export check bench memory clean
 
 lab: setup  ## prepare everything and open JupyterLab on the notebooks
 	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/
@@ -40,6 +40,9 @@ check: setup
 
 bench: setup  ## time to accuracy: the book's settings against the demo preset
 	$(BIN)/python benchmarks/time_to_accuracy.py
+
+memory: setup  ## peak memory and wall time of every notebook in the demo preset (Binder's limit)
+	$(BIN)/python tools/measure_memory.py
 
 clean:
 	rm -rf $(VENV) build

@@ -275,10 +275,13 @@ def exact_bn_statistics(model: nn.Module, loader) -> list[tuple[torch.Tensor, to
     stats, was_training = [], model.training
     model.eval()
     for bn in bn_layers(model):
-        moments = []
+        totals = [0, 0.0, 0.0]  # count, sum, sum of squares, accumulated batch by batch
 
-        def measure(module, args, moments=moments):
-            moments.append(_moments(args[0]))
+        def measure(module, args, totals=totals):
+            # Accumulate rather than keep each batch's moments: keeping them held every batch's
+            # activations alive (several GB over the training set).
+            for i, t in enumerate(_moments(args[0])):
+                totals[i] = totals[i] + t
             raise _StopForward  # the layers after this one are not needed yet
 
         handle = bn.register_forward_pre_hook(measure)
@@ -288,7 +291,7 @@ def exact_bn_statistics(model: nn.Module, loader) -> list[tuple[torch.Tensor, to
             except _StopForward:
                 pass
         handle.remove()
-        n, s1, s2 = (sum(t) for t in zip(*moments))
+        n, s1, s2 = totals
         mean, var = s1 / n, s2 / n - (s1 / n) ** 2
         running = (
             (bn.running_mean, bn.running_var)
