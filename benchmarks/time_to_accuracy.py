@@ -10,7 +10,7 @@ pipeline with worker processes). Prints a table and writes it as JSON:
     python benchmarks/time_to_accuracy.py [--budget 60] [--models bn_lenet resnet ...]
 
 Columns: images/s, epochs, test accuracy at the budget, seconds to reach ``--target`` on a
-1,000-image probe (measured every budget/12 s, not counted as training), the whole training
+1,000-image probe (measured every budget/6 s, not counted as training), the whole training
 cell's wall time (data, training, final evaluation), and training throughput as a fraction of this
 machine's measured fp32 matrix-multiply peak (3x the forward FLOPs per image, the usual estimate of
 forward plus backward).
@@ -83,7 +83,7 @@ def run(name: str, setting: str, budget: float, peak: float, target: float) -> d
     cell_start = time.perf_counter()
     data = FashionMNIST(**cfg.data, verbose=False)
     model = Model(**cfg.model)
-    trainer = Trainer(**trainer_kw, probe_every=budget / 12, probe_size=1000, plot=False)
+    trainer = Trainer(**trainer_kw, probe_every=budget / 6, probe_size=1000, plot=False)
     trainer.fit(model, data)
     cell = time.perf_counter() - cell_start - trainer.probe_seconds
     X = next(iter(data.val_dataloader()))[0][:16]
