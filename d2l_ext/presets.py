@@ -49,6 +49,11 @@ class Experiment:
     seconds: float  # expected wall time of the training cell (2-core CPU; GPU for ``full``)
     about: str = ""  # what is scaled relative to the book, and why
     extra: dict[str, Any] = field(default_factory=dict)  # experiment-specific knobs
+    # The validation accuracy every run of this preset must reach (asserted by the notebooks and
+    # the tests; None: no floor), and the one a run on a quiet machine is expected to reach (the
+    # benchmark's target; None: not benchmarked).
+    floor: float | None = None
+    target: float | None = None
 
     def __str__(self) -> str:
         def fmt(d: dict[str, Any]) -> str:
@@ -355,6 +360,8 @@ def experiment(name: str, preset: str | None = None, verbose: bool = True) -> Ex
         seconds=spec["seconds"],
         about=spec.get("about", ""),
         extra=dict(spec.get("extra", {})),
+        floor=spec.get("floor"),
+        target=spec.get("target"),
     )
     if verbose:
         print(exp)
