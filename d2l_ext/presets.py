@@ -1,4 +1,4 @@
-"""Run presets: one knob, ``D2L_EXT_PRESET``, and the settings of every training in the notebooks.
+"""Run presets: one knob, ``D2L_EXT_PRESET``, and the recipe of every training in the notebooks.
 
 * ``ci``   the same code end to end on a fixed, class-balanced 10,000-image training subset and a
            1,000-image test subset, a fixed number of steps (so the result does not depend on the
@@ -9,20 +9,40 @@
 * ``full`` the book's settings (resolution, epochs, learning rate); meant for a GPU.
 
 The default is ``full`` where CUDA has a GPU and ``demo`` elsewhere. A notebook asks for its
-experiment by name, ``cfg = experiment('resnet')``, which prints the preset in force, the settings
-and the expected time; it then builds ``FashionMNIST(**cfg.data)``, the model from ``cfg.model``
-and ``Trainer(**cfg.trainer)``.
+experiment by name, ``cfg = experiment('resnet')``, which prints the preset in force, the settings,
+the expected time and accuracy; it then builds ``FashionMNIST(**cfg.data)``, the model from
+``cfg.model`` and ``Trainer(**cfg.trainer)``, and asserts ``val_acc >= cfg.floor``.
+
+Each experiment is one `Recipe` in `EXPERIMENTS`: its `Settings` under each preset, with the
+accuracy every run must reach (``floor``) and the one a run on a quiet machine is expected to reach
+(``target``, what ``benchmarks/time_to_accuracy.py`` checks). Retuning a preset touches only its
+recipe. A setting that `FashionMNIST` or `Trainer` does not take is refused when this module loads.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
 import torch
 
-__all__ = ["EXPERIMENTS", "PRESETS", "Experiment", "current_preset", "experiment"]
+from d2l_ext.data import FashionMNIST
+from d2l_ext.training import Trainer
+
+__all__ = [
+    "EXPERIMENTS",
+    "PRESETS",
+    "Experiment",
+    "Recipe",
+    "Settings",
+    "current_preset",
+    "experiment",
+]
 
 PRESETS = ("ci", "demo", "full")
 
@@ -70,9 +90,89 @@ class Experiment:
         if self.extra:
             lines.append(f"  also:     {fmt(self.extra)}")
         lines.append(f"  expected: about {self.seconds:.0f} s on {where}")
+        accuracy = []
+        if self.floor is not None:
+            accuracy.append(f"at least {100 * self.floor:g}% on every run (cfg.floor, asserted)")
+        if self.target is not None:
+            accuracy.append(f"about {100 * self.target:g}% on a quiet machine (cfg.target)")
+        if accuracy:
+            lines.append(f"  accuracy: validation {'; '.join(accuracy)}")
         if self.about:
             lines.append(f"  why:      {self.about}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One experiment under one preset: what to build and train, and the accuracy it must reach.
+
+    The mappings are read-only (`experiment` hands out copies): a notebook that changes its
+    ``cfg`` cannot change the recipe.
+    """
+
+    data: Mapping[str, Any]  # FashionMNIST(**data)
+    model: Mapping[str, Any]  # keyword arguments of the recipe's model classes
+    trainer: Mapping[str, Any]  # Trainer(**trainer)
+    seconds: float  # expected wall time of the training cell (2-core CPU; GPU for ``full``)
+    about: str = ""  # what is scaled relative to the book, and why
+    extra: Mapping[str, Any] = field(default_factory=dict)  # experiment-specific knobs
+    floor: float | None = None  # validation accuracy every run must reach
+    target: float | None = None  # validation accuracy expected on a quiet machine
+
+    def __post_init__(self) -> None:
+        for name in ("data", "model", "trainer", "extra"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+
+
+def _check_names(where: str, what: str, settings: Mapping[str, Any], fn: Callable) -> None:
+    """Refuse a setting name that ``fn`` does not take, naming the closest one it does."""
+    known = [n for n in inspect.signature(fn).parameters if n != "self"]
+    for name in settings:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise TypeError(
+                f"{where}: {what} setting {name!r} is not an argument of {fn.__name__}; {hint}"
+                f"it takes {', '.join(known)}."
+            )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An experiment of the notebooks: its model classes and its settings under every preset.
+
+    ``models`` are dotted paths of the classes that ``Settings.model`` configures (the first is
+    the one the benchmark trains); ``recipe[preset]`` is that preset's `Settings`.
+    """
+
+    name: str
+    models: tuple[str, ...]
+    ci: Settings
+    demo: Settings
+    full: Settings
+
+    def __post_init__(self) -> None:
+        for preset in PRESETS:
+            s, where = self[preset], f"experiment {self.name!r}, preset {preset!r}"
+            _check_names(where, "data", s.data, FashionMNIST)
+            _check_names(where, "trainer", s.trainer, Trainer)
+            if not s.seconds > 0:
+                raise ValueError(f"{where}: the expected seconds must be positive, got {s.seconds!r}.")
+            for kind in ("floor", "target"):
+                value = getattr(s, kind)
+                if value is not None and not 0 < value < 1:
+                    raise ValueError(f"{where}: {kind} is an accuracy in (0, 1), got {value!r}.")
+            if s.floor is not None and s.target is not None and s.target < s.floor:
+                raise ValueError(f"{where}: the target {s.target} is below the floor {s.floor}.")
+
+    def __getitem__(self, preset: str) -> Settings:
+        if preset not in PRESETS:
+            raise KeyError(f"{preset!r} is not a preset; use one of {', '.join(PRESETS)}.")
+        return getattr(self, preset)
+
+
+# Recipe's settings fields are the presets, in order.
+assert tuple(f.name for f in fields(Recipe))[2:] == PRESETS
 
 
 # Data shapes shared by many experiments.
@@ -101,28 +201,26 @@ _WHY_SMALL = (
 _WHY_CI = "a 10,000-image training subset and a fixed step count, so CI takes seconds"
 
 
-def _three(ci: dict, demo: dict, full: dict) -> dict[str, dict[str, Any]]:
-    return {"ci": ci, "demo": demo, "full": full}
-
-
-EXPERIMENTS: dict[str, dict[str, dict[str, Any]]] = {
+_RECIPES = (
     # ---- 01_batch_norm -------------------------------------------------------------------
-    "lenet": _three(
-        ci=dict(
+    Recipe(
+        "lenet",
+        models=("d2l.torch.LeNet",),
+        ci=Settings(
             data=dict(batch_size=128, **_CI_DATA),
             model=dict(lr=0.1),
             trainer=dict(max_epochs=3),
             seconds=10,
             about=_WHY_CI,
         ),
-        demo=dict(
+        demo=Settings(
             data=dict(batch_size=128),
             model=dict(lr=0.1),
             trainer=dict(max_epochs=1000, time_budget=30, eval_every=0),
             seconds=35,
             about="the book's LeNet and settings, stopped after 30 s",
         ),
-        full=dict(
+        full=Settings(
             data=dict(batch_size=128),
             model=dict(lr=0.1),
             trainer=dict(max_epochs=10),
@@ -130,49 +228,57 @@ EXPERIMENTS: dict[str, dict[str, dict[str, Any]]] = {
             about="the book's settings",
         ),
     ),
-    "bn_lenet": _three(
-        ci=dict(
+    Recipe(
+        "bn_lenet",
+        models=("d2l_ext.batch_norm.BNLeNet", "d2l_ext.batch_norm.BNLeNetScratch"),
+        ci=Settings(
             data=dict(batch_size=128, normalize=True, **_CI_DATA),
             model=dict(lr=0.1),
             # The demo's recipe: with the book's constant rate, the validation accuracy of so short
             # a run swings between 62% and 76% with the seed; annealed, it stays within 81-83%.
             trainer=dict(_FAST, max_epochs=100, max_steps=200),
             seconds=12,
+            floor=0.65,
             about=_WHY_CI + "; the demo's recipe",
         ),
-        demo=dict(
+        demo=Settings(
             data=dict(batch_size=128, normalize=True),
             model=dict(lr=0.1),
             trainer=dict(_DEMO),
             seconds=65,
+            floor=0.65,
+            target=0.9,
             about="the book's BN-LeNet, trained for 60 s with a one-cycle schedule",
         ),
-        full=dict(
+        full=Settings(
             data=dict(batch_size=128),
             model=dict(lr=0.1),
             trainer=dict(max_epochs=10),
             seconds=180,
+            floor=0.65,
             about="the book's settings",
         ),
     ),
     # Short like-for-like runs: LeNet and BN-LeNet (drift), BN before or after the activation
     # (placement), each under the BN-LeNet demo's recipe for a fixed number of steps.
-    "bn_drift": _three(
-        ci=dict(
+    Recipe(
+        "bn_drift",
+        models=("d2l.torch.LeNet", "d2l_ext.batch_norm.BNLeNet"),
+        ci=Settings(
             data=dict(batch_size=128, normalize=True, **_CI_DATA),
             model=dict(lr=0.1),
             trainer=dict(_FAST, max_epochs=100, max_steps=100, eval_every=0),
             seconds=5,
             about=_WHY_CI,
         ),
-        demo=dict(
+        demo=Settings(
             data=dict(batch_size=128, normalize=True),
             model=dict(lr=0.1),
             trainer=dict(_FAST, max_epochs=100, max_steps=300, eval_every=0),
             seconds=18,
             about="300 steps, the same for both models, so the curves line up step by step",
         ),
-        full=dict(
+        full=Settings(
             data=dict(batch_size=128, normalize=True),
             model=dict(lr=0.1),
             trainer=dict(_FAST, max_epochs=100, max_steps=1000, eval_every=0),
@@ -181,22 +287,24 @@ EXPERIMENTS: dict[str, dict[str, dict[str, Any]]] = {
         ),
     ),
     # BN-LeNet after 20 steps of the book's plain SGD: its running estimates still lag.
-    "bn_early": _three(
-        ci=dict(
+    Recipe(
+        "bn_early",
+        models=("d2l_ext.batch_norm.BNLeNet",),
+        ci=Settings(
             data=dict(batch_size=128, normalize=True, **_CI_DATA),
             model=dict(lr=0.1),
             trainer=dict(max_epochs=1, max_steps=20, eval_every=0),
             seconds=4,
             about=_WHY_CI,
         ),
-        demo=dict(
+        demo=Settings(
             data=dict(batch_size=128, normalize=True),
             model=dict(lr=0.1),
             trainer=dict(max_epochs=1, max_steps=20, eval_every=0),
             seconds=15,
             about="20 steps, then one pass over the training set per BN layer",
         ),
-        full=dict(
+        full=Settings(
             data=dict(batch_size=128, normalize=True),
             model=dict(lr=0.1),
             trainer=dict(max_epochs=1, max_steps=20, eval_every=0),
@@ -204,8 +312,10 @@ EXPERIMENTS: dict[str, dict[str, dict[str, Any]]] = {
             about="20 steps, then one pass over the training set per BN layer",
         ),
     ),
-    "bn_placement": _three(
-        ci=dict(
+    Recipe(
+        "bn_placement",
+        models=("d2l_ext.batch_norm.BNLeNet", "d2l_ext.batch_norm.BNLeNetAfter"),
+        ci=Settings(
             data=dict(batch_size=128, normalize=True, **_CI_DATA),
             model=dict(lr=0.1),
             trainer=dict(_FAST, max_epochs=100, max_steps=100, eval_every=0),
@@ -213,7 +323,7 @@ EXPERIMENTS: dict[str, dict[str, dict[str, Any]]] = {
             about=_WHY_CI + "; one seed per placement",
             extra=dict(seeds=(0,)),
         ),
-        demo=dict(
+        demo=Settings(
             data=dict(batch_size=128, normalize=True),
             model=dict(lr=0.1),
             trainer=dict(_FAST, max_epochs=100, max_steps=300, eval_every=0),
@@ -222,7 +332,7 @@ EXPERIMENTS: dict[str, dict[str, dict[str, Any]]] = {
             "the spread between seeds",
             extra=dict(seeds=(0, 1)),
         ),
-        full=dict(
+        full=Settings(
             data=dict(batch_size=128, normalize=True),
             model=dict(lr=0.1),
             trainer=dict(_FAST, max_epochs=10),
@@ -232,34 +342,42 @@ EXPERIMENTS: dict[str, dict[str, dict[str, Any]]] = {
         ),
     ),
     # ---- 02_resnet -----------------------------------------------------------------------
-    "resnet": _three(
-        ci=dict(
+    Recipe(
+        "resnet",
+        models=("d2l_ext.resnet.ResNet",),
+        ci=Settings(
             data=dict(batch_size=128, normalize=True, **_CI_DATA),
             model=dict(arch=((1, 16), (1, 32), (1, 64), (1, 128)), lr=0.1, **_SMALL_STEM),
             trainer=dict(_FAST, max_epochs=100, max_steps=160),
             seconds=15,
+            floor=0.7,
             about=_WHY_CI,
         ),
-        demo=dict(
+        demo=Settings(
             data=dict(batch_size=256, normalize=True),
             model=dict(arch=((1, 16), (1, 32), (1, 64), (1, 128)), lr=0.2, **_SMALL_STEM),
             trainer=dict(_DEMO),
             seconds=70,
+            floor=0.88,
+            target=0.92,
             about=_WHY_SMALL,
         ),
-        full=dict(
+        full=Settings(
             data=dict(batch_size=128, resize=96),
             model=dict(arch=((2, 64), (2, 128), (2, 256), (2, 512)), lr=0.01, **_BOOK_STEM),
             trainer=dict(_BOOK),
             seconds=600,
+            floor=0.88,
             about="the book's ResNet-18 run",
         ),
     ),
     # Plain (no shortcut) against residual networks at two depths, the same steps for all four:
     # three stages of n blocks with 16-32-64 channels (He et al.'s CIFAR-10 nets, 6n + 2 layers);
     # plain cross-entropy (no label smoothing), so the training losses compare directly.
-    "degradation": _three(
-        ci=dict(
+    Recipe(
+        "degradation",
+        models=("d2l_ext.resnet.PlainNet", "d2l_ext.resnet.ResNet"),
+        ci=Settings(
             data=dict(batch_size=64, normalize=True, **_CI_DATA),
             model=dict(lr=0.1, stem_kernel=3, stem_stride=2),
             trainer=dict(_FAST, label_smoothing=0.0, max_epochs=100, max_steps=60),
@@ -267,7 +385,7 @@ EXPERIMENTS: dict[str, dict[str, dict[str, Any]]] = {
             extra=dict(depths=(1, 5), widths=(16, 32, 64)),
             about="8 against 32 layers, 60 steps each on the 10,000-image subset",
         ),
-        demo=dict(
+        demo=Settings(
             data=dict(batch_size=128, normalize=True),
             model=dict(lr=0.1, stem_kernel=3, stem_stride=2),
             trainer=dict(_FAST, label_smoothing=0.0, max_epochs=100, max_steps=1000, eval_every=0),
@@ -276,7 +394,7 @@ EXPERIMENTS: dict[str, dict[str, dict[str, Any]]] = {
             about="8 against 32 layers, 1,000 steps (about 2 epochs) each; a 3x3 stride-2 stem "
             "(7x7 maps in the first stage) keeps the deep nets cheap",
         ),
-        full=dict(
+        full=Settings(
             data=dict(batch_size=128, normalize=True),
             model=dict(lr=0.1, stem_kernel=3, stem_stride=1),
             trainer=dict(_FAST, label_smoothing=0.0, max_epochs=100, max_steps=3000, eval_every=0),
@@ -286,61 +404,75 @@ EXPERIMENTS: dict[str, dict[str, dict[str, Any]]] = {
         ),
     ),
     # ---- 03_resnext ----------------------------------------------------------------------
-    "resnext": _three(
-        ci=dict(
+    Recipe(
+        "resnext",
+        models=("d2l_ext.resnext.ResNeXt",),
+        ci=Settings(
             data=dict(batch_size=128, normalize=True, **_CI_DATA),
             model=dict(
                 arch=((1, 16), (1, 32), (1, 64), (1, 128)), groups=8, bot_mul=1, lr=0.1, **_SMALL_STEM
             ),
             trainer=dict(_FAST, max_epochs=100, max_steps=160),
             seconds=15,
+            floor=0.75,
             about=_WHY_CI,
         ),
-        demo=dict(
+        demo=Settings(
             data=dict(batch_size=256, normalize=True),
             model=dict(
                 arch=((1, 16), (1, 32), (1, 64), (1, 128)), groups=8, bot_mul=1, lr=0.2, **_SMALL_STEM
             ),
             trainer=dict(_DEMO),
             seconds=70,
+            floor=0.7,
+            target=0.91,
             about=_WHY_SMALL,
         ),
-        full=dict(
+        full=Settings(
             data=dict(batch_size=128, resize=96),
             model=dict(
                 arch=((2, 64), (2, 128), (2, 256), (2, 512)), groups=32, bot_mul=0.5, lr=0.05, **_BOOK_STEM
             ),
             trainer=dict(_BOOK),
             seconds=900,
+            floor=0.85,
             about="ResNet-18's stages with ResNeXt blocks, at the book's resolution",
         ),
     ),
     # ---- 04_densenet ---------------------------------------------------------------------
-    "densenet": _three(
-        ci=dict(
+    Recipe(
+        "densenet",
+        models=("d2l_ext.densenet.DenseNet",),
+        ci=Settings(
             data=dict(batch_size=128, normalize=True, **_CI_DATA),
             model=dict(num_channels=32, growth_rate=16, arch=(2, 2, 2, 2), lr=0.1, **_SMALL_STEM),
             trainer=dict(_FAST, max_epochs=100, max_steps=160),
             seconds=15,
+            floor=0.7,
             about=_WHY_CI,
         ),
-        demo=dict(
+        demo=Settings(
             data=dict(batch_size=128, normalize=True),
             model=dict(num_channels=32, growth_rate=16, arch=(2, 2, 2, 2), lr=0.1, **_SMALL_STEM),
             trainer=dict(_DEMO),
             seconds=70,
+            floor=0.8,
+            target=0.9,
             about="native 28x28 input; a 3x3 stride-1 stem; 32 initial channels, growth "
             "rate 16 and two convolutions per dense block, so more epochs fit",
         ),
-        full=dict(
+        full=Settings(
             data=dict(batch_size=128, resize=96),
             model=dict(num_channels=64, growth_rate=32, arch=(4, 4, 4, 4), lr=0.01, **_BOOK_STEM),
             trainer=dict(_BOOK),
             seconds=700,
+            floor=0.88,
             about="the book's DenseNet run",
         ),
     ),
-}
+)
+
+EXPERIMENTS: dict[str, Recipe] = {recipe.name: recipe for recipe in _RECIPES}
 
 
 def experiment(name: str, preset: str | None = None, verbose: bool = True) -> Experiment:
@@ -350,18 +482,18 @@ def experiment(name: str, preset: str | None = None, verbose: bool = True) -> Ex
     preset = preset or current_preset()
     if preset not in PRESETS:
         raise ValueError(f"{preset!r} is not a preset; use one of {', '.join(PRESETS)}.")
-    spec = EXPERIMENTS[name][preset]
+    s = EXPERIMENTS[name][preset]
     exp = Experiment(
         name=name,
         preset=preset,
-        data=dict(spec["data"]),
-        model=dict(spec["model"]),
-        trainer=dict(spec["trainer"]),
-        seconds=spec["seconds"],
-        about=spec.get("about", ""),
-        extra=dict(spec.get("extra", {})),
-        floor=spec.get("floor"),
-        target=spec.get("target"),
+        data=dict(s.data),
+        model=dict(s.model),
+        trainer=dict(s.trainer),
+        seconds=s.seconds,
+        about=s.about,
+        extra=dict(s.extra),
+        floor=s.floor,
+        target=s.target,
     )
     if verbose:
         print(exp)

@@ -1,12 +1,21 @@
-"""d2l_ext.presets: one knob, every experiment defined under every preset, settings that construct."""
+"""d2l_ext.presets: one knob, every experiment defined under every preset, settings that construct,
+and each accuracy floor defined once, in its recipe."""
 
+import ast
+import dataclasses
+import importlib
 import inspect
+import json
+from pathlib import Path
 
 import pytest
 import torch
+from IPython.core.inputtransformer2 import TransformerManager
 
 from d2l_ext import FashionMNIST, Trainer, presets
-from d2l_ext.presets import EXPERIMENTS, PRESETS, current_preset, experiment
+from d2l_ext.presets import EXPERIMENTS, PRESETS, Recipe, Settings, current_preset, experiment
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_default_is_demo_on_cpu_and_full_on_gpu(monkeypatch):
@@ -90,3 +99,165 @@ def test_full_is_the_books_run():
 def test_module_documents_every_preset():
     for name in PRESETS:
         assert f"``{name}``" in presets.__doc__
+
+
+# -- the recipes are typed and check themselves -----------------------------------------------
+
+
+def model_class(path: str) -> type:
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("name, preset", ALL)
+def test_every_model_setting_builds_the_recipes_models(name, preset):
+    cfg = experiment(name, preset, verbose=False)
+    kwargs = dict(cfg.model)
+    if "depths" in cfg.extra:  # the degradation runs: arch from the depth and widths, as notebook 02
+        kwargs["arch"] = tuple((cfg.extra["depths"][0], w) for w in cfg.extra["widths"])
+    for path in EXPERIMENTS[name].models:
+        Model = model_class(path)
+        inspect.signature(Model).bind(**kwargs)
+        assert Model(**kwargs).lr == cfg.model["lr"]
+
+
+def small_settings(**changes) -> Settings:
+    return Settings(**{**dict(data={}, model={}, trainer={}, seconds=1.0), **changes})
+
+
+def recipe_with(**changes) -> Recipe:
+    good = small_settings()
+    return Recipe("probe", models=("d2l.torch.LeNet",), ci=good, demo=good, full=small_settings(**changes))
+
+
+@pytest.mark.parametrize(
+    "changes, error, match",
+    [
+        (dict(data=dict(batch_sise=128)), TypeError, "'probe', preset 'full'.*did you mean 'batch_size'"),
+        (dict(trainer=dict(time_budjet=60)), TypeError, "not an argument of Trainer.*'time_budget'"),
+        (dict(trainer=dict(flop=1)), TypeError, "it takes max_epochs, num_gpus"),
+        (dict(seconds=0), ValueError, "seconds must be positive"),
+        (dict(floor=88), ValueError, r"floor is an accuracy in \(0, 1\), got 88"),
+        (dict(floor=0.9, target=0.8), ValueError, "target 0.8 is below the floor 0.9"),
+    ],
+    ids=["data-typo", "trainer-typo", "unknown", "seconds", "percent-floor", "target-below-floor"],
+)
+def test_a_bad_recipe_is_refused_where_it_is_written(changes, error, match):
+    recipe_with()  # the same recipe without the change is fine
+    with pytest.raises(error, match=match):
+        recipe_with(**changes)
+
+
+def test_recipes_are_read_only():
+    with pytest.raises(TypeError):
+        EXPERIMENTS["resnet"].demo.trainer["time_budget"] = 5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        EXPERIMENTS["resnet"].demo.floor = 0.1
+    with pytest.raises(KeyError, match="use one of ci, demo, full"):
+        EXPERIMENTS["resnet"]["fast"]
+    assert EXPERIMENTS["resnet"]["demo"] is EXPERIMENTS["resnet"].demo
+
+
+BENCHMARKED = ("bn_lenet", "resnet", "resnext", "densenet")
+
+
+@pytest.mark.parametrize("name", BENCHMARKED)
+def test_trained_models_have_floors_and_a_demo_target(name):
+    for preset in PRESETS:
+        cfg = experiment(name, preset, verbose=False)
+        assert cfg.floor is not None and 0.5 <= cfg.floor < 1
+    demo = experiment(name, "demo", verbose=False)
+    assert demo.floor < demo.target < 1
+    assert f"at least {100 * demo.floor:g}%" in str(demo) and f"about {100 * demo.target:g}%" in str(demo)
+
+
+def test_a_floor_changed_in_the_recipe_is_what_experiment_gives(monkeypatch):
+    recipe = EXPERIMENTS["resnet"]
+    before = experiment("resnet", "demo", verbose=False)
+    monkeypatch.setitem(
+        EXPERIMENTS, "resnet", dataclasses.replace(recipe, demo=dataclasses.replace(recipe.demo, floor=0.5))
+    )
+    after = experiment("resnet", "demo", verbose=False)
+    assert after.floor == 0.5 != before.floor
+    assert dataclasses.replace(after, floor=before.floor) == before  # nothing else changed
+    assert experiment("resnet", "ci", verbose=False).floor == recipe.ci.floor
+
+
+# -- notebooks assert the recipe's floor, never a number of their own ------------------------------
+
+
+def _literal(node: ast.AST, floors: set[str]) -> bool:
+    """A number typed in the notebook: 0.88, {"ci": 0.7, "demo": 0.88}[preset], or a name bound to one."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, float | int) and not isinstance(node.value, bool)
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Dict):
+        return all(_literal(v, floors) for v in node.value.values)
+    return isinstance(node, ast.Name) and node.id in floors
+
+
+def _accuracy(node: ast.AST) -> bool:
+    """An accuracy itself (``val_acc``, ``acc["exact"]``, ``table["val acc"].min()``), not a difference."""
+    plain = not any(isinstance(n, ast.BinOp | ast.Compare) for n in ast.walk(node))
+    return plain and "acc" in ast.unparse(node).lower()
+
+
+def literal_floors(notebook: Path) -> list[str]:
+    """Every assert of ``notebook`` that compares an accuracy with a number instead of ``cfg.floor``."""
+    cells = json.loads(notebook.read_text())["cells"]
+    code = [(i, TransformerManager().transform_cell("".join(c["source"]))) for i, c in enumerate(cells)]
+    trees = [(i, ast.parse(src)) for i, src in code if cells[i]["cell_type"] == "code"]
+    floors = {  # names bound to a typed number, e.g. min_acc = {"ci": 0.75, ...}[cfg.preset]
+        t.id
+        for _, tree in trees
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and _literal(node.value, set())
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    }
+    found = []
+    for i, tree in trees:
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Assert):
+                continue
+            for cmp in (n for n in ast.walk(node.test) if isinstance(n, ast.Compare)):
+                operands = [cmp.left, *cmp.comparators]
+                bounds = [
+                    o
+                    for o in operands
+                    if _literal(o, floors) and ast.unparse(o) not in ("0", "1", "0.0", "1.0")
+                ]
+                if bounds and any(_accuracy(o) for o in operands if o not in bounds):
+                    found.append(f"{notebook.name}, cell {i}, line {cmp.lineno}: assert {ast.unparse(cmp)}")
+    return found
+
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
+def test_notebooks_assert_the_recipes_floor(notebook):
+    found = literal_floors(notebook)
+    assert not found, (
+        "These asserts compare an accuracy with a number typed in the notebook. Floors live in the "
+        "recipes (d2l_ext/presets.py), so that retuning a preset touches one place: assert "
+        "`val_acc >= cfg.floor` with cfg = experiment(...), and give the recipe a floor if it has "
+        "none.\n  " + "\n  ".join(found)
+    )
+
+
+def test_the_floor_scan_catches_typed_numbers(tmp_path):
+    cells = [
+        'cfg = experiment("resnet")\nacc = trainer.history[-1]["val_acc"]',
+        "assert acc >= cfg.floor and 0.0 <= acc <= 1.0",  # fine: the recipe's floor, and the range
+        'assert early["exact"] > early["running"] + 0.1',  # fine: one accuracy against another
+        "assert abs(acc - 0.9) < 0.02",  # fine: a tolerance on a difference
+        "assert acc > 0.88",
+        'assert last["val_acc"] > {"ci": 0.7, "demo": 0.88}[cfg.preset]',
+        'min_acc = {"ci": 0.75, "demo": 0.7}[cfg.preset]\nassert table["val acc"].min() > min_acc',
+        "%matplotlib inline\nassert (table['val acc'] > 0.6).all()",
+    ]
+    nb = {"cells": [{"cell_type": "code", "source": src} for src in cells], "metadata": {}, "nbformat": 4}
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(nb))
+    found = literal_floors(path)
+    assert [f.split(",")[1] for f in found] == [" cell 4", " cell 5", " cell 6", " cell 7"], found
