@@ -1,12 +1,16 @@
 """tools/export.py: #@save definitions become d2l_ext modules, and the check catches any drift."""
 
+import ast
 import importlib.util
 import json
+import re
+import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("export", ROOT / "tools" / "export.py")
@@ -24,16 +28,24 @@ CELLS = [
     ("code", "@add_to_class(Toy)  #@save\ndef twice(self, X):\n    return 2 * self(X)"),
 ]  # fmt: skip
 
+MARKER = re.compile(r"^(?P<indent> *)# (?P<nb>notebooks/\S+\.ipynb), cell (?P<cell>\d+)$")
+DEFINES = re.compile(r"^(?:async def|def|class) (?P<name>\w+)|^(?P<var>\w+)\s*[:=]")
+
+
+def write_notebook(path: Path, cells) -> Path:
+    nb = nbformat.v4.new_notebook()
+    for kind, src in cells:
+        nb.cells.append(getattr(nbformat.v4, f"new_{kind}_cell")(src))
+    nbformat.write(nb, path)
+    return path
+
 
 @pytest.fixture
 def repo(tmp_path, monkeypatch):
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "d2l_ext").mkdir()
     (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
-    nb = nbformat.v4.new_notebook()
-    for kind, src in CELLS:
-        nb.cells.append(getattr(nbformat.v4, f"new_{kind}_cell")(src))
-    nbformat.write(nb, tmp_path / "notebooks" / "07_toy.ipynb")
+    write_notebook(tmp_path / "notebooks" / "07_toy.ipynb", CELLS)
     monkeypatch.setattr(export, "ROOT", tmp_path)
     return tmp_path
 
@@ -45,6 +57,22 @@ def load(path: Path):
     return module
 
 
+def markers(text: str) -> list[tuple[str, int, str, str]]:
+    """(notebook, cell, indent, name defined next) for each cell comment of a generated module."""
+    lines, out = text.splitlines(), []
+    for i, line in enumerate(lines):
+        if m := MARKER.match(line):
+            after = (s[len(m["indent"]) :] for s in lines[i + 1 :] if s.startswith(m["indent"]))
+            name = next(d["name"] or d["var"] for s in after if (d := DEFINES.match(s)))
+            out.append((m["nb"], int(m["cell"]), m["indent"], name))
+    return out
+
+
+def cell_defines(cell_source: str, name: str) -> bool:
+    """Whether a cell holds the definition of ``name`` (at the start of one of its lines)."""
+    return any((d := DEFINES.match(s)) and name in (d["name"], d["var"]) for s in cell_source.splitlines())
+
+
 def test_exports_saved_definitions_only(repo):
     assert export.main([]) == 0
     module_path = repo / "d2l_ext" / "toy.py"
@@ -54,10 +82,83 @@ def test_exports_saved_definitions_only(repo):
     assert "def helper" not in text and "toy = Toy(2)" not in text and "import math" not in text
     assert "%matplotlib" not in text and "SCALE = 3" in text
     toy = load(module_path)
-    import torch
-
     assert toy.Toy(3)(torch.ones(2)).tolist() == [3.0, 3.0]
     assert toy.Toy(3).twice(torch.ones(1)).tolist() == [6.0]  # the add_to_class method came along
+    assert toy.__all__ == ["Toy", "SCALE", "add_to_class"]  # notebook order; imports are not its names
+
+
+def test_cell_comments_name_the_cell_that_holds_each_definition(repo):
+    assert export.main([]) == 0
+    text = (repo / "d2l_ext" / "toy.py").read_text()
+    cells = nbformat.read(repo / "notebooks" / "07_toy.ipynb", as_version=4).cells
+    found = markers(text)
+    assert [(cell, indent, name) for _, cell, indent, name in found] == [
+        (3, "", "Toy"),  # counted from 1 over all cells: the markdown title is cell 1
+        (6, "    ", "twice"),  # the add_to_class method, inside its class
+        (4, "", "SCALE"),
+        (5, "", "add_to_class"),
+    ]
+    for nb, cell, _, name in found:
+        assert nb == "notebooks/07_toy.ipynb" and cell_defines(cells[cell - 1].source, name)
+
+
+def test_add_to_class_methods_land_in_the_class_body(repo):
+    assert export.main([]) == 0
+    path = repo / "d2l_ext" / "toy.py"
+    tree = ast.parse(path.read_text())
+    top = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+    assert "twice" not in top  # no module-level function, and no `twice = None` from the decorator
+    methods = {n.name: n for n in top["Toy"].body if isinstance(n, ast.FunctionDef)}
+    assert list(methods) == ["__init__", "forward", "twice"] and methods["twice"].decorator_list == []
+    assert load(path).Toy.twice.__qualname__ == "Toy.twice"  # an ordinary method, read in one place
+
+
+EDGES = [
+    ("markdown", "# 08 · Edges"),
+    ("code", "import torch  #@save\nfrom torch import nn  #@save\nfrom edge_base import Base  #@save\n\n\n"
+             "def add_to_class(Class):  #@save\n    def wrapper(obj):\n"
+             "        setattr(Class, obj.__name__, obj)\n\n    return wrapper"),
+    ("code", "class Net(nn.Module):  #@save\n    def forward(self, X):\n        return X\n\n"
+             "    def size(self):\n        return 1"),
+    ("code", "@add_to_class(Net)  #@save\ndef forward(self, X):\n    return -X"),
+    ("code", "@add_to_class(Net)  #@save\n@torch.no_grad()\ndef grad_free(self, X):\n"
+             "    return (X * 2).requires_grad"),
+    ("code", '@add_to_class(Net)  #@save\ndef banner(self):\n    return """a\n  b"""'),
+    ("code", "@add_to_class(Net)  #@save\ndef secret(self):\n    self.__hidden = 1\n"
+             '    return vars(self).get("__hidden")'),
+    ("code", '@add_to_class(Base)  #@save\ndef everywhere(self):\n    return "base"'),
+]  # fmt: skip
+
+
+def test_add_to_class_moves_only_where_the_meaning_stays(repo, monkeypatch):
+    """Overrides, other decorators and multi-line strings survive the move into the class; a
+    ``__private`` name (mangled in a class body) and a class from elsewhere stay outside."""
+    (repo / "edge_base.py").write_text("class Base:\n    pass\n")
+    monkeypatch.syspath_prepend(str(repo))
+    monkeypatch.delitem(sys.modules, "edge_base", raising=False)
+    nb = write_notebook(repo / "notebooks" / "08_edges.ipynb", EDGES)
+    assert export.main([]) == 0
+    path = repo / "d2l_ext" / "edges.py"
+    tree = ast.parse(path.read_text())
+    net = next(n for n in tree.body if isinstance(n, ast.ClassDef))
+    assert [n.name for n in net.body] == ["forward", "size", "forward", "grad_free", "banner"]
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert functions == {"add_to_class", "secret", "everywhere"}
+    edges = load(path)
+    assert edges.__all__ == ["add_to_class", "Net"]  # `secret` and `everywhere` are None there
+
+    notebook = {}  # the notebook's own cells, run as a reader runs them
+    for cell in nbformat.read(nb, as_version=4).cells[1:]:
+        exec(cell.source, notebook)
+    X = torch.ones(2, requires_grad=True)
+    for Net in (notebook["Net"], edges.Net):
+        assert Net().forward(X).tolist() == [-1.0, -1.0]  # the later definition wins, as with setattr
+        assert Net().grad_free(X) is False and Net().banner() == "a\n  b"
+        assert Net().secret() == 1  # in a class body, self.__hidden would be self._Net__hidden
+        assert Net().size() == 1
+    methods = {k for k, v in vars(notebook["Net"]).items() if callable(v)}
+    assert methods == {k for k, v in vars(edges.Net).items() if callable(v)}
+    assert edges.Base().everywhere() == "base"
 
 
 def test_check_passes_when_in_sync_and_fails_on_drift(repo, capsys):
@@ -99,13 +200,44 @@ def test_unparseable_cell_names_notebook_and_cell(repo):
     nb = nbformat.read(nb_path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("def broken(:  #@save\n    pass"))
     nbformat.write(nb, nb_path)
-    with pytest.raises(SystemExit, match="07_toy.ipynb, code cell 6: cannot parse"):
+    with pytest.raises(SystemExit, match=r"07_toy.ipynb, cell 7 \(counted from 1, markdown included\)"):
         export.main([])
+
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_cell_comment_points_to_its_definition(nb):
+    """In what every real notebook generates, each comment names the cell that holds the definition
+    below it, and ``__all__`` lists the public top-level definitions in notebook order."""
+    text = export.generate(nb)
+    if text is None:
+        pytest.skip(f"{nb.name} saves nothing")
+    cells = nbformat.read(nb, as_version=4).cells
+    found = markers(text)
+    assert found, f"{nb.name}: no cell comments in the generated module"
+    for path, cell, _, name in found:
+        assert path == f"notebooks/{nb.name}"
+        assert cell_defines(cells[cell - 1].source, name), f"{nb.name}: cell {cell} does not define {name}"
+    tree = ast.parse(text)
+    (declared,) = [
+        ast.literal_eval(n.value)
+        for n in tree.body
+        if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "__all__"
+    ]
+    top = [name for _, _, indent, name in found if not indent and not name.startswith("_")]
+    decorated = {
+        n.name
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef) and any("add_to_class" in ast.unparse(d) for d in n.decorator_list)
+    }
+    assert declared == [n for n in dict.fromkeys(top) if n not in decorated]
 
 
 def test_the_repository_is_in_sync():
     """The real notebooks and d2l_ext: CI fails here when someone edits one and not the other."""
-    proc = __import__("subprocess").run(
+    proc = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "export.py"), "--check"], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr

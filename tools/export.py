@@ -2,11 +2,22 @@
 """Export the notebooks' ``#@save`` definitions into ``d2l_ext``, or check that they are in sync.
 
 d2l's convention: a trailing ``#@save`` on a top-level ``class`` or ``def`` line, or on one of its
-decorators' lines, saves that whole definition with its decorators (so ``@d2l.add_to_class(C)``
-methods come along); on a top-level import or assignment it saves that statement (``ruff format``
-writes the mark as ``# @save``; both count). ``notebooks/NN_topic.ipynb`` becomes
-``d2l_ext/topic.py`` with a header saying so. A module without that header is hand-written and is
-never overwritten.
+decorators' lines, saves that whole definition with its decorators; on a top-level import or
+assignment it saves that statement (``ruff format`` writes the mark as ``# @save``; both count).
+``notebooks/NN_topic.ipynb`` becomes ``d2l_ext/topic.py``, which has
+
+- a header saying it is generated (a module without it is hand-written and never overwritten);
+- ``__all__``: the public names it defines, in notebook order (imports are not its own names);
+- before each definition, a comment naming its cell, ``# notebooks/02_resnet.ipynb, cell 7``, so
+  that a traceback into the module leads back to the notebook. Cells are counted from 1 over all
+  cells, markdown included, from the top of the notebook, as a reader counts them;
+- each class in one place: a function saved with ``@d2l.add_to_class(C)`` (the book's way to spread
+  a class over cells), where ``C`` is a class saved earlier in the same notebook, becomes an
+  ordinary method at the end of ``C``'s body, with its own cell comment, and the decorator is
+  dropped: the class ends up with the same methods as in the notebook. It stays a decorated
+  top-level function where moving it would change its meaning: ``C`` is decorated or its body
+  shares its header's line, ``add_to_class`` is not the outermost decorator, or the function uses
+  a ``__private`` name (Python mangles those inside a class body, not outside).
 
     python tools/export.py           # write the modules
     python tools/export.py --check   # exit 1 if a module differs from what the notebooks give
@@ -17,11 +28,13 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import io
 import json
 import re
 import shutil
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +46,26 @@ HEADER = (
     "# Generated from {nb} by tools/export.py.\n# Do not edit: change the notebook and run `make export`."
 )
 NAME = re.compile(r"^\d\d_(?P<topic>[a-z][a-z0-9_]*)\.ipynb$")
+INDENT = "    "
+
+
+class Chunk:
+    """One saved top-level statement of a notebook."""
+
+    def __init__(self, cell: int, node: ast.stmt, lines: list[str]):
+        self.cell = cell  # counted from 1 over all cells, as in the cell comment
+        self.node = node  # parsed from ``lines``, so its line numbers count from the chunk's start
+        self.lines = lines  # decorators included, the save marks removed
+        self.methods: list[Chunk] = []  # add_to_class functions moved into this class
+
+    @property
+    def is_import(self) -> bool:
+        return isinstance(self.node, ast.Import | ast.ImportFrom)
+
+
+def cell_marker(notebook_rel: str, cell: int) -> str:
+    """The comment that precedes a generated definition and names its cell."""
+    return f"# {notebook_rel}, cell {cell}"
 
 
 def _code(cell_source: str) -> str:
@@ -42,11 +75,14 @@ def _code(cell_source: str) -> str:
     )
 
 
-def saved_chunks(notebook: Path) -> tuple[list[str], list[str]]:
-    """The saved imports and the other saved statements of ``notebook``, in notebook order."""
-    imports, chunks = [], []
-    cells = json.loads(notebook.read_text())["cells"]
-    for n, cell in enumerate(cells):
+def _cells(notebook: Path) -> list[dict]:
+    return json.loads(notebook.read_text())["cells"]
+
+
+def saved_chunks(notebook: Path) -> list[Chunk]:
+    """The saved top-level statements of ``notebook``, in notebook order."""
+    chunks = []
+    for n, cell in enumerate(_cells(notebook), start=1):
         if cell["cell_type"] != "code":
             continue
         src = "".join(cell["source"])
@@ -56,7 +92,9 @@ def saved_chunks(notebook: Path) -> tuple[list[str], list[str]]:
         try:
             tree = ast.parse("\n".join(lines))
         except SyntaxError as e:
-            raise SystemExit(f"{notebook.name}, code cell {n}: cannot parse ({e}).") from None
+            raise SystemExit(
+                f"{notebook.name}, cell {n} (counted from 1, markdown included): cannot parse ({e})."
+            ) from None
         for node in tree.body:
             # The mark sits on the def/class line, or, as in the book, on a decorator's line:
             # `@d2l.add_to_class(ResNet)  #@save`.
@@ -67,9 +105,95 @@ def saved_chunks(notebook: Path) -> tuple[list[str], list[str]]:
             text = lines[first - 1 : node.end_lineno]
             for i in marked:
                 text[i - first] = MARK_RE.sub("", lines[i - 1]).rstrip()
-            chunk = "\n".join(text).rstrip()
-            (imports if isinstance(node, ast.Import | ast.ImportFrom) else chunks).append(chunk)
-    return imports, chunks
+            chunks.append(Chunk(n, ast.parse("\n".join(text)).body[0], text))
+    return chunks
+
+
+def _add_to_class_target(node: ast.stmt) -> str | None:
+    """``C`` when ``node`` is a function whose outermost decorator is ``[d2l.]add_to_class(C)``."""
+    if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or not node.decorator_list:
+        return None
+    deco = node.decorator_list[0]
+    if not (isinstance(deco, ast.Call) and len(deco.args) == 1 and not deco.keywords):
+        return None
+    func, arg = deco.func, deco.args[0]
+    named = (isinstance(func, ast.Name) and func.id == "add_to_class") or (
+        isinstance(func, ast.Attribute) and func.attr == "add_to_class"
+    )
+    return arg.id if named and isinstance(arg, ast.Name) else None
+
+
+def _uses_private_names(lines: list[str]) -> bool:
+    """Whether the code names a ``__private`` identifier, which a class body would mangle."""
+    tokens = tokenize.generate_tokens(io.StringIO("\n".join(lines) + "\n").readline)
+    return any(
+        t.type == tokenize.NAME and t.string.startswith("__") and not t.string.endswith("__") for t in tokens
+    )
+
+
+def _string_continuation_lines(node: ast.AST) -> set[int]:
+    """Lines (1-based) inside a multi-line string other than a docstring: indenting them would
+    change the string's value."""
+    docstrings = {
+        id(n.body[0].value)
+        for n in ast.walk(node)
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+        and isinstance(n.body[0].value.value, str)
+    }
+    inside = set()
+    for n in ast.walk(node):
+        strings = isinstance(n, ast.JoinedStr) or (isinstance(n, ast.Constant) and isinstance(n.value, str))
+        if strings and id(n) not in docstrings and n.end_lineno > n.lineno:
+            inside.update(range(n.lineno + 1, n.end_lineno + 1))
+    return inside
+
+
+def _as_method(chunk: Chunk, marker: str) -> list[str]:
+    """The function of ``chunk`` without its add_to_class decorator, indented as a method."""
+    deco = chunk.node.decorator_list[0]
+    keep = [i for i in range(1, len(chunk.lines) + 1) if not deco.lineno <= i <= deco.end_lineno]
+    verbatim = _string_continuation_lines(chunk.node)
+    lines = [(i, chunk.lines[i - 1]) for i in keep]
+    return [INDENT + marker, *(line if i in verbatim or not line else INDENT + line for i, line in lines)]
+
+
+def _merge_methods(chunks: list[Chunk]) -> list[Chunk]:
+    """Move each add_to_class function into its class when that keeps its meaning (module doc)."""
+    classes: dict[str, Chunk] = {}
+    kept = []
+    for chunk in chunks:
+        node = chunk.node
+        target = classes.get(_add_to_class_target(node) or "")
+        if target is not None and not _uses_private_names(chunk.lines):
+            target.methods.append(chunk)
+            continue
+        if isinstance(node, ast.ClassDef):
+            one_line = node.body[0].lineno == node.lineno
+            if node.decorator_list or one_line:
+                classes.pop(node.name, None)
+            else:
+                classes[node.name] = chunk
+        kept.append(chunk)
+    return kept
+
+
+def _bound_names(node: ast.stmt) -> list[str]:
+    """The names a top-level statement binds in the module (imports aside)."""
+    if _add_to_class_target(node):
+        return []  # d2l's add_to_class returns None: the module-level name is no definition
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return [node.name]
+    targets = {ast.Assign: lambda n: n.targets, ast.AnnAssign: lambda n: [n.target]}
+    if type(node) in targets:
+        return [n.id for t in targets[type(node)](node) for n in ast.walk(t) if isinstance(n, ast.Name)]
+    names = []
+    for attr in ("body", "orelse", "finalbody", "handlers"):  # if/try/with/for blocks
+        for child in getattr(node, attr, []):
+            names += _bound_names(child) if isinstance(child, ast.stmt) else []
+    return names
 
 
 def _ruff(text: str, path: Path) -> str:
@@ -91,20 +215,31 @@ def _ruff(text: str, path: Path) -> str:
 
 def generate(notebook: Path) -> str | None:
     """The module text for ``notebook``, or None when it saves nothing."""
-    imports, chunks = saved_chunks(notebook)
-    if not chunks and not imports:
+    chunks = saved_chunks(notebook)
+    if not chunks:
         return None
     rel = notebook.relative_to(ROOT).as_posix()
-    cells = json.loads(notebook.read_text())["cells"]
+    cells = _cells(notebook)
     title = next(
         (c["source"][0].lstrip("# ").strip() for c in cells if c["cell_type"] == "markdown" and c["source"]),
         notebook.stem,
     )
+    imports = dict.fromkeys("\n".join(c.lines) for c in chunks if c.is_import)
+    definitions = _merge_methods([c for c in chunks if not c.is_import])
+    public = [n for c in definitions for n in _bound_names(c.node) if not n.startswith("_")]
+    blocks = []
+    for chunk in definitions:
+        lines = [cell_marker(rel, chunk.cell), *chunk.lines]
+        for method in chunk.methods:
+            lines += ["", *_as_method(method, cell_marker(rel, method.cell))]
+        blocks.append("\n".join(lines))
     parts = [
         HEADER.format(nb=rel),
-        f'"""{title}\n\nThe definitions saved from {rel}.\n"""',
-        "\n".join(dict.fromkeys(imports)),
-        *chunks,
+        f'"""{title}\n\nThe definitions saved from {rel}; the comment above each names its cell\n'
+        '(counted from 1, markdown cells included).\n"""',
+        "\n".join(imports),
+        f"__all__ = {list(dict.fromkeys(public))!r}",
+        *blocks,
     ]
     target = ROOT / "d2l_ext" / f"{NAME.match(notebook.name)['topic']}.py"
     return _ruff("\n\n\n".join(p for p in parts if p) + "\n", target)
