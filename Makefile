@@ -1,42 +1,63 @@
-# One-word entry points. `make lab` and `make test` set everything up themselves (idempotent).
+# One-word entry points. `make lab` and `make test` set everything up themselves (idempotent); the
+# day-to-day targets below them need only the .venv that `make setup` made, and start at once.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Jupyter refuses to run as root unless told; containers and CI often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 export D2L_EXT_PRESET ?=
+# Every test tier runs in the ci preset, as `make test` (and CI) runs it.
+PYTEST := D2L_EXT_PRESET=ci $(BIN)/pytest
+LINT := $(BIN)/ruff check . && $(BIN)/ruff format --check .
+CHECK := $(BIN)/python tools/export.py --check
 
-.PHONY: lab test setup unit notebooks lint format export check bench memory clean
+.PHONY: help lab test setup venv unit notebooks browser binder lint format export check hooks bench memory clean
+
+help:  ## list the targets
+	@awk -F ':.*## ' '/^[a-z]+:.*## /{printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 lab: setup  ## prepare everything and open JupyterLab on the notebooks
 	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/
 
-test: setup  ## prepare everything, then lint, unit tests and every notebook in the ci preset
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	D2L_EXT_PRESET=ci $(BIN)/pytest tests notebooks --nbval-lax
+test: setup  ## prepare everything, then lint, the export check and every tier (what CI runs)
+	$(LINT)
+	$(CHECK)
+	$(PYTEST) tests notebooks --nbval-lax
 
 setup:  ## data set, .venv with torch, d2l (without its pins) and this package
 	PYTHON=$(PYTHON) VENV=$(VENV) bash tools/setup.sh
 
-unit: setup
-	$(BIN)/pytest tests
+venv:
+	@test -x $(BIN)/python -a -x $(BIN)/ruff -a -x $(BIN)/pytest || \
+		{ echo "$(VENV) is missing or has no test tools: run \`make setup\` first." >&2; exit 1; }
 
-notebooks: setup
-	D2L_EXT_PRESET=ci $(BIN)/pytest notebooks --nbval-lax
+unit: venv  ## the fast tier: d2l_ext, the exporter, the repository (under a minute)
+	$(PYTEST) tests -m unit
 
-lint: setup
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+notebooks: venv  ## every notebook under nbval in the ci preset
+	$(PYTEST) notebooks --nbval-lax
 
-format: setup  ## fix lint, format, and strip notebook outputs
+browser: venv  ## the notebooks in JupyterLab in headless Chromium (tests/test_lab_e2e.py)
+	$(PYTEST) tests -m browser
+
+binder: venv  ## the Binder recipe from the real repo2docker (tests/test_binder.py)
+	$(PYTEST) tests -m binder
+
+lint: venv  ## ruff check and format check, code and notebooks
+	$(LINT)
+
+format: venv  ## fix lint, format, and strip notebook outputs
 	$(BIN)/ruff check --fix . ; $(BIN)/ruff format .
 	$(BIN)/nbstripout notebooks/*.ipynb
 
-export: setup  ## regenerate d2l_ext's topic modules from the notebooks' #@save cells
+export: venv  ## regenerate d2l_ext's topic modules from the notebooks' #@save cells
 	$(BIN)/python tools/export.py
 
-check: setup
-	$(BIN)/python tools/export.py --check
+check: venv  ## fail when the topic modules differ from what the notebooks generate
+	$(CHECK)
+
+hooks: venv  ## install the git pre-commit hook (.pre-commit-config.yaml) in this clone
+	$(BIN)/pre-commit install
 
 bench: setup  ## time to accuracy: the book's settings against the demo preset
 	$(BIN)/python benchmarks/time_to_accuracy.py

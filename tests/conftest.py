@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Fashion-MNIST files, and a private cache so tests never touch ~/.cache."""
+"""Shared fixtures (the real Fashion-MNIST files, a private cache so tests never touch ~/.cache) and
+the test tiers."""
 
 import gzip
 import shutil
@@ -7,6 +8,18 @@ from pathlib import Path
 import pytest
 
 from d2l_ext import data as fm
+
+# Tiers, registered as markers in pyproject.toml. A test's file decides its tier, so a new test
+# joins its file's tier without a decorator: `make unit` runs `pytest tests -m unit`.
+TIERS = {"test_lab_e2e.py": "browser", "test_binder.py": "binder"}
+
+
+def pytest_collection_modifyitems(config, items):
+    # This conftest is loaded when tests/ is collected, so notebooks get their marker when they run
+    # together with tests/ (as in `make test`); `make notebooks` selects them by their folder.
+    for item in items:
+        tier = "notebook" if item.path.suffix == ".ipynb" else TIERS.get(item.path.name, "unit")
+        item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")

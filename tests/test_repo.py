@@ -1,14 +1,28 @@
-"""The repository itself: notebooks in lecture order and committed clean, dependencies declared once."""
+"""The repository itself: notebooks in lecture order and committed clean, dependencies declared once,
+each public name of d2l_ext defined once, and the pre-commit hooks."""
 
+import ast
+import importlib
+import importlib.util
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+from collections import defaultdict
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+MODULES = sorted((ROOT / "d2l_ext").glob("*.py"))
+spec = importlib.util.spec_from_file_location("export", ROOT / "tools" / "export.py")
+export = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(export)
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 LECTURE_ORDER = ["00_fashion_mnist", "01_batch_norm", "02_resnet", "03_resnext", "04_densenet"]
 CONDA_NAMES = {"pytorch": "torch"}  # conda-forge's name -> PyPI's
@@ -74,3 +88,99 @@ def test_d2l_is_installed_without_its_pins_everywhere():
     assert "--no-deps d2l==1.0.3" in (ROOT / "README.md").read_text()
     assert 'D2L_SPEC="d2l==1.0.3"' in (ROOT / "tools" / "setup.sh").read_text()
     assert "--no-deps" in (ROOT / "binder" / "postBuild").read_text()
+
+
+def defined_names(module: Path) -> list[str]:
+    """The public names a module of d2l_ext defines at top level; a function that d2l's
+    ``add_to_class(C)`` attaches to a class elsewhere counts as ``C.name``."""
+    names = []
+    for node in ast.parse(module.read_text()).body:
+        if cls := export.add_to_class_target(node):
+            names.append(f"{cls}.{node.name}")
+        names += [n for n in export.bound_names(node) if not n.startswith("_")]
+    return names
+
+
+def test_each_public_name_is_defined_in_one_module():
+    """d2l's own library lets a later definition silently replace an earlier one; here a helper
+    that two notebooks need lives once (measuring and drawing tools in measure.py and plots.py)."""
+    where = defaultdict(list)
+    for module in MODULES:
+        for name in defined_names(module):
+            where[name].append(module.relative_to(ROOT).as_posix())
+    twice = {name: paths for name, paths in where.items() if len(paths) > 1}
+    assert not twice, (
+        "defined in more than one module of d2l_ext; keep one, import it elsewhere:\n"
+        + "\n".join(f"  {name}: {', '.join(paths)}" for name, paths in sorted(twice.items()))
+    )
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda p: p.name)
+def test_all_names_what_the_module_defines(module):
+    if module.name == "__init__.py" or "__all__" not in module.read_text():
+        pytest.skip("no __all__")
+    mod = importlib.import_module(f"d2l_ext.{module.stem}")
+    assert len(mod.__all__) == len(set(mod.__all__)), f"{module.name}: a name twice in __all__"
+    missing = [n for n in mod.__all__ if getattr(mod, n, None) is None]
+    assert not missing, f"{module.name}: __all__ names {missing}, which the module does not define"
+
+
+PRE_COMMIT = Path(sys.executable).with_name("pre-commit")
+
+
+def hooks() -> dict[str, dict]:
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    assert all(repo["repo"] == "local" for repo in config["repos"])  # nothing fetched at commit time
+    return {hook["id"]: hook for repo in config["repos"] for hook in repo["hooks"]}
+
+
+def test_pre_commit_runs_ruff_nbstripout_and_the_export_check():
+    found = hooks()
+    assert {"ruff-check", "ruff-format", "nbstripout", "export-check"} <= set(found)
+    assert found["export-check"]["entry"].endswith("tools/export.py --check")
+    assert found["export-check"]["pass_filenames"] is False  # it checks every notebook, not the staged
+    for hook in found.values():
+        tool = ROOT / hook["entry"].split()[0]
+        assert os.access(tool, os.X_OK), f"hook {hook['id']}: {tool} is missing; run `make setup`"
+    assert "pre-commit" in names(pyproject()["optional-dependencies"]["test"])
+
+
+def test_pre_commit_fixes_and_blocks_a_bad_commit(tmp_path):
+    """The real hooks on a scratch repository: a notebook with outputs, unformatted code and a module
+    out of sync are each caught; once fixed and exported, the same run passes."""
+    assert PRE_COMMIT.exists(), f"{PRE_COMMIT} is missing: install the test tools with `make setup`"
+    for name in (".pre-commit-config.yaml", "pyproject.toml", "tools/export.py"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    (tmp_path / ".gitignore").write_text(".venv\n")
+    (tmp_path / "d2l_ext").mkdir()
+    (tmp_path / "bad.py").write_text("import os\nx=1\n")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# 07 · Toy"),
+        nbformat.v4.new_code_cell("def f(x):  # @save\n    return x\n\n\nf(1)"),
+    ]
+    nb.cells[1].execution_count = 1
+    nb.cells[1].outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "1"}, execution_count=1)]
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, tmp_path / "notebooks" / "07_toy.ipynb")
+    env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home")}
+
+    def run(*args):
+        return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    run("git", "init", "-q")
+    run("git", "add", "-A")
+    first = run(str(PRE_COMMIT), "run", "--all-files")
+    assert first.returncode == 1
+    for hook in ("nbstripout", "ruff-check", "ruff-format", "export-check"):
+        assert f"hook id: {hook}" in first.stdout, f"{hook} did not fail:\n{first.stdout}"
+    assert (tmp_path / "bad.py").read_text() == "x = 1\n"  # unused import removed, then formatted
+    assert not any(
+        c.get("outputs") for c in json.loads((tmp_path / "notebooks" / "07_toy.ipynb").read_text())["cells"]
+    )
+    assert run(sys.executable, "tools/export.py").returncode == 0
+    run("git", "add", "-A")
+    second = run(str(PRE_COMMIT), "run", "--all-files")
+    assert second.returncode == 0, second.stdout

@@ -109,7 +109,7 @@ def saved_chunks(notebook: Path) -> list[Chunk]:
     return chunks
 
 
-def _add_to_class_target(node: ast.stmt) -> str | None:
+def add_to_class_target(node: ast.stmt) -> str | None:
     """``C`` when ``node`` is a function whose outermost decorator is ``[d2l.]add_to_class(C)``."""
     if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or not node.decorator_list:
         return None
@@ -166,7 +166,7 @@ def _merge_methods(chunks: list[Chunk]) -> list[Chunk]:
     kept = []
     for chunk in chunks:
         node = chunk.node
-        target = classes.get(_add_to_class_target(node) or "")
+        target = classes.get(add_to_class_target(node) or "")
         if target is not None and not _uses_private_names(chunk.lines):
             target.methods.append(chunk)
             continue
@@ -180,9 +180,9 @@ def _merge_methods(chunks: list[Chunk]) -> list[Chunk]:
     return kept
 
 
-def _bound_names(node: ast.stmt) -> list[str]:
+def bound_names(node: ast.stmt) -> list[str]:
     """The names a top-level statement binds in the module (imports aside)."""
-    if _add_to_class_target(node):
+    if add_to_class_target(node):
         return []  # d2l's add_to_class returns None: the module-level name is no definition
     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
         return [node.name]
@@ -192,7 +192,7 @@ def _bound_names(node: ast.stmt) -> list[str]:
     names = []
     for attr in ("body", "orelse", "finalbody", "handlers"):  # if/try/with/for blocks
         for child in getattr(node, attr, []):
-            names += _bound_names(child) if isinstance(child, ast.stmt) else []
+            names += bound_names(child) if isinstance(child, ast.stmt) else []
     return names
 
 
@@ -226,7 +226,7 @@ def generate(notebook: Path) -> str | None:
     )
     imports = dict.fromkeys("\n".join(c.lines) for c in chunks if c.is_import)
     definitions = _merge_methods([c for c in chunks if not c.is_import])
-    public = [n for c in definitions for n in _bound_names(c.node) if not n.startswith("_")]
+    public = [n for c in definitions for n in bound_names(c.node) if not n.startswith("_")]
     blocks = []
     for chunk in definitions:
         lines = [cell_marker(rel, chunk.cell), *chunk.lines]
