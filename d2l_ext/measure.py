@@ -213,3 +213,23 @@ def copy_torchvision_bottleneck(blk: nn.Module, ref: nn.Module) -> nn.Module:
 __all__ += ["conv_cost", "copy_torchvision_bottleneck", "resnext_cost"]
 
 # -- 04 · DenseNet --------------------------------------------------------------------------------
+
+
+def densenet_num_params(
+    num_channels: int = 64, growth_rate: int = 32, arch: tuple[int, ...] = (4, 4, 4, 4), **kwargs
+) -> int:
+    """Parameter count of ``DenseNet(num_channels, growth_rate, arch, **kwargs)`` for 1-channel images.
+
+    The Lazy layers get their shapes from one call on the smallest image the model accepts;
+    ``kwargs`` are DenseNet's other arguments (``num_classes``, ``stem_kernel``, ``stem_stride``).
+    """
+    # Imported when called, so that measure.py imports on its own, whatever state the generated
+    # modules are in.
+    from d2l_ext.densenet import DenseNet
+
+    net = DenseNet(num_channels, growth_rate, arch, **kwargs)
+    size = net.min_input()
+    return num_params(net, torch.zeros(1, 1, size, size))
+
+
+__all__ += ["densenet_num_params"]
