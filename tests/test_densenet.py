@@ -1,4 +1,7 @@
-"""Tests of d2l_ext.densenet (generated from notebooks/04_densenet.ipynb), with torch as the oracle."""
+"""Tests of d2l_ext.densenet (generated from notebooks/04_densenet.ipynb), with torch as the oracle,
+and of the notebook's tools in the 04 sections of d2l_ext.measure and d2l_ext.plots."""
+
+import types
 
 import matplotlib
 
@@ -13,17 +16,26 @@ from d2l_ext.densenet import (
     DenseBlock,
     DenseNet,
     conv_block,
-    count_flops,
     densenet_channels,
     densenet_min_input,
-    densenet_num_params,
     densenet_sizes,
-    plot_connectivity,
-    saved_activation_bytes,
-    stage_shapes,
     transition_block,
 )
-from d2l_ext.presets import EXPERIMENTS, PRESETS, experiment
+from d2l_ext.measure import (
+    count_flops,
+    densenet_num_params,
+    num_params,
+    saved_activation_bytes,
+    stage_shapes,
+)
+from d2l_ext.plots import (
+    architecture_table,
+    densenet_channels_view,
+    densenet_explorer,
+    format_architecture_table,
+    plot_connectivity,
+)
+from d2l_ext.presets import PRESETS, experiment
 
 LECTURE_CHANNELS = [64, 192, 96, 224, 112, 240, 120, 248]
 
@@ -45,10 +57,6 @@ def expected_params(c, k, arch, in_channels=1, stem_kernel=7, num_classes=10):
             n += 2 * c + c * (c // 2) + c // 2  # BN, 1x1 conv
             c //= 2
     return n + 2 * c + c * num_classes + num_classes  # BN, linear
-
-
-def num_params(net):
-    return sum(p.numel() for p in net.parameters())
 
 
 def functional_bn_relu(X, bn):
@@ -130,7 +138,7 @@ def test_densenet_preset_input(preset):
 
 def test_preset_section_has_the_model_knobs():
     for preset in PRESETS:
-        model = EXPERIMENTS["densenet"][preset]["model"]
+        model = experiment("densenet", preset, verbose=False).model
         assert {"num_channels", "growth_rate", "arch", "lr", "stem_kernel", "stem_stride"} <= set(model)
 
 
@@ -208,15 +216,60 @@ def test_too_small_input_is_refused_with_the_fix():
         DenseNet(stem_kernel=3, stem_stride=1)(torch.zeros(2, 1, 14, 14))
 
 
-def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="arch must be a non-empty sequence"):
-        DenseNet(arch=())
-    with pytest.raises(ValueError, match="arch must be"):
-        DenseNet(arch=(4, 0))
-    with pytest.raises(ValueError, match="stem_kernel must be odd"):
-        DenseNet(stem_kernel=4)
-    with pytest.raises(ValueError, match="growth_rate must be positive"):
-        DenseNet(growth_rate=0)
+# -- bad arguments are refused where the model is built ----------------------------------------
+
+ARCH = r"arch is a sequence of positive ints, the conv blocks per dense block, e\.g\. \(4, 4, 4, 4\)"
+BAD_ARGUMENTS = [
+    (dict(arch=4), TypeError, rf"^{ARCH}; got 4\.$"),
+    (dict(arch="44"), TypeError, rf"^{ARCH}; got '44'\.$"),
+    (dict(arch=(4, 2.0)), TypeError, rf"^{ARCH}; got \(4, 2\.0\)\.$"),
+    (dict(arch=(4, True)), TypeError, rf"^{ARCH}; got \(4, True\)\.$"),
+    (dict(arch=(4, 0)), ValueError, rf"^{ARCH}; got \(4, 0\)\.$"),
+    (dict(arch=(4, -1)), ValueError, rf"^{ARCH}; got \(4, -1\)\.$"),
+    (dict(arch=()), ValueError, rf"^{ARCH}; got \(\)\.$"),
+    (
+        dict(growth_rate=16.5),
+        TypeError,
+        r"^growth_rate is a positive int, the channels each conv block adds, e\.g\. 32; got 16\.5\.$",
+    ),
+    (dict(growth_rate=0), ValueError, r"^growth_rate is a positive int.*; got 0\.$"),
+    (
+        dict(num_channels="64"),
+        TypeError,
+        r"^num_channels is a positive int, the stem's output channels, e\.g\. 64; got '64'\.$",
+    ),
+    (dict(num_channels=-3), ValueError, r"^num_channels is a positive int.*; got -3\.$"),
+    (dict(num_classes=0), ValueError, r"^num_classes is a positive int, the outputs of the head.*; got 0\.$"),
+    (dict(num_classes=10.0), TypeError, r"^num_classes is a positive int.*; got 10\.0\.$"),
+    (dict(stem_kernel=4), ValueError, r"^stem_kernel is an odd positive int.*7 in the book.*; got 4\.$"),
+    (dict(stem_kernel=-1), ValueError, r"^stem_kernel is an odd positive int.*; got -1\.$"),
+    (dict(stem_stride=0), ValueError, r"^stem_stride is a positive int.*2 in the book.*; got 0\.$"),
+    (dict(lr=-1), ValueError, r"^lr is a positive number, the learning rate, e\.g\. 0\.1; got -1\.$"),
+    (dict(lr=float("nan")), ValueError, r"^lr is a positive number.*; got nan\.$"),
+    (dict(lr="0.1"), TypeError, r"^lr is a positive number.*; got '0\.1'\.$"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, message", BAD_ARGUMENTS, ids=[str(b[0]) for b in BAD_ARGUMENTS])
+def test_bad_arguments_are_refused_where_the_model_is_built(kwargs, error, message):
+    with pytest.raises(error, match=message) as info:
+        DenseNet(**kwargs)
+    # raised by the check that __init__ calls first, not deep inside torch at the first batch
+    assert [entry.name for entry in info.traceback][1:] == ["__init__", "check_densenet_args"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(arch=[3, 5]), dict(arch=(1,)), dict(lr=1), dict(stem_kernel=1, stem_stride=1), dict(num_classes=1)],
+)
+def test_good_arguments_are_accepted(kwargs):
+    net = DenseNet(8, 4, **kwargs)
+    size = net.min_input()
+    assert net(torch.zeros(2, 1, size, size)).shape == (2, kwargs.get("num_classes", 10))
+    assert isinstance(net.arch, tuple)  # a list is kept as a tuple, as the book's default
+
+
+def test_batch_without_channel_axis_is_refused():
     with pytest.raises(ValueError, match=r"\(N, C, H, W\), got shape \(1, 96, 96\)"):
         DenseNet()(torch.zeros(1, 96, 96))
 
@@ -248,12 +301,150 @@ def test_densenet_keeps_more_activations_than_resnet18():
     assert saved_activation_bytes(DenseNet(), X) > 1.3 * saved_activation_bytes(ResNet18(), X)
 
 
-def test_count_flops():
-    assert count_flops(nn.Linear(10, 20), torch.zeros(3, 10)) == 2 * 3 * 10 * 20
-    assert count_flops(nn.Conv2d(1, 4, 3), torch.zeros(1, 1, 5, 5)) == 2 * 9 * 4 * 9
+def test_count_flops_of_a_dense_block():
+    """Conv block i maps c + i k channels to k by a 3x3 kernel: 2 h w 9 (c + i k) k FLOPs; BN, ReLU: 0."""
+    c, k, L, h = 6, 4, 3, 5
+    assert count_flops(DenseBlock(L, k), torch.zeros(1, c, h, h)) == sum(
+        2 * h * h * 9 * (c + i * k) * k for i in range(L)
+    )
+
+
+# -- every tool puts the model back in its mode, also when its forward raises ---------------------
+
+
+def modes(net):
+    return [m.training for m in net.modules()]
+
+
+def built_densenet():
+    net = DenseNet(8, 4)
+    net(torch.zeros(2, 1, 96, 96))
+    return net
+
+
+def test_stage_shapes_restores_training_mode_when_a_stage_raises():
+    net = built_densenet().train()
+    with pytest.raises(RuntimeError):  # 28x28 leaves the third transition nothing to pool
+        stage_shapes(net, torch.zeros(1, 1, 28, 28))
+    assert all(modes(net))
+
+
+def test_stage_shapes_keeps_each_submodules_own_mode():
+    net = built_densenet().train()
+    net.net.b1[1].eval()  # BN of the stem frozen while the rest trains
+    before = modes(net)
+    stage_shapes(net, torch.zeros(1, 1, 96, 96))
+    assert modes(net) == before and not net.net.b1[1].training
+
+
+def test_saved_activation_bytes_restores_eval_mode_when_forward_raises():
+    net = built_densenet().eval()
+    with pytest.raises(ValueError, match="at least 29x29"):
+        saved_activation_bytes(net, torch.zeros(1, 1, 28, 28))
+    assert not any(modes(net))
+
+
+def test_count_flops_leaves_a_training_model_as_it_was():
+    net = built_densenet().train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    count_flops(net, torch.randn(2, 1, 96, 96))  # in eval mode: BN's running statistics untouched
+    assert all(modes(net))
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    with pytest.raises(ValueError, match="at least 29x29"):
+        count_flops(net, torch.zeros(1, 1, 28, 28))
+    assert all(modes(net))
+
+
+def test_densenet_num_params_refuses_bad_arguments_with_the_form():
+    with pytest.raises(TypeError, match=r"growth_rate is a positive int.*got 16\.5"):
+        densenet_num_params(64, 16.5)
+
+
+# -- figures and widget views (d2l_ext.plots) ---------------------------------------------------
 
 
 @pytest.mark.parametrize("num_convs", [1, 2, 4])
 def test_plot_connectivity_counts_dense_inputs(num_convs):
     assert plot_connectivity(num_convs) == num_convs * (num_convs + 1) // 2
     matplotlib.pyplot.close("all")
+
+
+def test_channels_view_prints_the_lecture_channels_and_parameters(capsys):
+    text = densenet_channels_view(64, 32, 4, resnet18_params=11_178_378)
+    assert text == (
+        "channels: 64 -> 192 -> 96 -> 224 -> 112 -> 240 -> 120 -> 248\n"
+        "parameters: 758,226 (ResNet-18: 11,178,378)"
+    )
+    assert capsys.readouterr().out == text + "\n"
+    assert densenet_channels_view(16, 8, 1).endswith(f"parameters: {expected_params(16, 8, (1,) * 4):,}")
+
+
+def test_explorer_runs_headless_and_follows_its_sliders():
+    explorer = densenet_explorer(resnet18_params=11_178_378)
+    assert explorer.result.startswith("channels: 64 -> 192 ->")  # computed once, without a kernel
+    sliders = {w.description: w for w in explorer.children if hasattr(w, "description")}
+    assert [sliders[n].value for n in ("num_channels", "growth_rate", "num_convs")] == [64, 32, 4]
+    sliders["num_convs"].value = 2
+    assert explorer.result.endswith(
+        f"parameters: {expected_params(64, 32, (2,) * 4):,} (ResNet-18: 11,178,378)"
+    )
+
+
+def fake_run(net, size, seconds=2.0, images=1000, val_acc=0.5):
+    trainer = types.SimpleNamespace(images_seen=images, history=[{"seconds": seconds, "val_acc": val_acc}])
+    return net, trainer, types.SimpleNamespace(data={"resize": size} if size != 28 else {})
+
+
+def test_architecture_table_counts_with_the_measuring_tools():
+    dense, block = (
+        built_densenet(),
+        nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.LazyLinear(10)),
+    )
+    block(torch.zeros(1, 1, 28, 28))
+    runs = {"DenseNet": fake_run(dense, 32, val_acc=0.8), "small": fake_run(block, 28, seconds=4.0)}
+    table = architecture_table(runs)
+    assert list(table.index) == ["DenseNet", "small"]
+    assert table.loc["DenseNet", "parameters"] == expected_params(8, 4, (4, 4, 4, 4))
+    assert table.loc["DenseNet", "MFLOPs/image"] == count_flops(dense, torch.zeros(1, 1, 32, 32)) / 1e6
+    assert table.loc["small", "MFLOPs/image"] == (2 * 28 * 28 * 9 * 4 + 2 * 4 * 28 * 28 * 10) / 1e6
+    assert list(table["images/s"]) == [500.0, 250.0] and list(table["val acc"]) == [0.8, 0.5]
+    assert all(modes(dense)) and all(modes(block))  # the notebook used to leave them in eval mode
+    assert "758" not in format_architecture_table(table).to_html()  # formats, does not alter, the table
+    assert "80.0%" in format_architecture_table(table).to_html()
+
+
+def test_architecture_table_restores_mode_when_a_model_raises():
+    net = built_densenet().train()
+    with pytest.raises(ValueError, match="at least 29x29"):
+        architecture_table({"DenseNet": fake_run(net, 28)})
+    assert all(modes(net))
+
+
+# -- the generated module is the lecture's code -----------------------------------------------
+
+
+def test_the_generated_module_holds_only_lesson_code():
+    """Measuring and drawing live in d2l_ext.measure and d2l_ext.plots; DenseNet is whole in its class."""
+    import ast
+    import inspect
+
+    import d2l_ext.densenet
+
+    tree = ast.parse(inspect.getsource(d2l_ext.densenet))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"torch", "d2l", "torch.nn"}, imported
+    defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+    assert defined == {
+        "conv_block",
+        "DenseBlock",
+        "transition_block",
+        "check_densenet_args",
+        "densenet_sizes",
+        "densenet_min_input",
+        "DenseNet",
+        "densenet_channels",
+    }
+    (densenet,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "DenseNet"]
+    methods = [n.name for n in densenet.body if isinstance(n, ast.FunctionDef)]
+    assert methods == ["b1", "__init__", "min_input", "forward"]
