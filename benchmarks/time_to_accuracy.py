@@ -8,50 +8,169 @@ Both read the data through d2l_ext's in-memory loader (kinder to the book than i
 pipeline with worker processes). Prints a table and writes it as JSON:
 
     python benchmarks/time_to_accuracy.py [--budget 60] [--models bn_lenet resnet ...]
+    python benchmarks/time_to_accuracy.py --show [results/time_to_accuracy.json]
 
 Columns: images/s, epochs, test accuracy at the budget, seconds to reach ``--target`` on a
-1,000-image probe (measured every budget/6 s, not counted as training), the whole training
-cell's wall time (data, training, final evaluation), and training throughput as a fraction of this
-machine's measured fp32 matrix-multiply peak (3x the forward FLOPs per image, the usual estimate of
-forward plus backward).
+1,000-image probe (measured every budget/6 s, not counted as training), the whole training cell's
+wall time (data, training, final evaluation), and the training's fp32 throughput as a fraction of
+this machine's measured matrix-multiply peak:
+
+    fraction = (training FLOPs per image) x (images/s) / (measured peak FLOP/s)
+
+* training FLOPs per image: `torch.utils.flop_counter.FlopCounterMode` over one real training step
+  (forward, loss, backward) of the trained model on 16 images; the backward is counted, not
+  assumed to be twice the forward (the first layer computes no input gradient). Only matrix
+  products and convolutions count, so BN, ReLU, pooling and the optimizer are left out.
+* measured peak: the fastest of several 4096x4096 fp32 matrix products, at the thread count the
+  training runs with. Beside it the script states a theoretical peak, an estimate from
+  ``/proc/cpuinfo``: vector lanes (16 fp32 with avx512f, 8 with avx2 and fma) x 2 FMA units per
+  core (assumed, as on modern x86) x 2 FLOPs per FMA x cores used x clock.
+
+A fraction above 100% would mean that the peak or the FLOP count is wrong (e.g. the peak measured
+while other programs ran): the script then stops with the numbers rather than print it.
+The demo's accuracy target is the recipe's (``experiment(name, "demo").target``).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 import d2l_ext
 from d2l_ext import FashionMNIST, Trainer, experiment
+from d2l_ext.measure import count_flops, train_mode
+from d2l_ext.presets import EXPERIMENTS
 
-MODELS = {  # experiment name -> (module, class) of the lecture's model
-    "bn_lenet": ("d2l_ext.batch_norm", "BNLeNet"),
-    "resnet": ("d2l_ext.resnet", "ResNet"),
-    "resnext": ("d2l_ext.resnext", "ResNeXt"),
-    "densenet": ("d2l_ext.densenet", "DenseNet"),
-}
-DEMO_TARGETS = {"bn_lenet": 0.90, "resnet": 0.92, "resnext": 0.91, "densenet": 0.90}
+RESULTS = Path(__file__).parent / "results" / "time_to_accuracy.json"
+MATMUL_N, MATMUL_TRIES = 4096, 5  # the peak: the fastest of MATMUL_TRIES products of this size
+# The experiments with a demo target, in the lecture's order.
+MODELS = [name for name, recipe in EXPERIMENTS.items() if recipe.demo.target is not None]
+FLOP_COUNT = "FlopCounterMode over one training step (forward, loss, backward), grouped-conv fix"
 
 
-def matmul_peak(n: int = 2048, repeat: int = 10) -> float:
-    """Measured fp32 matrix-multiply throughput of this machine, in FLOP/s (best of three)."""
+class ImpossibleMeasurement(RuntimeError):
+    """A measured fraction of the peak above 100%: the peak or the FLOP count is wrong."""
+
+
+# -- FLOPs ------------------------------------------------------------------------------------
+
+
+def _t(shape) -> list[int]:
+    return [shape[1], shape[0], *shape[2:]]
+
+
+def conv_backward_flop(
+    grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+    _output_padding, groups, output_mask, out_shape, **kwargs,
+) -> int:  # fmt: skip
+    """torch's FLOP formula for ``aten.convolution_backward``, with a grouped convolution's weight
+    gradient counted once.
+
+    torch 2.14.1's ``conv_backward_flop`` (torch/utils/flop_counter.py) counts it ``groups`` times:
+    it prices the weight gradient as a convolution of the transposed input with the transposed
+    output gradient, shapes that lose the groups (tests/test_benchmark.py checks both counts).
+    """
+    flops = 0
+    if output_mask[0]:  # input gradient: a transposed convolution of the output gradient
+        flops += conv_flop_count(grad_out_shape, w_shape, out_shape[0], not transposed)
+    if output_mask[1]:  # weight gradient: a convolution of the input with the output gradient
+        a, b = (grad_out_shape, x_shape) if transposed else (x_shape, grad_out_shape)
+        flops += conv_flop_count(_t(a), _t(b), _t(out_shape[1]), transposed=False) // groups
+    return flops
+
+
+def train_step_flops(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor) -> int:
+    """FLOPs of one training step (forward, cross-entropy, backward) of ``model`` on ``(X, y)``.
+
+    In training mode; afterwards the model's mode, parameters, BN statistics and gradients are
+    put back as they were. ``X``: (N, C, H, W) or (N, features); ``y``: (N,).
+    """
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [p.grad for p in model.parameters()]
+    mapping = {torch.ops.aten.convolution_backward: conv_backward_flop}
+    try:
+        for p in model.parameters():
+            p.grad = None  # else backward adds into the gradients we keep
+        with train_mode(model), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            F.cross_entropy(model(X), y).backward()
+    finally:
+        model.load_state_dict(state)
+        for p, grad in zip(model.parameters(), grads):
+            p.grad = grad
+    return counter.get_total_flops()
+
+
+# -- the machine's peak ---------------------------------------------------------------------------
+
+
+def matmul_peak(n: int = MATMUL_N, tries: int = MATMUL_TRIES) -> float:
+    """Measured fp32 matrix-multiply throughput in FLOP/s: the fastest of ``tries`` n x n products,
+    at the current thread count (the minimum, since other programs can only add time)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
+    a @ b  # warm-up
     best = float("inf")
-    for _ in range(3):
+    for _ in range(tries):
         start = time.perf_counter()
-        for _ in range(repeat):
-            a @ b
+        a @ b
         best = min(best, time.perf_counter() - start)
-    return 2 * n**3 * repeat / best
+    return 2 * n**3 / best
+
+
+def theoretical_peak(threads: int, cpuinfo: str, max_khz: str | None = None) -> dict | None:
+    """An estimate of the fp32 peak from ``/proc/cpuinfo``'s text: lanes x FMA units x 2 x cores x clock.
+
+    ``max_khz``: cpufreq's ``cpuinfo_max_freq`` where the kernel has it (a VM often shows only
+    ``cpu MHz``, which may be below the boost clock). None where the CPU's vector width is unknown.
+    """
+    flags = set(re.search(r"^flags\s*:(.*)$", cpuinfo, re.M)[1].split()) if "flags" in cpuinfo else set()
+    if "avx512f" in flags:
+        lanes, isa = 16, "avx512f"
+    elif {"avx2", "fma"} <= flags:
+        lanes, isa = 8, "avx2+fma"
+    else:
+        return None
+    pairs = set(re.findall(r"^physical id\s*:\s*(\d+)$.*?^core id\s*:\s*(\d+)$", cpuinfo, re.M | re.S))
+    physical = len(pairs) or cpuinfo.count("processor\t")
+    cores = min(threads, physical) if physical else threads
+    mhz = re.search(r"^cpu MHz\s*:\s*([\d.]+)", cpuinfo, re.M)
+    if max_khz:
+        ghz, clock = int(max_khz) / 1e6, "cpufreq's maximum clock"
+    elif mhz:
+        ghz, clock = float(mhz[1]) / 1e3, "cpu MHz in /proc/cpuinfo"
+    else:
+        return None
+    fma_units = 2  # assumed: two FMA pipes per core on modern x86
+    gflops = lanes * fma_units * 2 * cores * ghz
+    basis = (
+        f"an estimate: {lanes} fp32 lanes ({isa}) x {fma_units} FMA units (assumed) x 2 FLOPs per FMA "
+        f"x {cores} cores used x {ghz:.2f} GHz ({clock})"
+    )
+    return {"gflops": gflops, "basis": basis}
+
+
+def fraction_of_peak(train_flops_per_image: float, images_per_s: float, peak: float) -> float:
+    """Training FLOP/s over the measured peak; refuses a fraction above 1, which cannot be."""
+    achieved = train_flops_per_image * images_per_s
+    fraction = achieved / peak
+    if fraction > 1:
+        raise ImpossibleMeasurement(
+            f"{train_flops_per_image / 1e6:,.1f} MFLOP per image x {images_per_s:,.1f} images/s = "
+            f"{achieved / 1e9:,.1f} GFLOP/s, {fraction:.0%} of the measured fp32 matmul peak "
+            f"{peak / 1e9:,.1f} GFLOP/s. Above 100%, the peak or the FLOP count is wrong: was the "
+            "machine busy while the peak was measured? Rerun on a quiet machine."
+        )
+    return fraction
 
 
 def cpu_name() -> str:
@@ -62,19 +181,46 @@ def cpu_name() -> str:
     )
 
 
-def forward_flops(model: torch.nn.Module, X: torch.Tensor) -> float:
-    """FLOPs of one forward pass per image, counted by torch's FlopCounterMode."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(X)
-    model.train(was_training)
-    return counter.get_total_flops() / len(X)
+def machine_info() -> dict:
+    """The machine, the thread count the training runs with, and its measured and estimated peak."""
+    threads = torch.get_num_threads()
+    info = Path("/proc/cpuinfo")
+    max_freq = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+    estimate = theoretical_peak(
+        threads,
+        info.read_text() if info.exists() else "",
+        max_freq.read_text().strip() if max_freq.exists() else None,
+    )
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="minutes"),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": threads,
+        "torch": torch.__version__,
+        "d2l_ext": d2l_ext.__version__,
+        "python": platform.python_version(),
+        "fp32_matmul_peak_gflops": matmul_peak() / 1e9,
+        "fp32_theoretical_peak": estimate,
+    }
+
+
+# -- the runs ---------------------------------------------------------------------------------------
+
+
+def verdict(name: str, test_acc: float) -> dict:
+    """Whether the demo run of ``name`` reached its recipe's target (``experiment(name, 'demo').target``)."""
+    target = experiment(name, "demo", verbose=False).target
+    return {"demo_target": target, "demo_meets_target": test_acc >= target}
+
+
+def model_class(name: str) -> type:
+    """The class the benchmark trains for experiment ``name``: the first of its recipe's models."""
+    module, cls = EXPERIMENTS[name].models[0].rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls)
 
 
 def run(name: str, setting: str, budget: float, peak: float, target: float) -> dict:
-    module, cls = MODELS[name]
-    Model = getattr(importlib.import_module(module), cls)
+    Model = model_class(name)
     cfg = experiment(name, "full" if setting == "book" else "demo", verbose=False)
     if setting == "book":  # the book's loop: plain SGD at the model's lr, evaluated at the end
         trainer_kw = dict(max_epochs=10_000, time_budget=budget, eval_every=0)
@@ -86,10 +232,11 @@ def run(name: str, setting: str, budget: float, peak: float, target: float) -> d
     trainer = Trainer(**trainer_kw, probe_every=budget / 6, probe_size=1000, plot=False)
     trainer.fit(model, data)
     cell = time.perf_counter() - cell_start - trainer.probe_seconds
-    X = next(iter(data.val_dataloader()))[0][:16]
-    flops = forward_flops(
-        model, X.contiguous(memory_format=torch.channels_last) if trainer.channels_last else X
-    )
+    X, y = (t[:16] for t in next(iter(data.train_dataloader())))
+    if trainer.channels_last:
+        X = X.contiguous(memory_format=torch.channels_last)
+    forward = count_flops(model, X) / len(X)
+    train = train_step_flops(model, X, y) / len(X)
     ips = trainer.images_seen / trainer.train_seconds
     reached = next((t for t, acc in trainer.probes if acc >= target), None)
     return {
@@ -102,18 +249,98 @@ def run(name: str, setting: str, budget: float, peak: float, target: float) -> d
         "cell_s": cell,
         "test_acc": trainer.history[-1]["val_acc"],
         "seconds_to_target": reached,
-        "fraction_of_peak": 3 * flops * ips / peak,
-        "forward_mflops_per_image": flops / 1e6,
+        "fraction_of_peak": fraction_of_peak(train, ips, peak),
+        "forward_mflops_per_image": forward / 1e6,
+        "train_mflops_per_image": train / 1e6,
         "probes": trainer.probes,
     }
 
 
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per model: the demo's verdict against its target, and the demo-over-book ratios."""
+    summary = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        got = {r["setting"]: r for r in rows if r["model"] == name}
+        line = {"model": name}
+        if "demo" in got:
+            line |= verdict(name, got["demo"]["test_acc"])
+        if {"book", "demo"} <= got.keys():
+            b, d = got["book"], got["demo"]
+            line["images_per_s_ratio"] = d["images_per_s"] / b["images_per_s"]
+            both = b["seconds_to_target"] is not None and d["seconds_to_target"] is not None
+            line["time_to_target_ratio"] = b["seconds_to_target"] / d["seconds_to_target"] if both else None
+        summary.append(line)
+    return summary
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+
+def describe_machine(results: dict) -> str:
+    m = results["machine"]
+    text = (
+        f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} on {m['torch_threads']} threads"
+        f"{', ' + m['date'] if 'date' in m else ''}; {results['budget_s']:.0f} s of training per run\n"
+        f"fp32 matmul peak, measured: {m['fp32_matmul_peak_gflops']:.0f} GFLOP/s "
+        f"(the fastest of {MATMUL_TRIES} {MATMUL_N}x{MATMUL_N} products on {m['torch_threads']} threads)"
+    )
+    if est := m.get("fp32_theoretical_peak"):
+        text += f"\nfp32 peak, theoretical: {est['gflops']:.0f} GFLOP/s, {est['basis']}"
+        if m["fp32_matmul_peak_gflops"] > est["gflops"]:
+            text += " (measured above it: the clock runs faster than cpuinfo says, e.g. boost)"
+    return text
+
+
+def header(results: dict) -> str:
+    return (
+        "| model | setting | input | images/s | epochs | test acc "
+        f"| s to {results['target']:.0%} | cell s | of peak |\n|---|---|---|---:|---:|---:|---:|---:|---:|"
+    )
+
+
 def fmt_row(r: dict) -> str:
     tt = f"{r['seconds_to_target']:.0f}" if r["seconds_to_target"] is not None else "-"
+    # Files written before the training step was counted hold 3x the forward count: not shown.
+    peak = f"{r['fraction_of_peak']:.1%}" if "train_mflops_per_image" in r else "-"
     return (
         f"| {r['model']} | {r['setting']} | {r['input']} | {r['images_per_s']:,.0f} | {r['epochs']:.2f} "
-        f"| {r['test_acc']:.2%} | {tt} | {r['cell_s']:.0f} | {r['fraction_of_peak']:.1%} |"
+        f"| {r['test_acc']:.2%} | {tt} | {r['cell_s']:.0f} | {peak} |"
     )
+
+
+def _reached(row: dict) -> str:
+    return "never" if row["seconds_to_target"] is None else f"in {row['seconds_to_target']:.0f} s"
+
+
+def fmt_summary(results: dict) -> str:
+    rows = {(r["model"], r["setting"]): r for r in results["rows"]}
+    lines = ["Demo over book:"]
+    for s in results["summary"]:
+        name, parts = s["model"], []
+        if "images_per_s_ratio" in s:
+            b, d = rows[name, "book"], rows[name, "demo"]
+            parts += [
+                f"images/s x{s['images_per_s_ratio']:.1f}",
+                f"to {results['target']:.0%}: book {_reached(b)}, demo {_reached(d)}",
+                f"test accuracy {b['test_acc']:.1%} -> {d['test_acc']:.1%}",
+            ]
+        if "demo_target" in s:
+            verdict_ = "met" if s["demo_meets_target"] else "MISSED"
+            parts.append(f"demo target {s['demo_target']:.0%}: {verdict_}")
+        lines.append(f"  {name:9s} " + "; ".join(parts))
+    if "flop_count" not in results:
+        lines.append(
+            "(written before training FLOPs were counted per step: rerun `make bench` for 'of peak')"
+        )
+    return "\n".join(lines)
+
+
+def show(path: Path) -> None:
+    """Print the results in ``path`` (the committed ones by default) as the benchmark prints them."""
+    results = json.loads(path.read_text())
+    print(f"{path}\n{describe_machine(results)}\n\n{header(results)}")
+    print(*(fmt_row(r) for r in results["rows"]), sep="\n")
+    print(f"\n{fmt_summary(results)}")
 
 
 def main() -> None:
@@ -121,72 +348,34 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--budget", type=float, default=60.0, help="seconds of training per run")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     parser.add_argument("--settings", nargs="+", default=["book", "demo"], choices=["book", "demo"])
     parser.add_argument("--target", type=float, default=0.85, help="accuracy for the time-to-target ratio")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "time_to_accuracy.json"
+        "--show",
+        type=Path,
+        nargs="?",
+        const=RESULTS,
+        help="print saved results (default: the committed ones)",
     )
     args = parser.parse_args()
+    if args.show:
+        return show(args.show)
 
-    peak = matmul_peak()
-    cpu = cpu_name()
-    machine = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "d2l_ext": d2l_ext.__version__,
-        "python": platform.python_version(),
-        "fp32_matmul_peak_gflops": peak / 1e9,
-    }
-    print(
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} on {torch.get_num_threads()} threads; "
-        f"fp32 matmul peak {peak / 1e9:.0f} GFLOP/s; budget {args.budget:.0f} s of training per run\n"
-    )
-    header = (
-        "| model | setting | input | images/s | epochs | test acc "
-        f"| s to {args.target:.0%} | cell s | of peak |\n|---|---|---|---:|---:|---:|---:|---:|---:|"
-    )
-    print(header, flush=True)
-    rows = []
+    results = {"machine": machine_info(), "budget_s": args.budget, "target": args.target}
+    results["flop_count"] = FLOP_COUNT
+    print(f"{describe_machine(results)}\n\n{header(results)}", flush=True)
+    peak = results["machine"]["fp32_matmul_peak_gflops"] * 1e9
+    rows = results["rows"] = []
     for name in args.models:
         for setting in args.settings:
             rows.append(run(name, setting, args.budget, peak, args.target))
             print(fmt_row(rows[-1]), flush=True)
-    print("\nRatios, demo over book:")
-    summary = []
-    for name in args.models:
-        got = {r["setting"]: r for r in rows if r["model"] == name}
-        line = {"model": name, "demo_target": DEMO_TARGETS[name]}
-        if "demo" in got:
-            line["demo_meets_target"] = got["demo"]["test_acc"] >= DEMO_TARGETS[name]
-        if {"book", "demo"} <= got.keys():
-            b, d = got["book"], got["demo"]
-            line["images_per_s_ratio"] = d["images_per_s"] / b["images_per_s"]
-            both = b["seconds_to_target"] is not None and d["seconds_to_target"] is not None
-            line["time_to_target_ratio"] = b["seconds_to_target"] / d["seconds_to_target"] if both else None
-            tt = f"{line['time_to_target_ratio']:.1f}x faster" if both else "book never reached it"
-            verdict = "met" if line["demo_meets_target"] else "MISSED"
-            print(
-                f"  {name:9s} images/s x{line['images_per_s_ratio']:.1f}; to {args.target:.0%}: {tt}; "
-                f"test accuracy {b['test_acc']:.1%} -> {d['test_acc']:.1%} "
-                f"(target {DEMO_TARGETS[name]:.0%}: {verdict})"
-            )
-        summary.append(line)
+    results["summary"] = summarize(rows)
+    print(f"\n{fmt_summary(results)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "machine": machine,
-                "budget_s": args.budget,
-                "target": args.target,
-                "rows": rows,
-                "summary": summary,
-            },
-            indent=1,
-        )
-    )
+    args.out.write_text(json.dumps(results, indent=1))
     print(f"\nwrote {args.out}")
 
 
