@@ -1,4 +1,7 @@
-"""d2l_ext.batch_norm: the from-scratch layers against PyTorch's, and the measurement helpers."""
+"""d2l_ext.batch_norm: the from-scratch layers against PyTorch's; notebook 01's tools in measure and plots."""
+
+import ast
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,21 +10,24 @@ from torch import nn
 from torch.nn import functional as F
 
 from d2l_ext.batch_norm import (
-    ActivationRecorder,
     BatchNorm,
     BNLeNet,
     BNLeNetAfter,
     BNLeNetScratch,
     LayerNorm,
     batch_norm,
+    layer_norm,
+)
+from d2l_ext.measure import (
+    ActivationRecorder,
     batch_stat_noise,
     bn_inputs,
     bn_layers,
     companion_outputs,
     exact_bn_statistics,
-    layer_norm,
     sigmoid_inputs,
 )
+from d2l_ext.plots import batch_noise_explorer, batch_noise_figure
 
 SHAPES = [(16, 7), (4, 3, 5, 6)]  # fully connected (N, C) and convolutional (N, C, H, W)
 MOMENTA = [0.1, 0.5, 0.0, 1.0, None]
@@ -223,6 +229,29 @@ def test_layer_rejects_mismatched_input():
         BatchNorm(6, num_dims=3)
 
 
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(num_dims=3), ValueError, r"num_dims must be 2 \(fully connected\) or 4 \(convolution\), got 3"),
+        (dict(num_dims=4, eps=-1e-5), ValueError, r"eps must be >= 0.*1e-05.*got -1e-05"),
+        (dict(num_dims=4, eps="1e-5"), TypeError, r"eps must be a number.*got '1e-5'"),
+        (dict(num_dims=4, momentum=1.5), ValueError, r"momentum must be in \[0, 1\].*None.*got 1.5"),
+        (dict(num_dims=4, momentum=-0.1), ValueError, r"momentum must be in \[0, 1\].*got -0.1"),
+        (dict(num_dims=2, momentum="0.1"), TypeError, r"momentum must be a number in \[0, 1\] or None"),
+    ],
+)
+def test_batch_norm_layer_refuses_bad_arguments_saying_what_to_pass(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        BatchNorm(6, **kwargs)
+
+
+def test_batch_norm_eps_and_momentum_are_keyword_only():
+    with pytest.raises(TypeError, match="positional"):
+        BatchNorm(6, 4, 0.1)  # eps? momentum? it must be said
+    for momentum in (0.0, 1.0, None):
+        assert BatchNorm(6, 4, eps=0.0, momentum=momentum).momentum == momentum
+
+
 # ---- the models ------------------------------------------------------------------------------------
 
 
@@ -261,18 +290,92 @@ def test_placement_puts_bn_after_each_sigmoid():
 # ---- layer normalization ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [(5, 7), (3, 4, 6), (2, 3, 5, 5)])
-def test_layer_norm_equals_torch_with_gradients(shape):
+def ln_pair(normalized_shape, **kwargs):
+    """Our LayerNorm and PyTorch's, ours loaded from PyTorch's (random) state dict."""
+    torch.manual_seed(0)
+    ref = nn.LayerNorm(normalized_shape, dtype=torch.float64, **kwargs)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.uniform_(0.5, 2.0)
+    ours = LayerNorm(normalized_shape, **kwargs).double()
+    ours.load_state_dict(ref.state_dict())  # strict: the same keys and shapes
+    return ours, ref
+
+
+@pytest.mark.parametrize(
+    "shape, normalized_shape",
+    [((5, 7), 7), ((3, 4, 6), (6,)), ((3, 4, 6), (4, 6)), ((2, 3, 5, 5), (3, 5, 5)), ((2, 3, 5, 5), [5])],
+)
+def test_layer_norm_layer_equals_torch_in_outputs_gradients_and_state_dict(shape, normalized_shape):
+    ours, ref = ln_pair(normalized_shape)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in ref.state_dict().items()
+    }
+    assert ours.normalized_shape == ref.normalized_shape and ours.eps == ref.eps == 1e-5
     X = torch.randn(shape, dtype=torch.float64) * 3 + 1
     X1, X2 = X.clone().requires_grad_(), X.clone().requires_grad_()
-    Y1 = LayerNorm()(X1)
-    Y2 = nn.LayerNorm(shape[1:], elementwise_affine=False, dtype=torch.float64)(X2)
+    Y1, Y2 = ours(X1), ref(X2)
+    torch.testing.assert_close(Y1, Y2)
+    G = torch.randn_like(X)
+    (Y1 * G).sum().backward()
+    (Y2 * G).sum().backward()
+    torch.testing.assert_close(X1.grad, X2.grad)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad)
+    ref.load_state_dict(ours.state_dict())  # and back
+
+
+@pytest.mark.parametrize("kwargs", [dict(elementwise_affine=False), dict(bias=False), dict(eps=1e-2)])
+def test_layer_norm_layer_options_mean_what_they_mean_in_torch(kwargs):
+    ours, ref = ln_pair((4, 6), **kwargs)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    X = torch.randn(3, 4, 6, dtype=torch.float64)
+    torch.testing.assert_close(ours(X), ref(X))
+
+
+def test_layer_norm_first_argument_is_the_shape_not_eps():
+    ln = LayerNorm(10)  # once silently eps=10: outputs with a standard deviation of 0.66
+    assert ln.eps == 1e-5 and ln.normalized_shape == (10,) and ln.weight.shape == (10,)
+    Y = ln(torch.randn(32, 10) * 3)
+    torch.testing.assert_close(Y.std(1, unbiased=False), torch.ones(32), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, message",
+    [
+        ((10,), dict(eps=-1e-5), ValueError, r"eps must be >= 0.*1e-05.*got -1e-05"),
+        ((10,), dict(eps="1e-5"), TypeError, r"eps must be a number.*got '1e-5'"),
+        ((10, 1e-5, 1e-5), {}, TypeError, r"elementwise_affine must be True or False"),
+        ((2.5,), {}, TypeError, r"must be an int or a tuple of ints.*LayerNorm\(X.shape\[1:\]\).*eps=\.\.\."),
+        (((4, 0),), {}, ValueError, r"normalized_shape must be positive.*\(4, 0\)"),
+    ],
+)
+def test_layer_norm_layer_refuses_bad_arguments(args, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        LayerNorm(*args, **kwargs)
+
+
+def test_layer_norm_layer_refuses_input_of_another_shape():
+    with pytest.raises(ValueError, match=r"normalizing over \(4, 6\).*ends in \(4, 6\).*\(3, 6, 4\)"):
+        LayerNorm((4, 6))(torch.randn(3, 6, 4))
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (3, 4, 6), (2, 3, 5, 5)])
+def test_layer_norm_function_equals_torch_with_gradients(shape):
+    X = torch.randn(shape, dtype=torch.float64) * 3 + 1
+    X1, X2 = X.clone().requires_grad_(), X.clone().requires_grad_()
+    Y1 = layer_norm(X1)  # every element of an example: the lecture's LN
+    Y2 = F.layer_norm(X2, shape[1:])
     torch.testing.assert_close(Y1, Y2)
     G = torch.randn_like(X)
     (Y1 * G).sum().backward()
     (Y2 * G).sum().backward()
     torch.testing.assert_close(X1.grad, X2.grad)
     torch.testing.assert_close(layer_norm(X, eps=1e-3), F.layer_norm(X, shape[1:], eps=1e-3))
+    w, b = torch.rand(shape[-1:], dtype=X.dtype), torch.randn(shape[-1:], dtype=X.dtype)
+    torch.testing.assert_close(
+        layer_norm(X, shape[-1], w, b, eps=1e-3), F.layer_norm(X, shape[-1:], w, b, eps=1e-3)
+    )
 
 
 def test_layer_norm_is_scale_invariant_until_eps_and_batch_independent():
@@ -280,11 +383,18 @@ def test_layer_norm_is_scale_invariant_until_eps_and_batch_independent():
     torch.testing.assert_close(layer_norm(1e3 * X), layer_norm(X), rtol=1e-4, atol=1e-4)
     assert layer_norm(1e-4 * X).abs().max() < 0.1  # eps dominates: the output collapses
     torch.testing.assert_close(layer_norm(X[:1]), layer_norm(X)[:1])
+    assert layer_norm(X, eps=0).std(1, unbiased=False).sub(1).abs().max() < 1e-12  # eps=0: exact
 
 
-def test_layer_norm_needs_a_batch_axis():
+def test_layer_norm_function_refuses_bad_input():
     with pytest.raises(ValueError, match="batch axis"):
         layer_norm(torch.randn(5))
+    with pytest.raises(TypeError, match=r"must be an int or a tuple of ints.*eps goes by name"):
+        layer_norm(torch.randn(2, 5), 1e-3)  # the old positional eps
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        layer_norm(torch.randn(2, 5), eps=-1.0)
+    with pytest.raises(ValueError, match=r"ends in \(4,\).*\(2, 5\)"):
+        layer_norm(torch.randn(2, 5), 4)
 
 
 # ---- measurement helpers ---------------------------------------------------------------------------
@@ -380,3 +490,160 @@ def test_activation_recorder_and_sigmoid_inputs():
     means, stds = curves["fc 1"]
     torch.testing.assert_close(means, torch.zeros(1, 120), atol=1e-5, rtol=0)  # BN output: centred
     assert len(recorder.means["conv 1"]) == 1  # removed: nothing more recorded
+
+
+# ---- the tools put the model back as it was, also when its forward raises --------------------------
+
+
+class Raising(nn.Module):
+    """Passes its input through, or raises ``error`` while armed (a bad batch, a Ctrl-C)."""
+
+    def __init__(self, error=None):
+        super().__init__()
+        self.error = error
+
+    def forward(self, X):
+        if self.error is not None:
+            raise self.error("stop")
+        return X
+
+
+def mixed_net(error=None):
+    """tiny_net after a Raising layer, in training mode but for a frozen BN (eval mode)."""
+    net = nn.Sequential(Raising(error), *tiny_net())
+    net.train()
+    net[2].eval()
+    return net
+
+
+def modes(net):
+    return [m.training for m in net.modules()]
+
+
+def state(net):
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def hooks(net):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
+
+
+TOOLS = {
+    "bn_inputs": lambda net, X: bn_inputs(net, X),
+    "exact_bn_statistics": lambda net, X: exact_bn_statistics(net, [(X, None), (X, None)]),
+    "companion_outputs": lambda net, X: companion_outputs(net, X[0], X[1:], batch_size=3, num_batches=2),
+}
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_tools_restore_every_submodules_mode(tool):
+    net = mixed_net()
+    before = modes(net)
+    TOOLS[tool](net, torch.randn(8, 3))
+    assert modes(net) == before  # the frozen BN stays frozen
+    assert hooks(net) == 0
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+@pytest.mark.parametrize("tool", TOOLS)
+def test_tools_restore_mode_state_and_hooks_when_the_forward_raises(tool, error):
+    net = mixed_net(error)
+    before, values = modes(net), state(net)
+    with pytest.raises(error):
+        TOOLS[tool](net, torch.randn(8, 3))
+    assert modes(net) == before
+    assert hooks(net) == 0
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, values[k]), k  # no running estimate half replaced
+    net[0].error = None
+    net(torch.randn(4, 3))  # and it still runs
+
+
+def test_exact_bn_statistics_restores_the_estimates_when_interrupted_midway():
+    net = tiny_net().double()
+    values = state(net)
+    X = torch.randn(16, 3, dtype=torch.float64)
+
+    def loader():  # the first layer's pass completes, the second one's is interrupted
+        yield from [(X, None), (X, None)]
+        if net[1].running_mean.eq(values["1.running_mean"]).all():
+            return
+        yield (X, None)
+        raise KeyboardInterrupt
+
+    class Loader:
+        def __iter__(self):
+            return loader()
+
+    with pytest.raises(KeyboardInterrupt):
+        exact_bn_statistics(net, Loader())
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, values[k]), k
+    assert net.training and hooks(net) == 0
+
+
+def test_activation_recorder_removes_its_hooks_when_used_as_a_context():
+    model = BNLeNet()
+    model(torch.zeros(2, 1, 28, 28))
+    with pytest.raises(KeyboardInterrupt), ActivationRecorder(sigmoid_inputs(model)) as recorder:
+        model(torch.randn(8, 1, 28, 28))
+        raise KeyboardInterrupt
+    assert hooks(model) == 0 and len(recorder.means["conv 1"]) == 1
+
+
+# ---- the generated module holds the lecture's code only --------------------------------------------
+
+
+def test_generated_module_holds_only_the_lectures_layers_and_models():
+    path = Path(__file__).resolve().parent.parent / "d2l_ext" / "batch_norm.py"
+    tree = ast.parse(path.read_text())
+    imported = {
+        alias.name if isinstance(node, ast.Import) else node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported == {"numbers", "torch", "d2l"}
+    defined = {node.name for node in tree.body if isinstance(node, ast.ClassDef | ast.FunctionDef)}
+    defined -= {"forward", "extra_repr"}  # BatchNorm's methods, saved with d2l.add_to_class
+    assert defined == {
+        "batch_norm", "BatchNorm", "BNLeNetScratch", "BNLeNet", "BNLeNetAfter", "layer_norm", "LayerNorm",
+        "_check_eps", "_to_shape",
+    }  # fmt: skip
+
+
+# ---- figures and widget views ----------------------------------------------------------------------
+
+
+def noise_features():
+    g = torch.Generator().manual_seed(0)
+    return {"conv": torch.randn(64, 3, 4, 4, generator=g), "fc": torch.randn(64, 5, generator=g)}
+
+
+def test_batch_noise_figure_draws_both_statistics_of_every_layer():
+    fig = batch_noise_figure(noise_features(), batch_size=8, num_batches=10)
+    try:
+        left, right = fig.axes
+        assert "batch size 8" in left.get_title()
+        for ax in (left, right):
+            assert len(ax.patches) == 2 * 60  # one 60-bin histogram per layer
+            assert [t.get_text() for t in right.get_legend().get_texts()] == ["conv", "fc"]
+        # density histograms: each layer's bars cover an area of 1 (the values are clamped into range)
+        widths = [p.get_width() for p in left.patches[:60]]
+        heights = [p.get_height() for p in left.patches[:60]]
+        assert sum(w * h for w, h in zip(widths, heights)) == pytest.approx(1.0)
+    finally:
+        d2l.plt.close(fig)
+
+
+def test_batch_noise_explorer_draws_at_once_and_on_every_move():
+    d2l.plt.close("all")
+    explorer = batch_noise_explorer(noise_features(), sizes=[1, 8, 32], num_batches=5)
+    try:
+        slider = explorer.children[0]
+        assert list(slider.options) == [1, 8, 32] and slider.value == 8
+        assert "batch size 8" in d2l.plt.gcf().axes[0].get_title()  # drawn without a kernel
+        slider.value = 32
+        assert "batch size 32" in d2l.plt.gcf().axes[0].get_title()
+    finally:
+        d2l.plt.close("all")
