@@ -11,7 +11,144 @@ __all__: list[str] = []
 
 # -- 01 · batch and layer normalization ----------------------------------------------------------
 
+
+def batch_noise_figure(features: dict, batch_size: int, num_batches: int = 200):
+    """Histograms, over ``num_batches`` random batches of ``batch_size`` and all units, of how far
+    the batch statistics of each layer's ``features`` fall from the true ones (`batch_stat_noise`):
+    the mean's error in standard deviations (left), the variance's ratio (right).
+
+    ``features`` maps a layer's name to its inputs, (N, C) or (N, C, H, W). Returns the figure.
+    """
+    from d2l import torch as d2l
+
+    from d2l_ext.measure import batch_stat_noise
+
+    fig, axes = d2l.plt.subplots(1, 2, figsize=(9, 2.8))
+    for name, f in features.items():
+        err, ratio = batch_stat_noise(f, batch_size, num_batches)
+        axes[0].hist(err.flatten().clamp(-3, 3), bins=60, range=(-3, 3), alpha=0.6, density=True, label=name)
+        axes[1].hist(ratio.flatten().clamp(0, 3), bins=60, range=(0, 3), alpha=0.6, density=True, label=name)
+    axes[0].set(xlabel="(batch mean - mean) / std", title=f"batch size {batch_size}: the mean (0 is right)")
+    axes[1].set(xlabel="batch var / var", title="the variance (1 is right; 0: output is beta)")
+    axes[1].legend(fontsize=8)
+    return fig
+
+
+def batch_noise_explorer(features: dict, sizes: list[int], value: int = 8, num_batches: int = 200):
+    """A slider over the batch ``sizes`` that redraws `batch_noise_figure` for ``features``.
+
+    Computed once before it is returned, so that the figure shows also where no browser runs.
+    """
+    import ipywidgets as widgets
+    from d2l import torch as d2l
+
+    def show(batch_size):
+        batch_noise_figure(features, batch_size, num_batches)
+        d2l.plt.show()
+
+    slider = widgets.SelectionSlider(options=sizes, value=value, continuous_update=False)
+    explorer = widgets.interactive(show, batch_size=slider)
+    explorer.update()
+    return explorer
+
+
+__all__ += ["batch_noise_explorer", "batch_noise_figure"]
+
 # -- 02 · ResNet ----------------------------------------------------------------------------------
+
+
+def plot_function_classes(f_star, classes: dict, distances: dict):
+    """Function classes as ellipses around ``f_star`` (one panel per entry of ``classes``), and the
+    distance from ``f_star`` to each class (a last panel, one line per entry of ``distances``).
+
+    ``classes`` maps a title to a list of ((x, y) center, (rx, ry) radii) ellipses, smallest
+    class first. Returns the figure's axes.
+    """
+    from d2l import torch as d2l
+    from matplotlib.patches import Ellipse
+
+    plt = d2l.plt
+    fig, axes = plt.subplots(1, len(classes) + 1, figsize=(4 * (len(classes) + 1), 4))
+    for ax, (title, ellipses) in zip(axes, classes.items()):
+        for i, (c, r) in enumerate(ellipses):
+            color = plt.cm.viridis(i / len(ellipses))
+            ax.add_patch(Ellipse(c, 2 * r[0], 2 * r[1], fill=False, lw=2, color=color))
+            label_at = (c[0] - 0.5 * r[0] - 0.3, c[1] + 0.87 * r[1] - 0.35)
+            ax.annotate(f"$\\mathcal{{F}}_{i + 1}$", label_at, color=color, fontsize=12)
+        ax.plot(*f_star, "r*", ms=14)
+        ax.annotate("$f^*$", f_star, xytext=(5, 5), textcoords="offset points", color="r", fontsize=12)
+        ax.set(xlim=(-2.8, 5), ylim=(-2.2, 5.2), aspect="equal", title=title, xticks=[], yticks=[])
+    for (label, d), marker in zip(distances.items(), ("o-", "s-", "^-", "v-")):
+        axes[-1].plot(range(1, len(d) + 1), d, marker, label=label)
+    axes[-1].set(xlabel="class $i$", ylabel="distance from $f^*$ to $\\mathcal{F}_i$")
+    axes[-1].set_title("how close each class gets")
+    axes[-1].legend()
+    return axes
+
+
+def plot_step_losses(losses: dict, num_points: int = 25):
+    """Training loss per step, averaged over a sliding window, one panel per network.
+
+    ``losses`` maps (network name, number of layers) to the loss of every step; the window is
+    ``len / num_points`` steps. Returns the axes, one per network in the order first met.
+    """
+    import torch
+    from d2l import torch as d2l
+
+    names = list(dict.fromkeys(name for name, _ in losses))
+    fig, axes = d2l.plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for (net, layers), run in losses.items():
+            if net == name:
+                run = torch.tensor(run)
+                w = max(1, len(run) // num_points)
+                ax.plot(range(w, len(run) + 1), run.unfold(0, w, 1).mean(1), label=f"{layers} layers")
+        ax.set(title=name, xlabel="step", yscale="log")
+        ax.legend()
+    axes[0][0].set_ylabel("training loss")
+    return axes[0]
+
+
+def plot_grad_norms(norms: dict, title: str = "", ax=None):
+    """One line per network: the gradient norm of each convolution, input side first (log scale).
+
+    ``norms`` maps a network's name to its `d2l_ext.measure.conv_grad_norms`. Returns the axes.
+    """
+    from d2l import torch as d2l
+
+    if ax is None:
+        _, ax = d2l.plt.subplots(figsize=(6, 3.2))
+    for name, g in norms.items():
+        ax.plot(range(1, len(g) + 1), g, ".-", label=name)
+    ax.set(yscale="log", xlabel="convolution (input side first)", ylabel="gradient norm at init")
+    ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def grad_norms_explorer(nets, widths, X, y, value: int, max_value: int = 9, **kwargs):
+    """A slider for the blocks per stage, redrawing `plot_grad_norms` at initialization for each
+    network class in ``nets`` (built with ``widths`` and ``kwargs``, on the minibatch ``X``, ``y``).
+
+    Computed once before it is returned, so that the figure shows also where no browser runs.
+    """
+    import ipywidgets as widgets
+    from d2l import torch as d2l
+
+    from d2l_ext.measure import init_grad_norms
+
+    def show(num_residuals):
+        norms = {Net.__name__: init_grad_norms(Net, num_residuals, widths, X, y, **kwargs) for Net in nets}
+        plot_grad_norms(norms, f"{2 * len(widths) * num_residuals + 2} layers")
+        d2l.plt.show()
+
+    slider = widgets.IntSlider(value, 1, max_value, continuous_update=False, description="blocks")
+    explorer = widgets.interactive(show, num_residuals=slider)
+    explorer.update()
+    return explorer
+
+
+__all__ += ["grad_norms_explorer", "plot_function_classes", "plot_grad_norms", "plot_step_losses"]
 
 # -- 03 · ResNeXt ---------------------------------------------------------------------------------
 
