@@ -42,6 +42,7 @@ __all__ = [
     "Settings",
     "current_preset",
     "experiment",
+    "floors_table",
 ]
 
 PRESETS = ("ci", "demo", "full")
@@ -498,3 +499,19 @@ def experiment(name: str, preset: str | None = None, verbose: bool = True) -> Ex
     if verbose:
         print(exp)
     return exp
+
+
+def floors_table() -> str:
+    """Every recipe's floor under each preset and its demo target, as a Markdown table."""
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:g}%"
+
+    lines = [
+        "| experiment | " + " | ".join(f"floor {p}" for p in PRESETS) + " | demo target |",
+        "|---|" + "---:|" * (len(PRESETS) + 1),
+    ]
+    for name, recipe in EXPERIMENTS.items():
+        floors = " | ".join(pct(recipe[p].floor) for p in PRESETS)
+        lines.append(f"| {name} | {floors} | {pct(recipe.demo.target)} |")
+    return "\n".join(lines)

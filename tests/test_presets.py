@@ -183,6 +183,19 @@ def test_a_floor_changed_in_the_recipe_is_what_experiment_gives(monkeypatch):
     assert experiment("resnet", "ci", verbose=False).floor == recipe.ci.floor
 
 
+def test_the_floors_table_reads_the_recipes(monkeypatch):
+    lines = presets.floors_table().splitlines()
+    assert len(lines) == 2 + len(EXPERIMENTS) and "| lenet | - | - | - | - |" in lines
+    demo = EXPERIMENTS["resnet"].demo
+    monkeypatch.setitem(
+        EXPERIMENTS,
+        "resnet",
+        dataclasses.replace(EXPERIMENTS["resnet"], demo=dataclasses.replace(demo, floor=0.5)),
+    )
+    (row,) = [ln for ln in presets.floors_table().splitlines() if ln.startswith("| resnet |")]
+    assert row.split(" | ")[2] == "50%" and row.endswith(f"| {100 * demo.target:g}% |")
+
+
 # -- notebooks assert the recipe's floor, never a number of their own ------------------------------
 
 
