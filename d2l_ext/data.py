@@ -5,21 +5,33 @@
 
 * finds the four idx files without a download where it can (see `find_fashion_mnist`),
 * checks the SHA-256 of the *decompressed* files, so a gzip-recompressed copy (Debian's) is
-  accepted and a truncated or altered one is not,
+  accepted and a truncated or altered one is not, and parses exactly the bytes it checked (never
+  torchvision's ``processed/*.pt``, which `torchvision.datasets.FashionMNIST` prefers when present),
 * keeps the images as one uint8 tensor and batches them without PIL or worker processes
   (the book's four workers oversubscribe a two-core laptop), resizing whole batches at once,
 * can take a deterministic, class-balanced subset for the fast run presets,
-* never writes next to the notebook (the book writes ``../data``).
+* never writes next to the notebook (the book writes ``../data``); its cache is written
+  atomically, never through a symbolic link, and several processes may fill it at once.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import gzip
 import hashlib
+import http.client
+import math
 import os
+import stat
+import struct
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torchvision
@@ -28,6 +40,7 @@ from torch.nn import functional as F
 
 __all__ = [
     "DEBIAN_DIR",
+    "DOWNLOAD_TIMEOUT",
     "FILES",
     "MEAN",
     "STD",
@@ -48,8 +61,14 @@ FILES: dict[str, str] = {
 }
 #: Where Debian's and Ubuntu's package ``dataset-fashion-mnist`` installs the gzipped files.
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: Seconds a download waits for the next bytes from a mirror before it gives that mirror up.
+DOWNLOAD_TIMEOUT = 30.0
 #: Per-pixel mean and standard deviation of the 60,000 training images (notebook 00 computes them).
 MEAN, STD = 0.2860, 0.3530
+
+# O_NOFOLLOW does not exist on Windows (where making a link needs privileges); O_BINARY only there.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
 
 
 class DataError(RuntimeError):
@@ -64,118 +83,282 @@ def cache_dir() -> Path:
     return Path(xdg) / "d2l_ext"
 
 
-def _read_verified(folder: Path, name: str) -> bytes | None:
-    """The decompressed bytes of ``name`` in ``folder`` (plain or ``.gz``), checked; None if absent."""
-    plain, gz = folder / name, folder / f"{name}.gz"
-    if plain.is_file():
-        path, raw = plain, plain.read_bytes()
-    elif gz.is_file():
-        path = gz
+def _why(e: OSError) -> str:
+    return f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+
+
+def _cache_error(raw_dir: Path, e: OSError) -> DataError:
+    setting = os.environ.get("D2L_EXT_CACHE")
+    now = f"it is now {setting!r}" if setting else "it is not set now"
+    return DataError(
+        f"The d2l_ext cache {raw_dir} cannot be used ({_why(e)}).\n"
+        f"Set D2L_EXT_CACHE to a writable folder ({now}), or decompress the four idx files into a "
+        "folder of your own and set FASHION_MNIST_DIR to it: plain files are read in place."
+    )
+
+
+def _is_file(path: Path, in_cache: bool) -> bool:
+    """Whether ``path`` is a regular file; in the cache a symbolic link never counts as one."""
+    try:
+        mode = os.stat(path, follow_symlinks=not in_cache).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        if in_cache:  # an unusable cache is reported where d2l_ext first needs to write it
+            return False
+        raise DataError(f"Cannot look at {path} ({_why(e)}). Check the permissions of its folder.") from None
+    return stat.S_ISREG(mode)
+
+
+def _read(path: Path, in_cache: bool) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | _BINARY | (_NOFOLLOW if in_cache else 0))
+        with open(fd, "rb") as f:
+            return f.read()
+    except OSError as e:
+        if in_cache:
+            raise _cache_error(path.parent, e) from None
+        raise DataError(f"Cannot read {path} ({_why(e)}). Check its permissions.") from None
+
+
+def _verified(path: Path, name: str, in_cache: bool) -> bytes:
+    """The decompressed bytes of ``path`` (plain or ``.gz``), checked against the upstream ``name``."""
+    raw = _read(path, in_cache)
+    if path.suffix == ".gz":
         try:
-            raw = gzip.decompress(gz.read_bytes())
-        except (OSError, EOFError) as e:  # truncated or not gzip at all
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:  # truncated, a damaged block, or not gzip at all
             raise DataError(
-                f"{gz} is not a readable gzip file ({e}). Delete it and fetch the data again."
+                f"{path} is not a readable gzip file ({e}). Delete it and fetch the data again."
             ) from None
-    else:
-        return None
     digest = hashlib.sha256(raw).hexdigest()
-    if digest != FILES[name]:
+    if digest == FILES[name]:
+        return raw
+    really = next((other for other, known in FILES.items() if known == digest), None)
+    if really is not None:  # the checksums identify each of the four files
         raise DataError(
-            f"{path} is corrupt: the SHA-256 of its decompressed content is\n  {digest}\n"
-            f"but the upstream {name} has\n  {FILES[name]}\n"
-            "Delete the file and get the data set again (reinstall the package "
-            "dataset-fashion-mnist, or let d2l_ext download it)."
+            f"{path} holds the upstream {really}, not {name}: its content is intact, only its name "
+            f"is wrong. Rename it to {really}{path.suffix if path.suffix == '.gz' else ''} (if a file "
+            "of that name is there too, the two were swapped: exchange their names)."
         )
-    return raw
+    raise DataError(
+        f"{path} is corrupt: the SHA-256 of its decompressed content is\n  {digest}\n"
+        f"but the upstream {name} has\n  {FILES[name]}\n"
+        "Delete the file and get the data set again (reinstall the package "
+        "dataset-fashion-mnist, or let d2l_ext download it)."
+    )
 
 
-def _complete(folder: Path) -> bool:
-    return all((folder / n).is_file() or (folder / f"{n}.gz").is_file() for n in FILES)
+def _cached_ok(target: Path, name: str) -> bool:
+    """Whether the cache already holds a verified ``name`` (written by us, or another process)."""
+    if not _is_file(target, in_cache=True):
+        return False
+    try:
+        with open(os.open(target, os.O_RDONLY | _BINARY | _NOFOLLOW), "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest() == FILES[name]
+    except OSError:  # replaced by a link or removed meanwhile: write it anew
+        return False
 
 
-def _candidates(root: str | os.PathLike | None) -> list[tuple[Path, str]]:
-    """Folders to look in, in order, each with a phrase that says what it is."""
+def _prepare_cache() -> Path:
+    """Create ``<cache>/FashionMNIST/raw``, refusing symbolic links below the cache folder itself."""
+    root = cache_dir()
+    raw_dir = root / "FashionMNIST" / "raw"
+    try:
+        root.mkdir(parents=True, exist_ok=True)  # may be a link the user made, e.g. onto another disk
+        for folder in (root / "FashionMNIST", raw_dir):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                pass
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                raise NotADirectoryError(0, "not a folder (links are not followed in the cache)", str(folder))
+    except OSError as e:
+        raise _cache_error(raw_dir, e) from None
+    return raw_dir
+
+
+def _store(raw_dir: Path, name: str, raw: bytes) -> None:
+    """Write verified bytes to ``raw_dir/name`` atomically, through a file no one else can have opened."""
+    target = raw_dir / name
+    if _cached_ok(target, name):  # another process got there first
+        return
+    try:
+        # O_CREAT | O_EXCL | O_NOFOLLOW under a random name: a planted file or link makes it fail
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=raw_dir)
+    except OSError as e:
+        raise _cache_error(raw_dir, e) from None
+    try:
+        with open(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())  # a crash must not leave a short file under the final name
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o644)  # mkstemp's 0o600 would hide a shared cache
+        os.replace(tmp, target)  # atomic; replaces a link at target itself, not what it points to
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise _cache_error(raw_dir, e) from None
+        raise
+
+
+def _fetch(url: str, timeout: float) -> bytes:
+    request = urllib.request.Request(url, headers={"User-Agent": torchvision.datasets.utils.USER_AGENT})
+    try:
+        # the timeout bounds the connection and every read: a silent server is given up after it
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.read()
+    except urllib.error.HTTPError as e:
+        e.close()  # it holds the connection open
+        raise
+
+
+def _cause(e: Exception, timeout: float) -> str:
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP error {e.code} ({e.reason})"
+    reason = e.reason if isinstance(e, urllib.error.URLError) else e
+    if isinstance(reason, TimeoutError):
+        return f"timed out: no data for {timeout:g} s"
+    return f"{type(reason).__name__}: {reason}"
+
+
+def _download(raw_dir: Path, names: list[str]) -> None:
+    """Fetch the gzipped files from torchvision's Fashion-MNIST mirrors, verify, store in the cache."""
+    timeout = DOWNLOAD_TIMEOUT
+    for name in names:
+        causes = []
+        for mirror in torchvision.datasets.FashionMNIST.mirrors:
+            url = f"{mirror}{name}.gz"
+            try:
+                raw = gzip.decompress(_fetch(url, timeout))
+            except (OSError, EOFError, ValueError, zlib.error, http.client.HTTPException) as e:
+                causes.append(f"{url}: {_cause(e, timeout)}")
+                continue
+            digest = hashlib.sha256(raw).hexdigest()
+            if digest != FILES[name]:  # a mirror serving other data: try the next one
+                causes.append(f"{url}: the decompressed {name} is corrupt (SHA-256 {digest})")
+                continue
+            _store(raw_dir, name, raw)
+            break
+        else:
+            raise DataError(
+                "Fashion-MNIST was not found on this machine and could not be downloaded:\n  "
+                + "\n  ".join(causes or ["torchvision.datasets.FashionMNIST.mirrors is empty"])
+                + "\nGet it in one of three ways:\n"
+                "  1. Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist "
+                f"(installs into {DEBIAN_DIR});\n"
+                "  2. put the four idx files (gzipped or not) in a folder and set "
+                "FASHION_MNIST_DIR to it;\n"
+                "  3. connect to the internet and run again: d2l_ext downloads them into "
+                f"{raw_dir}."
+            )
+
+
+class _Kind(enum.Enum):
+    """Where a candidate folder comes from; the value is the phrase `find_fashion_mnist` reports."""
+
+    ROOT = "the root argument"
+    ENV = "$FASHION_MNIST_DIR"
+    DEBIAN = "the package dataset-fashion-mnist"
+    CACHE = "the d2l_ext cache"
+
+
+class _Found(NamedTuple):
+    folder: Path  # holds the four decompressed idx files
+    source: str  # which source they came from, in words
+    in_cache: bool  # then read without following symbolic links
+
+
+def _candidates(root: str | os.PathLike | None) -> list[tuple[_Kind, Path]]:
+    """Folders to look in, in order."""
     found = []
     if root is not None:
-        found.append((Path(root).expanduser(), "the root argument"))
+        found.append((_Kind.ROOT, Path(root).expanduser()))
     if os.environ.get("FASHION_MNIST_DIR"):
-        found.append((Path(os.environ["FASHION_MNIST_DIR"]).expanduser(), "$FASHION_MNIST_DIR"))
-    found.append((DEBIAN_DIR, "the package dataset-fashion-mnist"))
-    found.append((cache_dir() / "FashionMNIST" / "raw", "the d2l_ext cache"))
+        found.append((_Kind.ENV, Path(os.environ["FASHION_MNIST_DIR"]).expanduser()))
+    found.append((_Kind.DEBIAN, DEBIAN_DIR))
+    found.append((_Kind.CACHE, cache_dir() / "FashionMNIST" / "raw"))
     return found
 
 
-def _download(raw_dir: Path) -> None:
-    """Let torchvision fetch the upstream files (mirrors, MD5 of the archives) into the cache."""
-    try:
-        torchvision.datasets.FashionMNIST(root=str(raw_dir.parent.parent), train=True, download=True)
-    except Exception as e:  # no network, proxy, mirror down: all end the same way for a student
-        raise DataError(
-            "Fashion-MNIST was not found on this machine and could not be downloaded "
-            f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else e}).\n"
-            "Get it in one of three ways:\n"
-            "  1. Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist "
-            f"(installs into {DEBIAN_DIR});\n"
-            "  2. put the four idx files (gzipped or not) in a folder and set "
-            "FASHION_MNIST_DIR to it;\n"
-            "  3. connect to the internet and run again: d2l_ext downloads them into "
-            f"{raw_dir}."
-        ) from None
+def _present(folder: Path, in_cache: bool) -> dict[str, Path]:
+    """Each of the four files in ``folder``: plain if there, else gzipped (the cache holds plain ones)."""
+    found = {}
+    for name in FILES:
+        for path in (folder / name,) if in_cache else (folder / name, folder / f"{name}.gz"):
+            if _is_file(path, in_cache):
+                found[name] = path
+                break
+    return found
 
 
-def find_fashion_mnist(root: str | os.PathLike | None = None, download: bool = True) -> tuple[Path, str]:
-    """Locate and verify the four idx files; return the folder torchvision can read and its source.
-
-    Looks, in order, in ``root``, ``$FASHION_MNIST_DIR``, Debian's ``/usr/share/datasets/fashion-mnist``
-    and the per-user cache, then downloads into the cache. Files are verified by the SHA-256 of
-    their decompressed bytes; gzipped ones are decompressed into the cache, in the layout
-    ``<cache>/FashionMNIST/raw/`` that `torchvision.datasets.FashionMNIST` reads.
-    """
-    raw_dir = cache_dir() / "FashionMNIST" / "raw"
-    for folder, what in _candidates(root):
-        if not _complete(folder):
-            if what == "the root argument" or what == "$FASHION_MNIST_DIR":
-                missing = [n for n in FILES if not ((folder / n).is_file() or (folder / f"{n}.gz").is_file())]
+def _find(root: str | os.PathLike | None, download: bool) -> _Found:
+    for kind, folder in _candidates(root):
+        in_cache = kind is _Kind.CACHE
+        files = _present(folder, in_cache)
+        if len(files) < len(FILES):
+            if kind in (_Kind.ROOT, _Kind.ENV):  # named by the user: say what is wrong with it
+                missing = [n for n in FILES if n not in files]
                 raise DataError(
-                    f"{what} points to {folder}, which lacks {', '.join(missing)} (plain or .gz). "
+                    f"{kind.value} points to {folder}, which lacks {', '.join(missing)} (plain or .gz). "
                     "Put the four upstream idx files there, or unset it to use the other sources."
                 )
             continue
-        if folder == raw_dir:
-            for name in FILES:
-                _read_verified(folder, name)
-            return raw_dir, f"{what} ({folder})"
-        raw_dir.mkdir(parents=True, exist_ok=True)
-        for name in FILES:
-            raw = _read_verified(folder, name)
-            target = raw_dir / name
-            if not (
-                target.is_file()
-                and target.stat().st_size == len(raw)
-                and hashlib.sha256(target.read_bytes()).hexdigest() == FILES[name]
-            ):
-                tmp = target.with_suffix(".tmp")
-                tmp.write_bytes(raw)
-                tmp.replace(target)  # atomic, so a crash never leaves a half-written file behind
-        return raw_dir, f"{what} ({folder})"
+        source = f"{kind.value} ({folder})"
+        if all(path.name == name for name, path in files.items()):  # all plain: read in place
+            for name, path in files.items():
+                _verified(path, name, in_cache)
+            return _Found(folder, source, in_cache)
+        raw_dir = _prepare_cache()
+        for name, path in files.items():
+            _store(raw_dir, name, _verified(path, name, in_cache))
+        return _Found(raw_dir, source, True)
     if not download:
         raise DataError(
             "Fashion-MNIST was not found and download=False. Install the package "
             "dataset-fashion-mnist, set FASHION_MNIST_DIR, or allow the download."
         )
-    _download(raw_dir)
-    for gz in raw_dir.glob("*.gz"):  # torchvision keeps the archives beside what it extracted
-        gz.unlink()
-    for name in FILES:
-        _read_verified(raw_dir, name)
-    return raw_dir, f"a download into the d2l_ext cache ({raw_dir})"
+    raw_dir = _prepare_cache()  # before any traffic: an unusable cache would waste the download
+    _download(raw_dir, [name for name in FILES if not _cached_ok(raw_dir / name, name)])
+    return _Found(raw_dir, f"a download into the d2l_ext cache ({raw_dir})", True)
+
+
+def find_fashion_mnist(root: str | os.PathLike | None = None, download: bool = True) -> tuple[Path, str]:
+    """Locate and verify the four idx files; return the folder that holds them decompressed, and its source.
+
+    Looks, in order, in ``root``, ``$FASHION_MNIST_DIR``, Debian's ``/usr/share/datasets/fashion-mnist``
+    and the per-user cache, then downloads into the cache (``DOWNLOAD_TIMEOUT`` seconds without data
+    give a mirror up). Files are verified by the SHA-256 of their decompressed bytes. A folder of
+    four plain files is used in place; gzipped ones are decompressed into ``<cache>/FashionMNIST/raw/``
+    (written atomically, never through a symbolic link).
+    """
+    found = _find(root, download)
+    return found.folder, found.source
+
+
+def _parse_idx(raw: bytes, name: str) -> torch.Tensor:
+    """The array in an idx file: two zero bytes, the type (0x08: uint8), the number of dimensions,
+    each dimension as a big-endian uint32, then the values (the format torchvision's reader parses)."""
+    zero, dtype, ndim = struct.unpack_from(">HBB", raw)
+    dims = struct.unpack_from(f">{ndim}I", raw, 4)
+    start = 4 + 4 * ndim
+    if zero or dtype != 0x08 or len(raw) != start + math.prod(dims):
+        raise DataError(f"{name} is not an idx file of unsigned bytes; check d2l_ext.data.FILES.")
+    return torch.frombuffer(bytearray(memoryview(raw)[start:]), dtype=torch.uint8).view(dims)
 
 
 @functools.lru_cache(maxsize=4)
-def _load(raw_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    ds = torchvision.datasets.FashionMNIST(root=str(raw_dir.parent.parent), train=train, download=False)
-    return ds.data, ds.targets  # (N, 28, 28) uint8, (N,) int64
+def _load(raw_dir: Path, train: bool, in_cache: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split, parsed from the bytes just verified: (N, 28, 28) uint8 images, (N,) int64 labels."""
+    split = "train" if train else "t10k"
+    images, labels = f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte"
+    X = _parse_idx(_verified(raw_dir / images, images, in_cache), images)
+    y = _parse_idx(_verified(raw_dir / labels, labels, in_cache), labels)
+    return X, y.long()  # int64 labels, as torchvision's read_label_file gives
 
 
 def balanced_subset(targets: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
@@ -240,6 +423,12 @@ class TensorLoader:
 
     def __len__(self) -> int:
         return -(-len(self.targets) // self.batch_size)
+
+    def reseed(self, seed: int) -> None:
+        """Restart shuffling and flips from ``seed``: the next epoch then depends on the seed alone."""
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise DataError(f"reseed takes an int seed, got {seed!r}.")
+        self.generator.manual_seed(seed)
 
     def to(self, device: torch.device | str) -> TensorLoader:
         """Keep the whole data set on ``device`` (a GPU), so batches never cross the bus."""
@@ -310,10 +499,11 @@ class FashionMNIST(d2l.FashionMNIST):
             raise DataError(f"batch_size must be a positive int, got {batch_size!r}.")
         self.save_hyperparameters(ignore=["root", "verbose"])
         self.resize = _check_resize(resize)
-        raw_dir, self.source = find_fashion_mnist(root, download=download)
+        found = _find(root, download)
+        self.source = found.source
         splits = {}
         for train, subset in ((True, train_subset), (False, val_subset)):
-            images, targets = _load(raw_dir, train)
+            images, targets = _load(found.folder, train, found.in_cache)
             if subset is not None:
                 idx = balanced_subset(targets, subset, seed)
                 images, targets = images[idx], targets[idx]
