@@ -152,7 +152,7 @@ def test_pre_commit_fixes_and_blocks_a_bad_commit(tmp_path):
     for name in (".pre-commit-config.yaml", "pyproject.toml", "tools/export.py"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
-    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    (tmp_path / ".venv").symlink_to(sys.prefix)  # the hooks call .venv/bin/...: the tools running this
     (tmp_path / ".gitignore").write_text(".venv\n")
     (tmp_path / "d2l_ext").mkdir()
     (tmp_path / "bad.py").write_text("import os\nx=1\n")

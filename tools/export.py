@@ -28,13 +28,11 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
-import io
 import json
 import re
 import shutil
 import subprocess
 import sys
-import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,12 +121,17 @@ def add_to_class_target(node: ast.stmt) -> str | None:
     return arg.id if named and isinstance(arg, ast.Name) else None
 
 
-def _uses_private_names(lines: list[str]) -> bool:
+def _uses_private_names(node: ast.AST) -> bool:
     """Whether the code names a ``__private`` identifier, which a class body would mangle."""
-    tokens = tokenize.generate_tokens(io.StringIO("\n".join(lines) + "\n").readline)
-    return any(
-        t.type == tokenize.NAME and t.string.startswith("__") and not t.string.endswith("__") for t in tokens
-    )
+
+    def private(name) -> bool:
+        return isinstance(name, str) and name.startswith("__") and not name.endswith("__")
+
+    for n in ast.walk(node):
+        names = [getattr(n, a, None) for a in ("id", "attr", "arg", "name", "asname")]
+        if any(map(private, names + list(getattr(n, "names", [])))):  # also global/nonlocal
+            return True
+    return False
 
 
 def _string_continuation_lines(node: ast.AST) -> set[int]:
@@ -167,7 +170,7 @@ def _merge_methods(chunks: list[Chunk]) -> list[Chunk]:
     for chunk in chunks:
         node = chunk.node
         target = classes.get(add_to_class_target(node) or "")
-        if target is not None and not _uses_private_names(chunk.lines):
+        if target is not None and not _uses_private_names(node):
             target.methods.append(chunk)
             continue
         if isinstance(node, ast.ClassDef):
