@@ -22,6 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 REPO2DOCKER = Path(sys.executable).with_name("repo2docker")
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# Subprocess timeouts (seconds) only guard against a hang, never judge speed: generating the recipe
+# and running the start script each take about a second on a 2-core CPU, so these hold on a
+# machine a hundred times slower.
+RECIPE_TIMEOUT, SCRIPT_TIMEOUT = 120, 60
 
 
 def recipe(repo: Path) -> str:
@@ -32,7 +36,7 @@ def recipe(repo: Path) -> str:
         [REPO2DOCKER, "--no-build", "--user-id", "1000", "--user-name", "jovyan", str(repo)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=RECIPE_TIMEOUT,
     )
     assert run.returncode == 0, f"repo2docker failed:\n{run.stderr}"
     assert "FROM " in run.stdout, f"repo2docker printed no Dockerfile:\n{run.stdout}\n{run.stderr}"
@@ -137,12 +141,19 @@ def test_start_script_caps_threads_and_runs_the_command():
     script = [str(REPO / "binder" / "start"), "python3", "-c"]
     code = "import os, sys; print(*[os.environ[v] for v in sys.argv[1:]])"
     out = subprocess.run(
-        [*script, code, *THREAD_VARS], env=env, capture_output=True, text=True, check=True
+        [*script, code, *THREAD_VARS],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=SCRIPT_TIMEOUT,
     ).stdout.split()
     assert len(out) == len(THREAD_VARS) and all(v.isdigit() and int(v) >= 1 for v in out), out
     # A value set by the user or the host wins.
     env["OMP_NUM_THREADS"] = "7"
-    out = subprocess.run([*script, code, "OMP_NUM_THREADS"], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [*script, code, "OMP_NUM_THREADS"], env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT
+    )
     assert out.stdout.split() == ["7"], out.stderr
 
 
