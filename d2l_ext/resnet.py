@@ -4,17 +4,34 @@
 
 """02 · ResNet: residual blocks, and the evidence for why they work
 
-The definitions saved from notebooks/02_resnet.ipynb.
+The definitions saved from notebooks/02_resnet.ipynb; the comment above each names its cell
+(counted from 1, markdown cells included).
 """
+
+import operator
 
 import torch
 from d2l import torch as d2l
 from torch import nn
 from torch.nn import functional as F
 
-from d2l_ext.training import Trainer
+__all__ = ["check_count", "Residual", "ResNet", "check_arch", "ResNet18", "PlainBlock", "PlainNet"]
 
 
+# notebooks/02_resnet.ipynb, cell 8
+def check_count(value, message: str) -> int:
+    """``value`` as an int if it is a positive integer; otherwise ``message`` (which should show a
+    valid call) as a TypeError (16.5, "64", None) or a ValueError (0, -1, True)."""
+    try:
+        count = operator.index(value)  # ints, numpy's too, but no floats
+    except TypeError:
+        raise TypeError(message) from None
+    if isinstance(value, bool) or count < 1:
+        raise ValueError(message)
+    return count
+
+
+# notebooks/02_resnet.ipynb, cell 9
 class Residual(nn.Module):
     """The residual block of ResNet (He et al., 2016): ReLU(g(X) + X), g = conv-BN-ReLU-conv-BN.
 
@@ -29,6 +46,9 @@ class Residual(nn.Module):
 
     def __init__(self, num_channels: int, use_1x1conv: bool = False, strides: int = 1):
         super().__init__()
+        usage = "e.g. Residual(128, use_1x1conv=True, strides=2)"
+        check_count(num_channels, f"num_channels must be a positive int, {usage}; got {num_channels!r}.")
+        check_count(strides, f"strides must be a positive int, {usage}; got {strides!r}.")
         if strides != 1 and not use_1x1conv:
             raise ValueError(
                 f"Residual({num_channels}, strides={strides}) changes the output shape; "
@@ -57,6 +77,7 @@ class Residual(nn.Module):
         return F.relu(Y)
 
 
+# notebooks/02_resnet.ipynb, cell 21
 class ResNet(d2l.Classifier):
     """ResNet (He et al., 2016) as in the book: stem b1, stages of residual blocks, then a linear head.
 
@@ -80,38 +101,55 @@ class ResNet(d2l.Classifier):
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
         )
 
+    # notebooks/02_resnet.ipynb, cell 23
+    def block(self, num_residuals, num_channels, first_block=False):
+        blk = []
+        for i in range(num_residuals):
+            if i == 0 and not first_block:
+                blk.append(Residual(num_channels, use_1x1conv=True, strides=2))
+            else:
+                blk.append(Residual(num_channels))
+        return nn.Sequential(*blk)
 
-@d2l.add_to_class(ResNet)
-def block(self, num_residuals, num_channels, first_block=False):
-    blk = []
-    for i in range(num_residuals):
-        if i == 0 and not first_block:
-            blk.append(Residual(num_channels, use_1x1conv=True, strides=2))
-        else:
-            blk.append(Residual(num_channels))
-    return nn.Sequential(*blk)
-
-
-@d2l.add_to_class(ResNet)
-def __init__(self, arch, lr=0.1, num_classes=10, stem_kernel=7, stem_stride=2):
-    super(ResNet, self).__init__()
-    arch = tuple(tuple(stage) for stage in arch)
-    if not arch or any(len(s) != 2 or min(s) < 1 for s in arch):
-        raise ValueError(f"arch must be (num_residuals, num_channels) pairs of positive ints, got {arch!r}.")
-    if stem_kernel < 1 or stem_kernel % 2 == 0 or stem_stride < 1:
-        raise ValueError(
-            f"stem_kernel must be odd and stem_stride positive, got {stem_kernel}, {stem_stride}."
+    # notebooks/02_resnet.ipynb, cell 26
+    def __init__(self, arch, lr=0.1, num_classes=10, stem_kernel=7, stem_stride=2):
+        super(ResNet, self).__init__()
+        arch = check_arch(arch)  # subclasses (PlainNet, ResNeXt) build through here: they check too
+        stem = "stem_kernel (odd) and stem_stride are positive ints, e.g. 7 and 2"
+        stem = f"{stem}; got {stem_kernel!r} and {stem_stride!r}."
+        if check_count(stem_kernel, stem) % 2 == 0:
+            raise ValueError(stem)
+        check_count(stem_stride, stem)
+        check_count(num_classes, f"num_classes must be a positive int, e.g. 10; got {num_classes!r}.")
+        self.save_hyperparameters()
+        self.net = nn.Sequential()
+        self.net.add_module("b1", self.b1())
+        for i, b in enumerate(arch):
+            self.net.add_module(f"b{i + 2}", self.block(*b, first_block=(i == 0)))
+        self.net.add_module(
+            "last", nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.LazyLinear(num_classes))
         )
-    self.save_hyperparameters()
-    self.net = nn.Sequential()
-    self.net.add_module("b1", self.b1())
-    for i, b in enumerate(arch):
-        self.net.add_module(f"b{i + 2}", self.block(*b, first_block=(i == 0)))
-    self.net.add_module(
-        "last", nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.LazyLinear(num_classes))
+
+
+# notebooks/02_resnet.ipynb, cell 25
+def check_arch(arch) -> tuple[tuple[int, int], ...]:
+    """``arch`` as a tuple of (num_residuals, num_channels) pairs of positive ints; else an error
+    that shows this form, raised where the model is built instead of deep inside its first call."""
+    form = (
+        "arch is a sequence of (num_residuals, num_channels) pairs of positive ints, "
+        f"e.g. ((2, 64), (2, 128), (2, 256), (2, 512)); got {arch!r}."
     )
+    if isinstance(arch, str) or not hasattr(arch, "__iter__"):
+        raise TypeError(form)
+    stages = tuple(arch)
+    if not all(isinstance(s, list | tuple) and len(s) == 2 for s in stages):
+        raise TypeError(form)
+    if not stages:
+        raise ValueError(form)
+    return tuple((check_count(n, form), check_count(c, form)) for n, c in stages)
 
 
+# notebooks/02_resnet.ipynb, cell 27
 class ResNet18(ResNet):
     """ResNet-18 as in the book: four stages of two blocks, 64-128-256-512 channels, 7x7 stride-2 stem."""
 
@@ -119,19 +157,7 @@ class ResNet18(ResNet):
         super().__init__(((2, 64), (2, 128), (2, 256), (2, 512)), lr, num_classes)
 
 
-@d2l.add_to_class(ResNet)
-def stage_shapes(self, X_shape):
-    """Output shape of every stage of ``self.net`` (stem, stages, head) for an input of ``X_shape``."""
-    X, shapes, was_training = torch.zeros(X_shape), {}, self.training
-    self.eval()  # BN in eval mode: shapes for any batch size, and no change to running statistics
-    with torch.no_grad():
-        for name, layer in self.net.named_children():
-            X = layer(X)
-            shapes[name] = tuple(X.shape)
-    self.train(was_training)
-    return shapes
-
-
+# notebooks/02_resnet.ipynb, cell 39
 class PlainBlock(Residual):
     """A residual block without its shortcut, ReLU(g(X)): the "plain" baseline of He et al. (2016)."""
 
@@ -144,40 +170,10 @@ class PlainBlock(Residual):
         return F.relu(self.bn2(self.conv2(Y)))
 
 
+# notebooks/02_resnet.ipynb, cell 40
 class PlainNet(ResNet):
     """ResNet with every shortcut removed: the same stem, stages, widths and head (He et al., 2016)."""
 
     def block(self, num_residuals, num_channels, first_block=False):
         strides = [1 if i > 0 or first_block else 2 for i in range(num_residuals)]
         return nn.Sequential(*[PlainBlock(num_channels, s) for s in strides])
-
-
-class StepTrainer(Trainer):
-    """`Trainer` that also records the training loss of every step, in ``step_losses``."""
-
-    def fit(self, model, data):
-        self.step_losses = []
-        return super().fit(model, data)
-
-    def training_loss(self, Y_hat, y):
-        loss = super().training_loss(Y_hat, y)
-        self.step_losses.append(loss.item())
-        return loss
-
-
-def conv_grad_norms(net, X, y):
-    """Norm of the loss gradient w.r.t. the weight of every 3x3 (and stem) convolution of ``net``,
-    input side first, for one minibatch. The 1x1 shortcut convolutions are left out, so that a
-    ResNet and its PlainNet give lists of the same length."""
-    net.zero_grad()
-    net.loss(net(X), y).backward()
-    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
-    return [m.weight.grad.norm().item() for m in convs]
-
-
-def init_grad_norms(Net, num_residuals, widths, X, y, seed=0, **kwargs):
-    """`conv_grad_norms` of ``Net`` with ``num_residuals`` blocks per stage, initialized as `Trainer` does."""
-    torch.manual_seed(seed)
-    net = Net(tuple((num_residuals, w) for w in widths), **kwargs)
-    net.apply_init([X[:2]], d2l.init_cnn)
-    return conv_grad_norms(net, X, y)

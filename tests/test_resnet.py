@@ -1,6 +1,11 @@
 """Tests of d2l_ext.resnet (generated from notebook 02), with torch and torchvision as oracles."""
 
 import math
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are drawn and inspected, never shown
 
 import pytest
 import torch
@@ -10,17 +15,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from d2l_ext import FashionMNIST
+from d2l_ext.measure import conv_grad_norms, final_loss, init_grad_norms, num_params, stage_shapes
+from d2l_ext.plots import grad_norms_explorer, plot_function_classes, plot_grad_norms, plot_step_losses
 from d2l_ext.presets import PRESETS, experiment
-from d2l_ext.resnet import (
-    PlainBlock,
-    PlainNet,
-    Residual,
-    ResNet,
-    ResNet18,
-    StepTrainer,
-    conv_grad_norms,
-    init_grad_norms,
-)
+from d2l_ext.resnet import PlainBlock, PlainNet, Residual, ResNet, ResNet18
+from d2l_ext.training import StepLosses, Trainer
 
 RESNET18_PARAMS = 11_178_378  # the book's ResNet-18, 1 input channel, 10 classes
 TORCHVISION_PARAMS = 11_175_370  # torchvision's resnet18(num_classes=10) with a 1-channel conv1
@@ -34,10 +33,6 @@ def _seed():
 def materialized(net, shape):
     net.apply_init([torch.zeros(shape)], d2l.init_cnn)
     return net
-
-
-def num_params(net):
-    return sum(p.numel() for p in net.parameters())
 
 
 def torchvision_resnet18():
@@ -194,7 +189,7 @@ def test_stage_shapes(first_block, num_residuals):
 
 
 def test_resnet18_stage_shapes_at_96():
-    shapes = ResNet18().stage_shapes((1, 1, 96, 96))
+    shapes = stage_shapes(ResNet18(), torch.zeros(1, 1, 96, 96))
     assert shapes == {
         "b1": (1, 64, 24, 24),
         "b2": (1, 64, 24, 24),
@@ -210,16 +205,15 @@ def test_preset_model_output_shapes(preset):
     cfg = experiment("resnet", preset, verbose=False)
     size = cfg.data.get("resize", 28)
     model = ResNet(**cfg.model)
-    shapes = model.stage_shapes((2, 1, size, size))
+    shapes = stage_shapes(model, torch.zeros(2, 1, size, size))
     assert shapes["last"] == (2, 10)
     assert shapes["b1"][1] == cfg.model["arch"][0][1]
     assert model(torch.randn(3, 1, size, size)).shape == (3, 10)
 
 
 def test_narrow_preset_shapes():
-    shapes = ResNet(((1, 16), (1, 32), (1, 64), (1, 128)), stem_kernel=3, stem_stride=1).stage_shapes(
-        (1, 1, 28, 28)
-    )
+    model = ResNet(((1, 16), (1, 32), (1, 64), (1, 128)), stem_kernel=3, stem_stride=1)
+    shapes = stage_shapes(model, torch.zeros(1, 1, 28, 28))
     assert [shapes[k] for k in ("b1", "b2", "b3", "b4", "b5")] == [
         (1, 16, 14, 14),
         (1, 16, 14, 14),
@@ -238,18 +232,82 @@ def test_resnet18_is_the_book_arch():
     assert model(torch.randn(2, 1, 96, 96)).shape == (2, 7)
 
 
+# -- malformed arguments: a clear error where the model is built ---------------------------
+ARCH_FORM = (
+    r"arch is a sequence of \(num_residuals, num_channels\) pairs of positive ints, "
+    r"e\.g\. \(\(2, 64\), \(2, 128\), \(2, 256\), \(2, 512\)\); got "
+)
+
+
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "arch, error",
     [
-        (dict(arch=()), "arch must be"),
-        (dict(arch=((2, 64, 1),)), "arch must be"),
-        (dict(arch=((0, 64),)), "arch must be"),
-        (dict(arch=((1, 16),), stem_kernel=4), "stem_kernel must be odd"),
+        ([(2, 64), 3], TypeError),  # a stage that is not a pair
+        (((2, 16.5),), TypeError),  # a width that is not an int
+        (((2, "64"),), TypeError),
+        (((2, None),), TypeError),
+        (((2, 64, 1),), TypeError),  # a triple
+        ((2, 64), TypeError),  # one pair, not a sequence of pairs
+        (7, TypeError),
+        ("ab", TypeError),
+        ((), ValueError),  # no stage at all
+        (((0, 64),), ValueError),  # a block count of 0 or -1
+        (((-1, 64),), ValueError),
+        (((2, 0),), ValueError),
+        (((True, 64),), ValueError),  # a bool is no count
     ],
 )
-def test_bad_model_arguments_are_clear_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        ResNet(**kwargs)
+@pytest.mark.parametrize("Net", [ResNet, PlainNet])
+def test_malformed_arch_is_a_clear_error_at_construction(Net, arch, error):
+    with pytest.raises(error, match=ARCH_FORM + re.escape(repr(arch))) as info:
+        Net(arch)
+    # Raised by the check in ResNet.__init__, not by a layer deep inside it.
+    frames = info.traceback
+    assert any(f.name == "check_arch" for f in frames)
+    assert not any("torch" in str(f.path) for f in frames)
+
+
+def test_arch_accepts_lists_numpy_ints_and_generators():
+    np = pytest.importorskip("numpy")
+    arch = [[np.int64(1), np.int64(4)], (2, 8)]
+    for given in (arch, (stage for stage in arch)):
+        assert ResNet(given, stem_kernel=3, stem_stride=1).arch == ((1, 4), (2, 8))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(stem_kernel=4), ValueError, r"stem_kernel \(odd\) and stem_stride are positive ints.*4 and 2"),
+        (dict(stem_kernel=7.0), TypeError, "got 7.0 and 2"),
+        (dict(stem_stride=0), ValueError, "got 7 and 0"),
+        (dict(num_classes=0), ValueError, "num_classes must be a positive int, e.g. 10; got 0"),
+        (dict(num_classes=10.0), TypeError, "num_classes must be a positive int"),
+    ],
+)
+def test_bad_stem_and_head_arguments_are_clear_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ResNet(((1, 16),), **kwargs)
+
+
+RESIDUAL_USAGE = r"e\.g\. Residual\(128, use_1x1conv=True, strides=2\)"
+
+
+@pytest.mark.parametrize(
+    "strides, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError), ("2", TypeError)]
+)
+def test_malformed_residual_stride_is_a_clear_error(strides, error):
+    with pytest.raises(error, match=rf"strides must be a positive int, {RESIDUAL_USAGE}; got {strides!r}"):
+        Residual(64, use_1x1conv=True, strides=strides)
+
+
+@pytest.mark.parametrize(
+    "num_channels, error",
+    [(16.5, TypeError), ("64", TypeError), (None, TypeError), (0, ValueError), (-3, ValueError)],
+)
+def test_malformed_residual_channels_is_a_clear_error(num_channels, error):
+    pattern = rf"num_channels must be a positive int, {RESIDUAL_USAGE}; got {re.escape(repr(num_channels))}"
+    with pytest.raises(error, match=pattern):
+        Residual(num_channels)
 
 
 # -- torchvision as the reference -----------------------------------------------------------
@@ -285,7 +343,7 @@ def test_plain_net_differs_only_by_the_shortcuts():
     assert num_params(res) - num_params(plain) == shortcuts
     assert all(blk.conv3 is None for blk in plain.modules() if isinstance(blk, PlainBlock))
     X = torch.randn(2, 1, 28, 28)
-    assert plain.stage_shapes(X.shape) == res.stage_shapes(X.shape)
+    assert stage_shapes(plain, X) == stage_shapes(res, X)
 
 
 def test_plain_block_strides():
@@ -311,11 +369,13 @@ def test_conv_grad_norms_matches_autograd():
     torch.testing.assert_close(torch.tensor(norms), torch.stack([g.norm() for g in grads]))
 
 
-def test_step_trainer_records_every_step():
+def test_step_losses_record_every_step_of_a_plain_net():
     data = FashionMNIST(batch_size=32, train_subset=320, val_subset=100, verbose=False)
-    trainer = StepTrainer(max_epochs=5, max_steps=4, plot=False)
-    trainer.fit(ResNet(((1, 4),), stem_kernel=3, stem_stride=2), data)
-    assert len(trainer.step_losses) == 4 and all(0 < v < 10 for v in trainer.step_losses)
+    rec = StepLosses()  # as the notebook's degradation runs record their losses
+    trainer = Trainer(max_epochs=5, max_steps=4, plot=False, callbacks=[rec])
+    trainer.fit(PlainNet(((1, 4),), stem_kernel=3), data)
+    assert len(rec.losses) == 4 and all(0 < v < 10 for v in rec.losses)
+    assert final_loss(rec.losses) == rec.losses[-1]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -331,5 +391,100 @@ def test_stage_shapes_leaves_mode_and_statistics_alone():
     model = materialized(ResNet(((1, 4),), stem_kernel=3, stem_stride=1), (2, 1, 8, 8))
     before = model.net.b1[1].running_mean.clone()
     model.train()
-    assert model.stage_shapes((1, 1, 8, 8))["last"] == (1, 10)  # batch 1 works: BN in eval mode
+    assert stage_shapes(model, torch.zeros(1, 1, 8, 8))["last"] == (1, 10)  # batch 1: BN in eval mode
     assert model.training and torch.equal(model.net.b1[1].running_mean, before)
+
+
+# -- measuring tools on ResNet: the mode always comes back ---------------------------------
+@pytest.mark.parametrize("mode", [True, False])
+def test_stage_shapes_restores_the_mode_when_forward_raises(mode):
+    model = materialized(ResNet(((1, 4),), stem_kernel=3, stem_stride=1), (2, 1, 8, 8))
+    model.train(mode)
+    with pytest.raises(RuntimeError, match="channels"):
+        stage_shapes(model, torch.zeros(1, 3, 8, 8))  # 3 channels into a stem built for 1
+    assert all(m.training is mode for m in model.modules())
+
+
+def test_conv_grad_norms_trains_then_restores_the_mode_even_when_forward_raises():
+    model = materialized(ResNet(((1, 4),), stem_kernel=3, stem_stride=1), (2, 1, 8, 8))
+    model.eval()
+    X, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    before = model.net.b1[1].running_mean.clone()
+    conv_grad_norms(model, X, y)
+    assert not any(m.training for m in model.modules())
+    assert not torch.equal(model.net.b1[1].running_mean, before)  # measured in training mode
+    with pytest.raises(RuntimeError):
+        conv_grad_norms(model, torch.randn(4, 3, 8, 8), y)
+    assert not any(m.training for m in model.modules())
+
+
+def test_init_grad_norms_leaves_the_callers_random_state_alone():
+    X, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = init_grad_norms(ResNet, 1, (4, 8), X, y, seed=1, stem_kernel=3, stem_stride=1)
+    assert torch.equal(torch.rand(3), expected)
+    assert init_grad_norms(ResNet, 1, (4, 8), X, y, seed=1, stem_kernel=3, stem_stride=1) == a
+
+
+# -- final_loss ------------------------------------------------------------------------------
+def test_final_loss_is_the_mean_of_the_last_steps():
+    losses = [float(v) for v in range(1, 101)]  # 1..100
+    assert final_loss(losses) == sum(range(91, 101)) / 10
+    assert final_loss(losses, frac=0.5) == sum(range(51, 101)) / 50
+    assert final_loss([2.0, 4.0], frac=0.1) == 4.0  # at least the last step
+
+
+@pytest.mark.parametrize(
+    "losses, frac, match", [([], 0.1, "no losses"), ([1.0], 0, "frac"), ([1.0], 1.5, "frac")]
+)
+def test_final_loss_bad_input_is_a_clear_error(losses, frac, match):
+    with pytest.raises(ValueError, match=match):
+        final_loss(losses, frac)
+
+
+# -- figures and the slider ------------------------------------------------------------------
+@pytest.fixture
+def figures():
+    yield
+    matplotlib.pyplot.close("all")
+
+
+def test_plot_function_classes_draws_every_class_and_distance(figures):
+    classes = {"a": [((0, 0), (1, 1)), ((1, 1), (2, 1))], "b": [((0, 0), (1, 2))]}
+    distances = {"a": [3.0, 1.5], "b": [2.0]}
+    axes = plot_function_classes((3.5, 3.0), classes, distances)
+    assert len(axes) == 3 and [len(ax.patches) for ax in axes[:2]] == [2, 1]
+    assert [list(line.get_ydata()) for line in axes[-1].lines] == [[3.0, 1.5], [2.0]]
+
+
+def test_plot_step_losses_one_panel_per_network_with_window_means(figures):
+    runs = {("Plain", 8): [4.0, 2.0, 2.0, 1.0], ("Plain", 32): [4.0] * 4, ("Res", 8): [1.0] * 4}
+    axes = plot_step_losses(runs, num_points=2)  # a window of 2 steps
+    assert [ax.get_title() for ax in axes] == ["Plain", "Res"]
+    assert list(axes[0].lines[0].get_ydata()) == [3.0, 2.0, 1.5]
+    assert list(axes[0].lines[0].get_xdata()) == [2, 3, 4]
+    assert [line.get_label() for line in axes[0].lines] == ["8 layers", "32 layers"]
+
+
+def test_plot_grad_norms_one_line_per_network(figures):
+    ax = plot_grad_norms({"PlainNet": [3.0, 2.0, 1.0], "ResNet": [1.0, 1.0, 1.0]}, "8 layers")
+    assert ax.get_title() == "8 layers" and ax.get_yscale() == "log"
+    assert [list(line.get_ydata()) for line in ax.lines] == [[3.0, 2.0, 1.0], [1.0, 1.0, 1.0]]
+
+
+@pytest.mark.filterwarnings("ignore:FigureCanvasAgg is non-interactive")
+def test_grad_norms_explorer_draws_now_and_on_every_slider_move(figures):
+    X, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
+    kw = dict(stem_kernel=3, stem_stride=1)
+    explorer = grad_norms_explorer((PlainNet, ResNet), (4, 8), X, y, value=1, max_value=3, **kw)
+    slider = explorer.children[0]
+    assert (slider.value, slider.min, slider.max) == (1, 1, 3)
+    ax = matplotlib.pyplot.gcf().axes[0]
+    assert ax.get_title() == "6 layers"  # 2 stages of 1 block: 2 x 2 convolutions, stem, head
+    expected = init_grad_norms(PlainNet, 1, (4, 8), X, y, **kw)
+    assert list(ax.lines[0].get_ydata()) == expected
+    slider.value = 3
+    ax = matplotlib.pyplot.gcf().axes[0]
+    assert ax.get_title() == "14 layers" and len(ax.lines[1].get_ydata()) == 1 + 2 * 3 * 2
