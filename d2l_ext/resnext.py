@@ -4,22 +4,20 @@
 
 """03 · ResNeXt: grouped convolutions, and what `groups` means
 
-The definitions saved from notebooks/03_resnext.ipynb.
+The definitions saved from notebooks/03_resnext.ipynb; the comment above each names its cell
+(counted from 1, markdown cells included).
 """
 
-import time
-
-import IPython
-import pandas as pd
 import torch
-from d2l import torch as d2l
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
-from d2l_ext.resnet import Residual, ResNet
+from d2l_ext.resnet import ResNet, check_count  # saved by 02_resnet.ipynb
+
+__all__ = ["group_conv_by_split", "bottleneck_channels", "ResNeXtBlock", "ResNeXt"]
 
 
+# notebooks/03_resnext.ipynb, cell 4
 def group_conv_by_split(X, weight, bias=None, groups=1, stride=1, padding=0):
     """A grouped convolution done by hand: split, convolve each slice with its own kernel, concatenate.
 
@@ -38,50 +36,20 @@ def group_conv_by_split(X, weight, bias=None, groups=1, stride=1, padding=0):
     return torch.cat([F.conv2d(x, w, b, stride, padding) for x, w, b in zip(Xs, Ws, bs)], dim=1)
 
 
-def count_flops(net, *inputs) -> int:
-    """Forward FLOPs of ``net(*inputs)`` as ``torch.utils.flop_counter`` counts them.
-
-    A multiply-add is 2 FLOPs; only convolutions and matrix products count, not BN, ReLU or pooling.
-    Runs in eval mode without autograd, so BN's running statistics are left untouched.
-    """
-    was_training = net.training
-    net.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(*inputs)
-    net.train(was_training)
-    return counter.get_total_flops()
-
-
-def conv_cost(c_i: int, c_o: int, groups: int, kernel_size: int = 3, size: int = 28) -> dict:
-    """Weights, parameters and forward FLOPs of ``nn.Conv2d(c_i, c_o, kernel_size, groups=groups)``.
-
-    Measured on the meta device with a (1, c_i, size, size) input; padding keeps the size.
-    """
-    conv = nn.Conv2d(c_i, c_o, kernel_size, padding=kernel_size // 2, groups=groups, device="meta")
-    X = torch.empty(1, c_i, size, size, device="meta")
-    params = sum(p.numel() for p in conv.parameters())
-    return dict(groups=groups, weights=conv.weight.numel(), params=params, flops=count_flops(conv, X))
-
-
-def time_forward(net, X, repeat: int = 10) -> float:
-    """Wall time in seconds of ``net(X)`` without autograd: the fastest of ``repeat`` calls after a warm-up.
-
-    The minimum, not the mean: other programs on the machine can only add time.
-    """
-    times = []
-    with torch.no_grad():
-        net(X)
-        for _ in range(repeat):
-            start = time.perf_counter()
-            net(X)
-            times.append(time.perf_counter() - start)
-    return min(times)
-
-
+# notebooks/03_resnext.ipynb, cell 18
 def bottleneck_channels(num_channels: int, groups: int, bot_mul: float) -> int:
     """The bottleneck width b = round(num_channels * bot_mul), checked to split into ``groups`` groups."""
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups is the number of groups, a positive int; got {groups!r}.")
+    usage = "e.g. ResNeXtBlock(256, groups=32, bot_mul=0.5)"
+    check_count(
+        num_channels,
+        f"num_channels is the number of output channels, a positive int, {usage}; got {num_channels!r}.",
+    )
+    check_count(groups, f"groups is the number of groups, a positive int, {usage}; got {groups!r}.")
+    bad_mul = f"bot_mul is the bottleneck multiplier, a positive number, {usage}; got {bot_mul!r}."
+    if not isinstance(bot_mul, int | float):
+        raise TypeError(bad_mul)
+    if isinstance(bot_mul, bool) or not bot_mul > 0:
+        raise ValueError(bad_mul)
     b = int(round(num_channels * bot_mul))
     if b < 1:
         raise ValueError(
@@ -98,6 +66,7 @@ def bottleneck_channels(num_channels: int, groups: int, bot_mul: float) -> int:
     return b
 
 
+# notebooks/03_resnext.ipynb, cell 20
 class ResNeXtBlock(nn.Module):
     """The ResNeXt block (Xie et al., 2017): 1x1 conv to b channels, 3x3 conv in g groups, 1x1 conv.
 
@@ -120,6 +89,8 @@ class ResNeXtBlock(nn.Module):
         self, num_channels: int, groups: int, bot_mul: float, use_1x1conv: bool = False, strides: int = 1
     ):
         super().__init__()
+        form = "a positive int (2 halves height and width)"
+        check_count(strides, f"strides is the stride of the 3x3 convolution, {form}; got {strides!r}.")
         if strides != 1 and not use_1x1conv:
             raise ValueError(
                 f"ResNeXtBlock({num_channels}, strides={strides}) changes the output shape; "
@@ -152,64 +123,13 @@ class ResNeXtBlock(nn.Module):
         return F.relu(Y + X)
 
 
-def copy_torchvision_bottleneck(blk, ref):
-    """Copy the weights of torchvision's ``Bottleneck`` ``ref`` into ``blk`` (a ResNeXtBlock).
-
-    Our convolutions keep their biases; torchvision's have none (``bias=False`` before BN).
-    """
-    names = dict(conv4="downsample.0", bn4="downsample.1") if blk.conv4 is not None else {}
-    names |= {n: n for n in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")}
-    with torch.no_grad():
-        for ours_name, ref_name in names.items():
-            for key, value in ref.get_submodule(ref_name).state_dict().items():
-                getattr(blk.get_submodule(ours_name), key).copy_(value)
-    return blk
-
-
-def resnext_cost(c_i: int, c_o: int, groups: int, bot_mul: float, size: int = 28) -> pd.DataFrame:
-    """Parameters and forward FLOPs of ResNet's and ResNeXt's blocks and their 3x3 convolutions.
-
-    Every module is built on the meta device and run on one (1, c_i, size, size) input; ``ratio`` is the
-    FLOPs relative to the plain 3x3 convolution c_i -> c_o.
-    """
-    b = bottleneck_channels(c_o, groups, bot_mul)
-    shortcut = c_i != c_o
-    with torch.device("meta"):
-        nets = {
-            f"Residual({c_o}): two 3x3 convs": (Residual(c_o, use_1x1conv=shortcut), c_i),
-            f"3x3 conv {c_i} -> {c_o}": (nn.Conv2d(c_i, c_o, 3, padding=1), c_i),
-            f"3x3 conv {b} -> {b}, {groups} groups": (nn.Conv2d(b, b, 3, padding=1, groups=groups), b),
-            f"ResNeXtBlock({c_o}, {groups}, {bot_mul})": (
-                ResNeXtBlock(c_o, groups, bot_mul, use_1x1conv=shortcut),
-                c_i,
-            ),
-        }
-        rows = {}
-        for name, (net, c) in nets.items():
-            flops = count_flops(
-                net, torch.empty(1, c, size, size)
-            )  # this first call materializes Lazy layers
-            rows[name] = dict(params=sum(p.numel() for p in net.parameters()), flops=flops)
-    table = pd.DataFrame(rows).T
-    table["ratio"] = table.flops / table.flops.iloc[1]
-    return table
-
-
-def resnext_cost_view(c_i: int, c_o: int, groups: int, bot_mul: float):
-    """What the explorer shows: ``resnext_cost`` in MFLOPs, or why these numbers are refused."""
-    try:
-        table = resnext_cost(c_i, c_o, groups, bot_mul)
-    except ValueError as e:
-        print(f"Refused: {e}")
-        return None
-    table = table.assign(MFLOPs=table.flops / 1e6).drop(columns="flops").round(3)
-    # interactive() shows only what its function displays, so display here, on every change.
-    IPython.display.display(table)
-    return table
-
-
+# notebooks/03_resnext.ipynb, cell 44
 class ResNeXt(ResNet):
     """ResNeXt (Xie et al., 2017): ResNet's stem, stages and head, with ResNeXt blocks in the stages.
+
+    ``ResNet.__init__`` checks ``arch`` and builds the model; each residual block of its stages is
+    then replaced by a ``ResNeXtBlock`` of the same width, stride and shortcut. (``block``, which
+    ``ResNet.__init__`` calls, stays ResNet's.)
 
     Args:
         arch: one (num_residuals, num_channels) pair per stage, as for ``ResNet``.
@@ -230,17 +150,10 @@ class ResNeXt(ResNet):
         stem_kernel: int = 7,
         stem_stride: int = 2,
     ):
-        self.groups, self.bot_mul = groups, bot_mul  # read by block() while ResNet builds the stages
         super().__init__(arch, lr, num_classes, stem_kernel, stem_stride)
+        self.groups, self.bot_mul = groups, bot_mul
         self.hparams.update(groups=groups, bot_mul=bot_mul)
-
-
-@d2l.add_to_class(ResNeXt)
-def block(self, num_residuals: int, num_channels: int, first_block: bool = False) -> nn.Sequential:
-    blk = []
-    for i in range(num_residuals):
-        if i == 0 and not first_block:
-            blk.append(ResNeXtBlock(num_channels, self.groups, self.bot_mul, use_1x1conv=True, strides=2))
-        else:
-            blk.append(ResNeXtBlock(num_channels, self.groups, self.bot_mul))
-    return nn.Sequential(*blk)
+        for stage in self.net[1:-1]:  # b2, b3, ...: the stem b1 and the head stay as they are
+            for i, res in enumerate(stage):  # Residual(c, use_1x1conv, strides) -> ResNeXtBlock(c, ...)
+                shortcut, strides = res.conv3 is not None, res.conv1.stride[0]
+                stage[i] = ResNeXtBlock(res.conv1.out_channels, groups, bot_mul, shortcut, strides)

@@ -1,4 +1,8 @@
-"""d2l_ext.resnext: group semantics, torchvision as the oracle, split-and-concatenate, shapes, errors."""
+"""d2l_ext.resnext and the 03 sections of d2l_ext.measure and d2l_ext.plots: group semantics,
+torchvision as the oracle, split-and-concatenate, shapes, errors, costs and the explorer's view."""
+
+import ast
+import inspect
 
 import pytest
 import torch
@@ -7,29 +11,26 @@ from d2l import torch as d2l
 from torch import nn
 from torch.nn import functional as F
 
+import d2l_ext.resnext
 from d2l_ext import experiment
-from d2l_ext.resnet import ResNet
-from d2l_ext.resnext import (
-    ResNeXt,
-    ResNeXtBlock,
-    bottleneck_channels,
+from d2l_ext.measure import (
     conv_cost,
     copy_torchvision_bottleneck,
     count_flops,
-    group_conv_by_split,
+    eval_mode,
+    num_params,
     resnext_cost,
-    resnext_cost_view,
+    stage_shapes,
 )
+from d2l_ext.plots import resnext_cost_view
+from d2l_ext.resnet import ResNet
+from d2l_ext.resnext import ResNeXt, ResNeXtBlock, bottleneck_channels, group_conv_by_split
 
 
 def built(blk: nn.Module, c_in: int, size: int = 8) -> nn.Module:
     """``blk`` with its Lazy layers materialized by one forward pass."""
     blk(torch.randn(2, c_in, size, size))
     return blk
-
-
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 # -- group semantics and weight shapes --------------------------------------------------------
@@ -65,8 +66,8 @@ def test_first_bottleneck_of_resnext50_32x4d(tv_bottleneck):
     assert ours.conv2.groups == tv_bottleneck.conv2.groups == 32
     biases = sum(getattr(ours, f"conv{i}").bias.numel() for i in (1, 2, 3, 4))
     assert biases == 128 + 128 + 256 + 256
-    assert n_params(tv_bottleneck) == 63_488
-    assert n_params(ours) == n_params(tv_bottleneck) + biases
+    assert num_params(tv_bottleneck) == 63_488
+    assert num_params(ours) == num_params(tv_bottleneck) + biases
 
 
 def test_same_output_as_torchvision_in_training_mode(tv_bottleneck):
@@ -87,9 +88,9 @@ def test_same_output_as_torchvision_in_eval_mode_once_biases_are_zero(tv_bottlen
     with torch.no_grad():
         for i in (1, 2, 3, 4):
             getattr(ours, f"conv{i}").bias.zero_()
-    ours.eval(), tv_bottleneck.eval()
     X = torch.randn(2, 64, 8, 8)
-    torch.testing.assert_close(ours(X), tv_bottleneck(X))
+    with eval_mode(ours), eval_mode(tv_bottleneck):
+        torch.testing.assert_close(ours(X), tv_bottleneck(X))
 
 
 # -- a grouped convolution is split, convolve, concatenate ------------------------------------
@@ -135,10 +136,48 @@ def test_groups_that_do_not_divide_the_bottleneck_are_refused():
         ResNeXtBlock(256, groups=3, bot_mul=0.5)
 
 
-@pytest.mark.parametrize("groups", [0, -2, 2.0, True])
-def test_groups_must_be_a_positive_int(groups):
-    with pytest.raises(ValueError, match="number of groups, a positive int"):
+# A value of the wrong type is a TypeError, a number out of range a ValueError, as for ResNet's Residual;
+# either message shows the expected form of the call.
+WRONG_TYPE, OUT_OF_RANGE = TypeError, ValueError
+
+
+@pytest.mark.parametrize(
+    "groups, error", [(0, OUT_OF_RANGE), (-2, OUT_OF_RANGE), (True, OUT_OF_RANGE), (2.0, WRONG_TYPE)]
+)
+def test_groups_must_be_a_positive_int(groups, error):
+    with pytest.raises(error, match=r"number of groups, a positive int, e\.g\. ResNeXtBlock\(256, groups=32"):
         ResNeXtBlock(32, groups, 1)
+
+
+@pytest.mark.parametrize(
+    "num_channels, error",
+    [(0, OUT_OF_RANGE), (-8, OUT_OF_RANGE), (True, OUT_OF_RANGE), (16.0, WRONG_TYPE), ("16", WRONG_TYPE)],
+)
+def test_num_channels_must_be_a_positive_int(num_channels, error):
+    with pytest.raises(error, match=r"num_channels is the number of output channels, a positive int, e\.g\."):
+        ResNeXtBlock(num_channels, 4, 1)
+
+
+@pytest.mark.parametrize(
+    "bot_mul, error",
+    [
+        (0, OUT_OF_RANGE),
+        (-0.5, OUT_OF_RANGE),
+        (float("nan"), OUT_OF_RANGE),
+        (True, OUT_OF_RANGE),
+        ("0.5", WRONG_TYPE),
+        (None, WRONG_TYPE),
+    ],
+)
+def test_bot_mul_must_be_a_positive_number(bot_mul, error):
+    with pytest.raises(error, match=r"bot_mul is the bottleneck multiplier, a positive number, e\.g\."):
+        ResNeXtBlock(16, 4, bot_mul)
+
+
+@pytest.mark.parametrize("strides, error", [(0, OUT_OF_RANGE), (-1, OUT_OF_RANGE), (1.5, WRONG_TYPE)])
+def test_strides_must_be_a_positive_int(strides, error):
+    with pytest.raises(error, match=r"strides is the stride of the 3x3 convolution, a positive int"):
+        ResNeXtBlock(16, 4, 1, use_1x1conv=True, strides=strides)
 
 
 def test_tiny_bot_mul_and_stride_without_shortcut_are_refused():
@@ -176,18 +215,53 @@ def test_model_is_resnet_with_resnext_blocks():
     assert net.hparams["groups"] == 8 and net.hparams["bot_mul"] == 1
 
 
+@pytest.mark.parametrize("arch", [((2, 16), (3, 32), (1, 64)), ((1, 8),)])
+def test_model_has_resnets_layout_block_for_block(arch):
+    """Every residual block of a ResNet of the same arch becomes a ResNeXt block with its width,
+    stride and shortcut, so the two models give the same shapes stage by stage."""
+    stem = dict(stem_kernel=3, stem_stride=1)
+    net, resnet = ResNeXt(arch, groups=4, bot_mul=0.5, **stem), ResNet(arch, **stem)
+    stages, ref_stages = list(net.net)[1:-1], list(resnet.net)[1:-1]
+    assert [len(s) for s in stages] == [len(s) for s in ref_stages] == [n for n, _ in arch]
+    for stage, ref_stage, (_, width) in zip(stages, ref_stages, arch):
+        for blk, res in zip(stage, ref_stage):
+            assert isinstance(blk, ResNeXtBlock) and blk.conv3.out_channels == width
+            assert blk.conv2.stride == res.conv1.stride
+            assert (blk.conv4 is None) == (res.conv3 is None)
+    X = torch.randn(2, 1, 16, 16)
+    assert stage_shapes(net, X) == stage_shapes(resnet, X)
+    assert net.hparams == dict(resnet.hparams, groups=4, bot_mul=0.5)
+
+
+@pytest.mark.parametrize(
+    "arch, error",
+    [([(2, 64), 3], WRONG_TYPE), ([(2, 64, 1)], WRONG_TYPE), ([], OUT_OF_RANGE), ([(0, 64)], OUT_OF_RANGE)],
+)
+def test_model_refuses_a_malformed_arch_with_resnets_message(arch, error):
+    """ResNet.__init__ checks arch before ResNeXt swaps a block: one message for both models."""
+    with pytest.raises(error, match=r"arch is a sequence of \(num_residuals, num_channels\) pairs"):
+        ResNeXt(arch, groups=8, bot_mul=1)
+
+
 def test_model_refuses_a_width_the_groups_cannot_split():
     with pytest.raises(ValueError, match=r"b = round\(24 \* 1\) = 24"):
         ResNeXt(((1, 16), (1, 24)), groups=16, bot_mul=1)
 
 
-# -- cost -------------------------------------------------------------------------------------
+# -- cost (d2l_ext.measure and d2l_ext.plots, 03 sections) -------------------------------------
 @pytest.mark.parametrize("groups", [1, 4, 64])
 def test_conv_cost_is_c_i_c_o_over_g(groups):
     cost = conv_cost(64, 128, groups, kernel_size=3, size=10)
     assert cost["weights"] == 9 * 64 * 128 // groups
     assert cost["params"] == cost["weights"] + 128
     assert cost["flops"] == 2 * 10 * 10 * 9 * 64 * 128 // groups
+
+
+@pytest.mark.parametrize("groups", [1, 8, 128])
+def test_flops_of_the_timed_layer_follow_the_formula(groups):
+    """The timing cell's layer on a real batch: 2 k^2 c_i c_o / g FLOPs per output pixel and image."""
+    conv = nn.Conv2d(128, 128, 3, padding=1, groups=groups)
+    assert count_flops(conv, torch.randn(2, 128, 6, 6)) == 2 * 2 * 6 * 6 * 9 * 128 * 128 // groups
 
 
 def test_count_flops_leaves_bn_statistics_and_mode_alone():
@@ -197,16 +271,63 @@ def test_count_flops_leaves_bn_statistics_and_mode_alone():
     assert net.training and torch.equal(net[1].running_mean, before)
 
 
+class Raises(nn.Module):
+    def __init__(self, error: type[BaseException]):
+        super().__init__()
+        self.error = error
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        raise self.error("raised inside the forward pass")
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_count_flops_brings_training_mode_back_when_the_forward_pass_raises(error):
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), Raises(error)).train()
+    with pytest.raises(error, match="raised inside"):
+        count_flops(net, torch.randn(2, 1, 5, 5))
+    assert all(m.training for m in net.modules())
+
+
 def test_resnext_cost_matches_real_layers():
-    table = resnext_cost(64, 256, groups=32, bot_mul=0.5)
+    rows = resnext_cost(64, 256, groups=32, bot_mul=0.5)
+    assert [r["module"] for r in rows] == [
+        "Residual(256): two 3x3 convs",
+        "3x3 conv 64 -> 256",
+        "3x3 conv 128 -> 128, 32 groups",
+        "ResNeXtBlock(256, 32, 0.5)",
+    ]
     blk = built(ResNeXtBlock(256, 32, 0.5, use_1x1conv=True), 64, size=28)
-    assert table.params.iloc[3] == n_params(blk) == 64_256
-    assert table.flops.iloc[3] == count_flops(blk, torch.randn(1, 64, 28, 28))
-    assert table.flops.iloc[2] == 2 * 28 * 28 * 9 * 128 * 128 // 32
-    assert table.ratio.iloc[1] == 1
+    assert rows[3]["params"] == num_params(blk) == 64_256
+    assert rows[3]["flops"] == count_flops(blk, torch.randn(1, 64, 28, 28))
+    assert rows[2]["flops"] == 2 * 28 * 28 * 9 * 128 * 128 // 32
+    assert rows[1]["flops"] == 2 * 28 * 28 * 9 * 64 * 256 and rows[1]["ratio"] == 1
+    assert rows[2]["ratio"] == rows[2]["flops"] / rows[1]["flops"]
+
+
+def test_resnext_cost_refuses_what_the_block_refuses():
+    with pytest.raises(ValueError, match=r"b = round\(16 \* 0.25\) = 4"):
+        resnext_cost(16, 16, groups=8, bot_mul=0.25)
+
+
+def test_cost_view_shows_the_table_in_mflops(capsys):
+    table = resnext_cost_view(64, 256, 32, 0.5)
+    assert list(table.columns) == ["params", "ratio", "MFLOPs"]
+    assert table.params.iloc[3] == 64_256
+    assert table.MFLOPs.iloc[2] == round(2 * 28 * 28 * 9 * 128 * 128 / 32 / 1e6, 3)
+    assert "ResNeXtBlock(256, 32, 0.5)" in capsys.readouterr().out  # displayed, not only returned
 
 
 def test_cost_view_refuses_with_the_reason(capsys):
     assert resnext_cost_view(16, 16, groups=8, bot_mul=0.25) is None
     assert "b = round(16 * 0.25) = 4" in capsys.readouterr().out
-    assert list(resnext_cost_view(64, 64, 8, 1).columns) == ["params", "ratio", "MFLOPs"]
+
+
+# -- the generated module is the lecture's code -------------------------------------------------
+def test_the_generated_module_holds_only_lesson_code():
+    """Measuring and drawing live in d2l_ext.measure and d2l_ext.plots, each defined once."""
+    tree = ast.parse(inspect.getsource(d2l_ext.resnext))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"torch", "d2l", "torch.nn", "d2l_ext.resnet"}, imported
+    defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+    assert defined == {"group_conv_by_split", "bottleneck_channels", "ResNeXtBlock", "ResNeXt"}
