@@ -232,7 +232,7 @@ def run(name: str, setting: str, budget: float, peak: float, target: float) -> d
     trainer = Trainer(**trainer_kw, probe_every=budget / 6, probe_size=1000, plot=False)
     trainer.fit(model, data)
     cell = time.perf_counter() - cell_start - trainer.probe_seconds
-    X, y = (t[:16] for t in next(iter(data.train_dataloader())))
+    X, y = (t[:16].to(trainer.device) for t in next(iter(data.train_dataloader())))
     if trainer.channels_last:
         X = X.contiguous(memory_format=torch.channels_last)
     forward = count_flops(model, X) / len(X)
