@@ -117,7 +117,10 @@ class Settings:
     seconds: float  # expected wall time of the training cell (2-core CPU; GPU for ``full``)
     about: str = ""  # what is scaled relative to the book, and why
     extra: Mapping[str, Any] = field(default_factory=dict)  # experiment-specific knobs
-    floor: float | None = None  # validation accuracy every run must reach
+    # Validation accuracy every run must reach. A timed (demo) run sees fewer images on a slower
+    # machine, so its floor is what a machine ten times slower reaches in the same budget: the
+    # verdict must not depend on the machine's speed.
+    floor: float | None = None
     target: float | None = None  # validation accuracy expected on a quiet machine
 
     def __post_init__(self) -> None:
@@ -323,6 +326,7 @@ _RECIPES = (
             seconds=10,
             about=_WHY_CI + "; one seed per placement",
             extra=dict(seeds=(0,)),
+            floor=0.5,
         ),
         demo=Settings(
             data=dict(batch_size=128, normalize=True),
@@ -332,6 +336,7 @@ _RECIPES = (
             about="300 steps per run, two seeds per placement, so that the gap can be set against "
             "the spread between seeds",
             extra=dict(seeds=(0, 1)),
+            floor=0.5,
         ),
         full=Settings(
             data=dict(batch_size=128, normalize=True),
@@ -340,6 +345,7 @@ _RECIPES = (
             seconds=240,
             about="ten epochs per run, two seeds per placement",
             extra=dict(seeds=(0, 1)),
+            floor=0.5,
         ),
     ),
     # ---- 02_resnet -----------------------------------------------------------------------
@@ -359,7 +365,7 @@ _RECIPES = (
             model=dict(arch=((1, 16), (1, 32), (1, 64), (1, 128)), lr=0.2, **_SMALL_STEM),
             trainer=dict(_DEMO),
             seconds=70,
-            floor=0.88,
+            floor=0.8,  # 94 steps (a tenth of a quiet minute) reached 0.883
             target=0.92,
             about=_WHY_SMALL,
         ),
@@ -457,7 +463,7 @@ _RECIPES = (
             model=dict(num_channels=32, growth_rate=16, arch=(2, 2, 2, 2), lr=0.1, **_SMALL_STEM),
             trainer=dict(_DEMO),
             seconds=70,
-            floor=0.8,
+            floor=0.75,
             target=0.9,
             about="native 28x28 input; a 3x3 stride-1 stem; 32 initial channels, growth "
             "rate 16 and two convolutions per dense block, so more epochs fit",
