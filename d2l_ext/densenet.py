@@ -159,7 +159,7 @@ class DenseNet(d2l.Classifier):
         stem_kernel=7,
         stem_stride=2,
     ):
-        super(DenseNet, self).__init__()
+        super().__init__()
         check_densenet_args(num_channels, growth_rate, arch, lr, num_classes, stem_kernel, stem_stride)
         arch = tuple(arch)
         self.save_hyperparameters()

@@ -113,7 +113,7 @@ class ResNet(d2l.Classifier):
 
     # notebooks/02_resnet.ipynb, cell 26
     def __init__(self, arch, lr=0.1, num_classes=10, stem_kernel=7, stem_stride=2):
-        super(ResNet, self).__init__()
+        super().__init__()
         arch = check_arch(arch)  # subclasses (PlainNet, ResNeXt) build through here: they check too
         stem = "stem_kernel (odd) and stem_stride are positive ints, e.g. 7 and 2"
         stem = f"{stem}; got {stem_kernel!r} and {stem_stride!r}."

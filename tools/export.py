@@ -94,10 +94,12 @@ def saved_chunks(notebook: Path) -> list[Chunk]:
                 f"{notebook.name}, cell {n} (counted from 1, markdown included): cannot parse ({e})."
             ) from None
         for node in tree.body:
-            # The mark sits on the def/class line, or, as in the book, on a decorator's line:
-            # `@d2l.add_to_class(ResNet)  #@save`.
+            # The mark sits on the def/class line, on any line of a signature that ruff wrapped,
+            # or, as in the book, on a decorator's line: `@d2l.add_to_class(ResNet)  #@save`.
             first = min([d.lineno for d in getattr(node, "decorator_list", [])] + [node.lineno])
-            marked = [i for i in range(first, node.lineno + 1) if MARK_RE.search(lines[i - 1])]
+            body = getattr(node, "body", None)
+            header_end = max(node.lineno, body[0].lineno - 1) if body else node.lineno
+            marked = [i for i in range(first, header_end + 1) if MARK_RE.search(lines[i - 1])]
             if not marked:
                 continue
             text = lines[first - 1 : node.end_lineno]
@@ -159,7 +161,17 @@ def _as_method(chunk: Chunk, marker: str) -> list[str]:
     deco = chunk.node.decorator_list[0]
     keep = [i for i in range(1, len(chunk.lines) + 1) if not deco.lineno <= i <= deco.end_lineno]
     verbatim = _string_continuation_lines(chunk.node)
+    # Outside its class the book must write `super(C, self)`; inside it, `super()` means the same.
+    args = chunk.node.args.posonlyargs + chunk.node.args.args
+    explicit = (
+        re.compile(rf"\bsuper\(\s*{add_to_class_target(chunk.node)}\s*,\s*{args[0].arg}\s*\)")
+        if args
+        else None
+    )
     lines = [(i, chunk.lines[i - 1]) for i in keep]
+    lines = [
+        (i, line if i in verbatim or not explicit else explicit.sub("super()", line)) for i, line in lines
+    ]
     return [INDENT + marker, *(line if i in verbatim or not line else INDENT + line for i, line in lines)]
 
 
