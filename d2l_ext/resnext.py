@@ -123,7 +123,7 @@ class ResNeXtBlock(nn.Module):
         return F.relu(Y + X)
 
 
-# notebooks/03_resnext.ipynb, cell 44
+# notebooks/03_resnext.ipynb, cell 48
 class ResNeXt(ResNet):
     """ResNeXt (Xie et al., 2017): ResNet's stem, stages and head, with ResNeXt blocks in the stages.
 

@@ -304,6 +304,22 @@ def test_resnext_cost_matches_real_layers():
     assert rows[2]["ratio"] == rows[2]["flops"] / rows[1]["flops"]
 
 
+@pytest.mark.parametrize("c, groups", [(256, 32), (64, 8), (96, 4)])
+def test_a_narrower_bottleneck_saves_more_than_half(c, groups):
+    """At fixed g the block costs 2cb + 9b^2/g weights: halving b more than halves it (notebook 03)."""
+    size, flops, params = 14, [], []
+    for bot_mul in (1, 0.5, 0.25):
+        b = bottleneck_channels(c, groups, bot_mul)
+        *_, grouped, block = resnext_cost(c, c, groups, bot_mul, size)
+        assert block["params"] == 2 * c * b + 9 * b * b // groups + 6 * b + 3 * c
+        assert block["flops"] == 2 * size * size * (2 * c * b + 9 * b * b // groups)
+        assert grouped["flops"] == 2 * size * size * 9 * b * b // groups
+        flops.append(block["flops"]), params.append(block["params"])
+    assert all(flops[i + 1] < flops[i] / 2 and params[i + 1] < params[i] / 2 for i in range(2))
+    doubled_groups = resnext_cost(c, c, 2 * groups, 1, size)[-1]["flops"]  # b = c, twice the groups
+    assert doubled_groups > 1.9 * flops[1]
+
+
 def test_resnext_cost_refuses_what_the_block_refuses():
     with pytest.raises(ValueError, match=r"b = round\(16 \* 0.25\) = 4"):
         resnext_cost(16, 16, groups=8, bot_mul=0.25)
