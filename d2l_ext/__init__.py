@@ -1,6 +1,7 @@
 """d2l_ext: the library of the modern-CNNs notebook bundle.
 
-Hand-written helpers (data, presets, training) are imported here; the topic modules
+Hand-written helpers (data, presets, training) are imported here, the measuring and drawing tools
+live in ``d2l_ext.measure`` and ``d2l_ext.plots``; the topic modules
 (``batch_norm``, ``resnet``, ``resnext``, ``densenet``) are generated from the notebooks'
 ``#@save`` cells and imported by name, e.g. ``from d2l_ext.resnet import ResNet18``.
 """
@@ -15,14 +16,16 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from d2l_ext.data import MEAN, STD, DataError, FashionMNIST, find_fashion_mnist
 from d2l_ext.presets import PRESETS, Experiment, current_preset, experiment
-from d2l_ext.training import Trainer, evaluate, set_seed
+from d2l_ext.training import Callback, StepLosses, Trainer, evaluate, set_seed
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Callback",
     "MEAN",
     "PRESETS",
     "STD",
+    "StepLosses",
     "DataError",
     "Experiment",
     "FashionMNIST",
