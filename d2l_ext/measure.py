@@ -315,9 +315,13 @@ def exact_bn_statistics(model: nn.Module, loader) -> list[tuple[torch.Tensor, to
     """Replace every BN layer's running estimates with the exact mean and variance of its input
     over all of ``loader``, layer by layer in eval mode; returns them as (mean, var) per layer.
 
-    The variance is the biased one of all N (or N * H * W) values; with that many values the
-    unbiased one differs by a factor 1 + 1/(n - 1), below float32 resolution here. If a pass
-    fails or is interrupted, every running estimate is put back as it was, and every mode.
+    The variance is stored in PyTorch's convention for ``running_var``: the unbiased one of all n
+    values per channel (n = N, or N * H * W), n / (n - 1) times the biased one. That factor is
+    1 + 1/(n - 1): for a fully connected layer on the 60,000 training images, 1 + 1.7e-5, about 140
+    times float32's machine epsilon, so the two conventions differ measurably. If a pass fails or is
+    interrupted, every running estimate is put back as it was, and every mode.
+
+    Shapes: each mean and var (C,), float32, for a layer of C features or channels.
     """
     layers = bn_layers(model)
     before = [tuple(t.clone() for t in _running_stats(bn)) for bn in layers]
@@ -326,7 +330,7 @@ def exact_bn_statistics(model: nn.Module, loader) -> list[tuple[torch.Tensor, to
         try:
             for bn in layers:
                 n, s1, s2 = _input_moments(model, bn, loader)
-                mean, var = s1 / n, s2 / n - (s1 / n) ** 2
+                mean, var = s1 / n, (s2 / n - (s1 / n) ** 2) * (n / (n - 1))  # unbiased
                 for running, exact in zip(_running_stats(bn), (mean, var)):
                     running.copy_(exact.view_as(running))
                 stats.append((mean.float(), var.float()))
@@ -339,36 +343,98 @@ def exact_bn_statistics(model: nn.Module, loader) -> list[tuple[torch.Tensor, to
     return stats
 
 
+class GhostBatchNorm(nn.Module):
+    """A PyTorch BN layer whose training-mode statistics come from groups of ``size`` examples.
+
+    "Ghost batches" (Hoffer, Hubara & Soudry, 2017): the minibatch of N examples is cut into N / size
+    consecutive groups, and each group is normalized with its own mean and biased variance, as a
+    minibatch of ``size`` would be, while the optimizer still takes one step on all N. Changing
+    ``size`` changes only the noise of BN's statistics. The running estimates are updated once per
+    step, with ``bn.momentum``, by the average over the groups of their means and unbiased variances.
+    Eval mode is ``bn``'s. Shapes: (N, C) or (N, C, H, W), N a multiple of ``size``; output the same.
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, size: int):
+        super().__init__()
+        if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+            raise ValueError(f"size must be an int >= 2 (a group of one has no variance), got {size!r}.")
+        self.bn, self.size = bn, size
+        self.train(bn.training)  # a new module trains by default; keep the mode of the layer it wraps
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self.bn(X)
+        N, C, rest = X.shape[0], X.shape[1], X.shape[2:]
+        if N % self.size:
+            raise ValueError(
+                f"a batch of {N} examples does not split into ghost batches of {self.size}: use a batch "
+                "size that is a multiple of it (and a training set that is a multiple of the batch size)."
+            )
+        G = N // self.size
+        # (N, C, ...) -> (size, G * C, ...): each (group, channel) pair becomes a channel of its own.
+        Xg = X.reshape(G, self.size, C, *rest).transpose(0, 1).reshape(self.size, G * C, *rest)
+        bn = self.bn
+        Y = nn.functional.batch_norm(
+            Xg, None, None, bn.weight.repeat(G), bn.bias.repeat(G), True, 0.0, bn.eps
+        )
+        with torch.no_grad():
+            dims = [0] + list(range(2, Xg.dim()))
+            mean = Xg.mean(dim=dims).view(G, C).mean(0)
+            var = Xg.var(dim=dims).view(G, C).mean(0)  # unbiased, as PyTorch keeps it
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)
+            bn.running_var.lerp_(var.to(bn.running_var.dtype), bn.momentum)
+            bn.num_batches_tracked += 1
+        return Y.reshape(self.size, G, C, *rest).transpose(0, 1).reshape(X.shape)
+
+
+def ghost_batches(model: nn.Module, size: int) -> nn.Module:
+    """``model`` with every PyTorch BN layer of ``model.net`` wrapped in a `GhostBatchNorm` of ``size``."""
+    layers = [i for i, m in enumerate(model.net) if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers or any(has_lazy(model.net[i]) for i in layers):
+        raise ValueError(
+            "ghost_batches needs a model.net with materialized PyTorch BN layers: call the model "
+            "once on a batch (model(X[:2])) before wrapping them."
+        )
+    for i in layers:
+        model.net[i] = GhostBatchNorm(model.net[i], size)
+    return model
+
+
 __all__ += [
     "ActivationRecorder",
+    "GhostBatchNorm",
     "batch_stat_noise",
     "bn_inputs",
     "bn_layers",
     "companion_outputs",
     "exact_bn_statistics",
+    "ghost_batches",
     "sigmoid_inputs",
 ]
 
 # -- 02 · ResNet ----------------------------------------------------------------------------------
 
 
-def conv_grad_norms(net: nn.Module, X: torch.Tensor, y: torch.Tensor) -> list[float]:
-    """Norm of the loss gradient w.r.t. the weight of every convolution of ``net`` except the 1x1
-    ones, input side first, for one minibatch ``X`` (N, C, H, W) with labels ``y`` (N,).
+def conv_grad_rms(net: nn.Module, X: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """Per-parameter RMS of the loss gradient w.r.t. the weight of every convolution of ``net``
+    except the 1x1 ones, input side first, for one minibatch ``X`` (N, C, H, W) with labels ``y`` (N,).
 
-    The 1x1 (shortcut) convolutions are left out, so that a ResNet and its PlainNet give lists of
-    the same length. Computed as in a training step, in training mode (BN normalizes with the
-    minibatch's statistics and updates its running ones); every submodule's mode comes back
-    afterwards. ``net`` needs the ``loss`` of a ``d2l.Classifier``; its ``.grad`` are overwritten.
+    The RMS, ``grad.norm() / grad.numel() ** 0.5``, does not grow with the layer's size, so layers
+    of 1 -> 16 and 64 -> 64 channels compare directly (their norms would not: the second has 256
+    times as many weights). The 1x1 (shortcut) convolutions are left out, so that a ResNet and its
+    PlainNet give lists of the same length. Computed as in a training step, in training mode (BN
+    normalizes with the minibatch's statistics and updates its running ones); every submodule's
+    mode comes back afterwards. ``net`` needs the ``loss`` of a ``d2l.Classifier``; its ``.grad``
+    are overwritten.
     """
     with train_mode(net):
         net.zero_grad()
         net.loss(net(X), y).backward()
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
-    return [m.weight.grad.norm().item() for m in convs]
+    return [(m.weight.grad.norm() / m.weight.grad.numel() ** 0.5).item() for m in convs]
 
 
-def init_grad_norms(
+def init_grad_rms(
     Net: type[nn.Module],
     num_residuals: int,
     widths: tuple[int, ...],
@@ -377,7 +443,7 @@ def init_grad_norms(
     seed: int = 0,
     **kwargs,
 ) -> list[float]:
-    """`conv_grad_norms` at initialization of ``Net(arch, **kwargs)``, with ``num_residuals`` blocks in
+    """`conv_grad_rms` at initialization of ``Net(arch, **kwargs)``, with ``num_residuals`` blocks in
     each stage of ``widths`` channels, initialized as `Trainer` does (Xavier, ``d2l.init_cnn``).
 
     Seeded with ``seed``, in a forked random state: the caller's generator is left as it was.
@@ -388,7 +454,75 @@ def init_grad_norms(
         torch.manual_seed(seed)
         net = Net(tuple((num_residuals, w) for w in widths), **kwargs)
         net.apply_init([X[:2]], d2l.init_cnn)
-    return conv_grad_norms(net, X, y)
+    return conv_grad_rms(net, X, y)
+
+
+def residual_parts(blk: nn.Module, X: torch.Tensor):
+    """``(g, s, join)`` for a residual block and its input ``X`` (N, C, H, W): the branch's output
+    ``g`` (N, C', H', W'), the shortcut's ``s`` (same shape) and the function with
+    ``join(g, s) == blk(X)``.
+
+    The book's `Residual` joins with ReLU(g + s), its shortcut ``s`` being ``X`` or the 1x1
+    convolution of ``X``; `PreActResidual` (He et al., 2016b) joins with g + X. Each layer runs once,
+    in the block's current mode.
+    """
+    from torch.nn import functional as F
+
+    kind = _residual_kind(blk)
+    if kind == "PreActResidual":
+        g = blk.conv2(F.relu(blk.bn2(blk.conv1(F.relu(blk.bn1(X))))))
+        return g, X, torch.add
+    if kind == "Residual":
+        g = blk.bn2(blk.conv2(F.relu(blk.bn1(blk.conv1(X)))))
+        s = X if blk.conv3 is None else blk.conv3(X)
+        return g, s, lambda g, s: F.relu(g + s)
+    raise TypeError(f"residual_parts takes a Residual or a PreActResidual block; got {type(blk).__name__}.")
+
+
+def _residual_kind(m: nn.Module) -> str | None:
+    # By class name, not isinstance: a notebook's own Residual (the one the exporter copies into
+    # d2l_ext.resnet) is another class object with the same layers. PlainBlock has no shortcut.
+    names = [c.__name__ for c in type(m).__mro__]
+    if "PlainBlock" in names:
+        return None
+    return next((n for n in names if n in ("PreActResidual", "Residual")), None)
+
+
+def shortcut_gradient(blk: nn.Module, X: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """The part of dL/dX that reaches the input ``X`` (N, C, H, W) of a residual block through its
+    shortcut, given the gradient ``grad_out`` = dL/d blk(X): dL/dX minus the part through the branch.
+
+    For an identity shortcut it is ``grad_out`` itself if nothing follows the addition, and
+    ``grad_out`` times the ReLU's 0/1 mask if a ReLU does (the book's block).
+    """
+    X = X.detach().requires_grad_()
+    g, s, join = residual_parts(blk, X)
+    (full,) = torch.autograd.grad(join(g, s), X, grad_out, retain_graph=True)
+    (through_branch,) = torch.autograd.grad(join(g, s.detach()), X, grad_out)
+    return full - through_branch
+
+
+def branch_ratios(net: nn.Module, X: torch.Tensor) -> list[float]:
+    """||g(x)|| / ||s(x)|| for every residual block of ``net`` (input side first) on the minibatch
+    ``X``: how large the branch's output is against the shortcut's it is added to.
+
+    Measured in eval mode (every submodule's mode comes back afterwards), without gradients, on
+    the device of ``net``'s parameters.
+    """
+    blocks = [m for m in net.modules() if _residual_kind(m)]
+    X = X.to(next(net.parameters()).device)
+    if not blocks:
+        raise ValueError(f"{type(net).__name__} has no Residual or PreActResidual block to measure.")
+    inputs = {}
+    hooks = [b.register_forward_pre_hook(lambda b, args: inputs.__setitem__(b, args[0])) for b in blocks]
+    try:
+        with torch.no_grad(), eval_mode(net):
+            net(X)
+            parts = [residual_parts(b, inputs[b])[:2] for b in blocks]
+    finally:
+        for h in hooks:
+            h.remove()
+    return [(g.norm() / s.norm()).item() for g, s in parts]
 
 
 def final_loss(losses: list[float], frac: float = 0.1) -> float:
@@ -402,7 +536,14 @@ def final_loss(losses: list[float], frac: float = 0.1) -> float:
     return sum(losses[-k:]) / k
 
 
-__all__ += ["conv_grad_norms", "final_loss", "init_grad_norms"]
+__all__ += [
+    "branch_ratios",
+    "conv_grad_rms",
+    "final_loss",
+    "init_grad_rms",
+    "residual_parts",
+    "shortcut_gradient",
+]
 
 # -- 03 · ResNeXt ---------------------------------------------------------------------------------
 
@@ -491,4 +632,35 @@ def densenet_num_params(
     return num_params(net, torch.zeros(1, 1, size, size))
 
 
-__all__ += ["densenet_num_params"]
+# The operations whose order tells a block's design apart, by their names in torch.
+_LAYER_OPS = {"conv2d": "conv", "batch_norm": "BN", "relu": "ReLU", "add": "add", "add_": "add"}
+_LAYER_OPS |= {"cat": "cat", "avg_pool2d": "avg-pool", "max_pool2d": "max-pool", "linear": "linear"}
+
+
+class _OpRecorder(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = (torch.overrides.resolve_name(func) or "").rsplit(".", 1)[-1]
+        if name in _LAYER_OPS:
+            self.ops.append(_LAYER_OPS[name])
+        return func(*args, **(kwargs or {}))
+
+
+def op_order(net: nn.Module, X: torch.Tensor) -> list[str]:
+    """The layer operations that ``net`` runs on ``X`` (N, C, H, W), in the order it runs them.
+
+    Names are "conv", "BN", "ReLU", "add", "cat", "avg-pool", "max-pool", "linear". They are read
+    through torch's function overrides (`torch.overrides.TorchFunctionMode`), so a functional call in
+    ``forward`` (``F.relu(Y)``, ``Y += X``) counts as well as a module. Runs in eval mode, without
+    gradients, so that BN's counter of batches (an add) is not counted and its statistics stay put.
+    """
+    _materialize(net, X)
+    with eval_mode(net), torch.no_grad(), _OpRecorder() as recorder:
+        net(X)
+    return recorder.ops
+
+
+__all__ += ["densenet_num_params", "op_order"]

@@ -119,32 +119,26 @@ __all__ += ["batch_noise_explorer", "batch_noise_figure"]
 # -- 02 · ResNet ----------------------------------------------------------------------------------
 
 
-def plot_function_classes(f_star, classes: dict, distances: dict):
-    """Function classes as ellipses around ``f_star`` (one panel per entry of ``classes``), and the
-    distance from ``f_star`` to each class (a last panel, one line per entry of ``distances``).
+def plot_function_fits(x, f_star, fits: dict, distances: dict):
+    """A 1-D regression as function classes: ``f_star`` and the closest member of some classes
+    (left), and the distance from ``f_star`` to each class (right, one line per family).
 
-    ``classes`` maps a title to a list of ((x, y) center, (rx, ry) radii) ellipses, smallest
-    class first. Returns the figure's axes.
+    ``x``, ``f_star`` and each value of ``fits`` (a label -> the fitted function) have shape (n,);
+    ``distances`` maps a family's name to its distances, smallest class first. Returns the axes.
     """
     from d2l import torch as d2l
-    from matplotlib.patches import Ellipse
 
-    plt = d2l.plt
-    fig, axes = plt.subplots(1, len(classes) + 1, figsize=(4 * (len(classes) + 1), 4))
-    for ax, (title, ellipses) in zip(axes, classes.items()):
-        for i, (c, r) in enumerate(ellipses):
-            color = plt.cm.viridis(i / len(ellipses))
-            ax.add_patch(Ellipse(c, 2 * r[0], 2 * r[1], fill=False, lw=2, color=color))
-            label_at = (c[0] - 0.5 * r[0] - 0.3, c[1] + 0.87 * r[1] - 0.35)
-            ax.annotate(f"$\\mathcal{{F}}_{i + 1}$", label_at, color=color, fontsize=12)
-        ax.plot(*f_star, "r*", ms=14)
-        ax.annotate("$f^*$", f_star, xytext=(5, 5), textcoords="offset points", color="r", fontsize=12)
-        ax.set(xlim=(-2.8, 5), ylim=(-2.2, 5.2), aspect="equal", title=title, xticks=[], yticks=[])
+    fig, axes = d2l.plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].plot(x, f_star, "k-", lw=3, alpha=0.4, label="$f^*$")
+    for label, fit in fits.items():
+        axes[0].plot(x, fit, "--", label=label)
+    axes[0].set(xlabel="$x$", title="$f^*$ and the closest member of a class")
+    axes[0].legend(fontsize=8)
     for (label, d), marker in zip(distances.items(), ("o-", "s-", "^-", "v-")):
-        axes[-1].plot(range(1, len(d) + 1), d, marker, label=label)
-    axes[-1].set(xlabel="class $i$", ylabel="distance from $f^*$ to $\\mathcal{F}_i$")
-    axes[-1].set_title("how close each class gets")
-    axes[-1].legend()
+        axes[1].plot(range(1, len(d) + 1), d, marker, label=label)
+    axes[1].set(xlabel="class $i$", ylabel="RMS distance from $f^*$", yscale="log")
+    axes[1].set_title("how close each class gets")
+    axes[1].legend()
     return axes
 
 
@@ -171,10 +165,11 @@ def plot_step_losses(losses: dict, num_points: int = 25):
     return axes[0]
 
 
-def plot_grad_norms(norms: dict, title: str = "", ax=None):
-    """One line per network: the gradient norm of each convolution, input side first (log scale).
+def plot_grad_rms(norms: dict, title: str = "", ax=None):
+    """One line per network: the per-parameter RMS of the weight gradient of each convolution,
+    input side first (log scale).
 
-    ``norms`` maps a network's name to its `d2l_ext.measure.conv_grad_norms`. Returns the axes.
+    ``norms`` maps a network's name to its `d2l_ext.measure.conv_grad_rms`. Returns the axes.
     """
     from d2l import torch as d2l
 
@@ -182,14 +177,14 @@ def plot_grad_norms(norms: dict, title: str = "", ax=None):
         _, ax = d2l.plt.subplots(figsize=(6, 3.2))
     for name, g in norms.items():
         ax.plot(range(1, len(g) + 1), g, ".-", label=name)
-    ax.set(yscale="log", xlabel="convolution (input side first)", ylabel="gradient norm at init")
+    ax.set(yscale="log", xlabel="convolution (input side first)", ylabel="gradient RMS at init")
     ax.set_title(title)
     ax.legend()
     return ax
 
 
-def grad_norms_explorer(nets, widths, X, y, value: int, max_value: int = 9, **kwargs):
-    """A slider for the blocks per stage, redrawing `plot_grad_norms` at initialization for each
+def grad_rms_explorer(nets, widths, X, y, value: int, max_value: int = 9, **kwargs):
+    """A slider for the blocks per stage, redrawing `plot_grad_rms` at initialization for each
     network class in ``nets`` (built with ``widths`` and ``kwargs``, on the minibatch ``X``, ``y``).
 
     Computed once before it is returned, so that the figure shows also where no browser runs.
@@ -197,11 +192,11 @@ def grad_norms_explorer(nets, widths, X, y, value: int, max_value: int = 9, **kw
     import ipywidgets as widgets
     from d2l import torch as d2l
 
-    from d2l_ext.measure import init_grad_norms
+    from d2l_ext.measure import init_grad_rms
 
     def show(num_residuals):
-        norms = {Net.__name__: init_grad_norms(Net, num_residuals, widths, X, y, **kwargs) for Net in nets}
-        plot_grad_norms(norms, f"{2 * len(widths) * num_residuals + 2} layers")
+        norms = {Net.__name__: init_grad_rms(Net, num_residuals, widths, X, y, **kwargs) for Net in nets}
+        plot_grad_rms(norms, f"{2 * len(widths) * num_residuals + 2} layers")
         d2l.plt.show()
 
     slider = widgets.IntSlider(value, 1, max_value, continuous_update=False, description="blocks")
@@ -210,7 +205,7 @@ def grad_norms_explorer(nets, widths, X, y, value: int, max_value: int = 9, **kw
     return explorer
 
 
-__all__ += ["grad_norms_explorer", "plot_function_classes", "plot_grad_norms", "plot_step_losses"]
+__all__ += ["grad_rms_explorer", "plot_function_fits", "plot_grad_rms", "plot_step_losses"]
 
 # -- 03 · ResNeXt ---------------------------------------------------------------------------------
 
@@ -352,11 +347,55 @@ def architecture_table(runs: dict):
     return pd.DataFrame(rows).T
 
 
+def reference_architecture_table(
+    models: Mapping[str, str], setting: str = "demo", path: Path = REFERENCE_RESULTS
+):
+    """The committed benchmark's rows (see `reference_results`) as columns of `architecture_table`.
+
+    ``models`` maps a display name to the benchmark's model name (e.g. ``{"ResNet": "resnet"}``);
+    ``setting`` is "demo" (the demo preset) or "book". Returns a DataFrame indexed by display name with
+    the columns "MFLOPs/image", "images/s", "epochs" and "val acc" (the benchmark's test accuracy,
+    on the same 10,000 test images that the notebooks validate on).
+    """
+    import pandas as pd
+
+    if not path.is_file():
+        raise FileNotFoundError(f"No reference results at {path}; run `make bench` to measure them.")
+    rows = {r["model"]: r for r in json.loads(path.read_text())["rows"] if r["setting"] == setting}
+    missing = sorted(set(models.values()) - set(rows))
+    if missing:
+        known = sorted(rows)
+        raise KeyError(f"The reference results have no {setting!r} rows for {missing}; known: {known}.")
+    columns = {"MFLOPs/image": "forward_mflops_per_image", "images/s": "images_per_s", "epochs": "epochs"}
+    columns["val acc"] = "test_acc"
+    table = {name: {c: rows[key][k] for c, k in columns.items()} for name, key in models.items()}
+    return pd.DataFrame(table).T
+
+
+def relative_to(table, reference: str = "ResNet"):
+    """``table`` (from `architecture_table` or `reference_architecture_table`) with two more columns.
+
+    "MFLOP/s vs {reference}": the FLOPs each model computes per second of training (images/s times
+    MFLOPs/image) over those of the row ``reference``; "acc vs {reference}": its validation accuracy
+    minus the reference's.
+    """
+    if reference not in table.index:
+        raise KeyError(f"No row {reference!r} to compare with; the rows are {list(table.index)}.")
+    out = table.copy()
+    rate = table["images/s"] * table["MFLOPs/image"]
+    out[f"MFLOP/s vs {reference}"] = rate / rate[reference]
+    out[f"acc vs {reference}"] = table["val acc"] - table.loc[reference, "val acc"]
+    return out
+
+
 def format_architecture_table(table):
-    """``table`` (from `architecture_table`) styled for display: thousands, one decimal, percent."""
-    return table.style.format(
-        {"parameters": "{:,.0f}", "MFLOPs/image": "{:.1f}", "images/s": "{:,.0f}", "val acc": "{:.1%}"}
-    )
+    """``table`` (from `architecture_table`, `reference_architecture_table` or `relative_to`) styled
+    for display: thousands, one decimal, percentages, ratios with two decimals."""
+    formats = {"parameters": "{:,.0f}", "MFLOPs/image": "{:.1f}", "images/s": "{:,.0f}", "epochs": "{:.2f}"}
+    formats |= {"val acc": "{:.1%}"}
+    formats |= {c: "{:.2f}" for c in table.columns if c.startswith("MFLOP/s vs")}
+    formats |= {c: "{:+.1%}" for c in table.columns if c.startswith("acc vs")}
+    return table.style.format({c: f for c, f in formats.items() if c in table.columns})
 
 
 __all__ += [
@@ -365,4 +404,6 @@ __all__ += [
     "densenet_explorer",
     "format_architecture_table",
     "plot_connectivity",
+    "reference_architecture_table",
+    "relative_to",
 ]

@@ -15,10 +15,19 @@ from d2l import torch as d2l
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["check_count", "Residual", "ResNet", "check_arch", "ResNet18", "PlainBlock", "PlainNet"]
+__all__ = [
+    "check_count",
+    "Residual",
+    "ResNet",
+    "check_arch",
+    "ResNet18",
+    "PlainBlock",
+    "PlainNet",
+    "PreActResidual",
+]
 
 
-# notebooks/02_resnet.ipynb, cell 8
+# notebooks/02_resnet.ipynb, cell 9
 def check_count(value, message: str) -> int:
     """``value`` as an int if it is a positive integer; otherwise ``message`` (which should show a
     valid call) as a TypeError (16.5, "64", None) or a ValueError (0, -1, True)."""
@@ -31,7 +40,7 @@ def check_count(value, message: str) -> int:
     return count
 
 
-# notebooks/02_resnet.ipynb, cell 9
+# notebooks/02_resnet.ipynb, cell 10
 class Residual(nn.Module):
     """The residual block of ResNet (He et al., 2016): ReLU(g(X) + X), g = conv-BN-ReLU-conv-BN.
 
@@ -77,7 +86,7 @@ class Residual(nn.Module):
         return F.relu(Y)
 
 
-# notebooks/02_resnet.ipynb, cell 21
+# notebooks/02_resnet.ipynb, cell 22
 class ResNet(d2l.Classifier):
     """ResNet (He et al., 2016) as in the book: stem b1, stages of residual blocks, then a linear head.
 
@@ -101,7 +110,7 @@ class ResNet(d2l.Classifier):
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
         )
 
-    # notebooks/02_resnet.ipynb, cell 23
+    # notebooks/02_resnet.ipynb, cell 24
     def block(self, num_residuals, num_channels, first_block=False):
         blk = []
         for i in range(num_residuals):
@@ -111,7 +120,7 @@ class ResNet(d2l.Classifier):
                 blk.append(Residual(num_channels))
         return nn.Sequential(*blk)
 
-    # notebooks/02_resnet.ipynb, cell 26
+    # notebooks/02_resnet.ipynb, cell 27
     def __init__(self, arch, lr=0.1, num_classes=10, stem_kernel=7, stem_stride=2):
         super().__init__()
         arch = check_arch(arch)  # subclasses (PlainNet, ResNeXt) build through here: they check too
@@ -131,7 +140,7 @@ class ResNet(d2l.Classifier):
         )
 
 
-# notebooks/02_resnet.ipynb, cell 25
+# notebooks/02_resnet.ipynb, cell 26
 def check_arch(arch) -> tuple[tuple[int, int], ...]:
     """``arch`` as a tuple of (num_residuals, num_channels) pairs of positive ints; else an error
     that shows this form, raised where the model is built instead of deep inside its first call."""
@@ -149,7 +158,7 @@ def check_arch(arch) -> tuple[tuple[int, int], ...]:
     return tuple((check_count(n, form), check_count(c, form)) for n, c in stages)
 
 
-# notebooks/02_resnet.ipynb, cell 27
+# notebooks/02_resnet.ipynb, cell 28
 class ResNet18(ResNet):
     """ResNet-18 as in the book: four stages of two blocks, 64-128-256-512 channels, 7x7 stride-2 stem."""
 
@@ -157,7 +166,7 @@ class ResNet18(ResNet):
         super().__init__(((2, 64), (2, 128), (2, 256), (2, 512)), lr, num_classes)
 
 
-# notebooks/02_resnet.ipynb, cell 39
+# notebooks/02_resnet.ipynb, cell 44
 class PlainBlock(Residual):
     """A residual block without its shortcut, ReLU(g(X)): the "plain" baseline of He et al. (2016)."""
 
@@ -170,10 +179,36 @@ class PlainBlock(Residual):
         return F.relu(self.bn2(self.conv2(Y)))
 
 
-# notebooks/02_resnet.ipynb, cell 40
+# notebooks/02_resnet.ipynb, cell 45
 class PlainNet(ResNet):
     """ResNet with every shortcut removed: the same stem, stages, widths and head (He et al., 2016)."""
 
     def block(self, num_residuals, num_channels, first_block=False):
         strides = [1 if i > 0 or first_block else 2 for i in range(num_residuals)]
         return nn.Sequential(*[PlainBlock(num_channels, s) for s in strides])
+
+
+# notebooks/02_resnet.ipynb, cell 55
+class PreActResidual(nn.Module):
+    """The pre-activation block of He et al. (2016b): X + g(X), g = BN-ReLU-conv-BN-ReLU-conv.
+
+    Nothing follows the addition, so the shortcut is an identity: the block keeps the channels
+    and the shape. Shapes: (N, num_channels, H, W) -> (N, num_channels, H, W).
+    """
+
+    def __init__(self, num_channels: int):
+        super().__init__()
+        check_count(num_channels, f"num_channels must be a positive int, e.g. 64; got {num_channels!r}.")
+        self.bn1, self.bn2 = nn.LazyBatchNorm2d(), nn.LazyBatchNorm2d()
+        self.conv1 = nn.LazyConv2d(num_channels, kernel_size=3, padding=1)
+        self.conv2 = nn.LazyConv2d(num_channels, kernel_size=3, padding=1)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if X.shape[1] != self.conv2.out_channels:
+            raise ValueError(
+                f"PreActResidual({self.conv2.out_channels}) got {X.shape[1]} channels; its identity "
+                "shortcut needs as many channels in as out."
+            )
+        Y = self.conv1(F.relu(self.bn1(X)))
+        Y = self.conv2(F.relu(self.bn2(Y)))
+        return Y + X

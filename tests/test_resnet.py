@@ -15,10 +15,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from d2l_ext import FashionMNIST
-from d2l_ext.measure import conv_grad_norms, final_loss, init_grad_norms, num_params, stage_shapes
-from d2l_ext.plots import grad_norms_explorer, plot_function_classes, plot_grad_norms, plot_step_losses
+from d2l_ext.measure import (
+    branch_ratios,
+    conv_grad_rms,
+    eval_mode,
+    final_loss,
+    init_grad_rms,
+    num_params,
+    residual_parts,
+    shortcut_gradient,
+    stage_shapes,
+)
+from d2l_ext.plots import grad_rms_explorer, plot_function_fits, plot_grad_rms, plot_step_losses
 from d2l_ext.presets import PRESETS, experiment
-from d2l_ext.resnet import PlainBlock, PlainNet, Residual, ResNet, ResNet18
+from d2l_ext.resnet import PlainBlock, PlainNet, PreActResidual, Residual, ResNet, ResNet18
 from d2l_ext.training import StepLosses, Trainer
 
 RESNET18_PARAMS = 11_178_378  # the book's ResNet-18, 1 input channel, 10 classes
@@ -353,20 +363,21 @@ def test_plain_block_strides():
 def test_grad_norms_one_per_conv_and_plain_explodes():
     X, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
     kw = dict(stem_kernel=3, stem_stride=2)
-    plain = init_grad_norms(PlainNet, 5, (8, 16, 32), X, y, **kw)
-    res = init_grad_norms(ResNet, 5, (8, 16, 32), X, y, **kw)
+    plain = init_grad_rms(PlainNet, 5, (8, 16, 32), X, y, **kw)
+    res = init_grad_rms(ResNet, 5, (8, 16, 32), X, y, **kw)
     assert len(plain) == len(res) == 1 + 2 * 5 * 3
     assert all(g > 0 for g in plain + res)
     assert plain[0] / plain[-1] > 5 * res[0] / res[-1]
 
 
-def test_conv_grad_norms_matches_autograd():
+def test_conv_grad_rms_matches_autograd():
     net = materialized(ResNet(((1, 4),), stem_kernel=3, stem_stride=1), (2, 1, 8, 8))
     X, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
-    norms = conv_grad_norms(net, X, y)
+    norms = conv_grad_rms(net, X, y)
     weights = [net.net.b1[0].weight, net.net.b2[0].conv1.weight, net.net.b2[0].conv2.weight]
     grads = torch.autograd.grad(F.cross_entropy(net(X), y), weights)
-    torch.testing.assert_close(torch.tensor(norms), torch.stack([g.norm() for g in grads]))
+    expected = torch.stack([g.norm() / g.numel() ** 0.5 for g in grads])  # per parameter
+    torch.testing.assert_close(torch.tensor(norms), expected)
 
 
 def test_step_losses_record_every_step_of_a_plain_net():
@@ -405,27 +416,27 @@ def test_stage_shapes_restores_the_mode_when_forward_raises(mode):
     assert all(m.training is mode for m in model.modules())
 
 
-def test_conv_grad_norms_trains_then_restores_the_mode_even_when_forward_raises():
+def test_conv_grad_rms_trains_then_restores_the_mode_even_when_forward_raises():
     model = materialized(ResNet(((1, 4),), stem_kernel=3, stem_stride=1), (2, 1, 8, 8))
     model.eval()
     X, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
     before = model.net.b1[1].running_mean.clone()
-    conv_grad_norms(model, X, y)
+    conv_grad_rms(model, X, y)
     assert not any(m.training for m in model.modules())
     assert not torch.equal(model.net.b1[1].running_mean, before)  # measured in training mode
     with pytest.raises(RuntimeError):
-        conv_grad_norms(model, torch.randn(4, 3, 8, 8), y)
+        conv_grad_rms(model, torch.randn(4, 3, 8, 8), y)
     assert not any(m.training for m in model.modules())
 
 
-def test_init_grad_norms_leaves_the_callers_random_state_alone():
+def test_init_grad_rms_leaves_the_callers_random_state_alone():
     X, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    a = init_grad_norms(ResNet, 1, (4, 8), X, y, seed=1, stem_kernel=3, stem_stride=1)
+    a = init_grad_rms(ResNet, 1, (4, 8), X, y, seed=1, stem_kernel=3, stem_stride=1)
     assert torch.equal(torch.rand(3), expected)
-    assert init_grad_norms(ResNet, 1, (4, 8), X, y, seed=1, stem_kernel=3, stem_stride=1) == a
+    assert init_grad_rms(ResNet, 1, (4, 8), X, y, seed=1, stem_kernel=3, stem_stride=1) == a
 
 
 # -- final_loss ------------------------------------------------------------------------------
@@ -451,12 +462,13 @@ def figures():
     matplotlib.pyplot.close("all")
 
 
-def test_plot_function_classes_draws_every_class_and_distance(figures):
-    classes = {"a": [((0, 0), (1, 1)), ((1, 1), (2, 1))], "b": [((0, 0), (1, 2))]}
-    distances = {"a": [3.0, 1.5], "b": [2.0]}
-    axes = plot_function_classes((3.5, 3.0), classes, distances)
-    assert len(axes) == 3 and [len(ax.patches) for ax in axes[:2]] == [2, 1]
-    assert [list(line.get_ydata()) for line in axes[-1].lines] == [[3.0, 1.5], [2.0]]
+def test_plot_function_fits_draws_target_fits_and_distances(figures):
+    x = torch.linspace(-1, 1, 5)
+    fits = {"F_3": x**2, "F_4": x}
+    axes = plot_function_fits(x, x**3, fits, {"non-nested": [3.0, 1.5], "nested": [2.0, 1.0]})
+    assert [line.get_label() for line in axes[0].lines] == ["$f^*$", "F_3", "F_4"]
+    assert list(axes[0].lines[2].get_ydata()) == x.tolist()
+    assert [list(line.get_ydata()) for line in axes[1].lines] == [[3.0, 1.5], [2.0, 1.0]]
 
 
 def test_plot_step_losses_one_panel_per_network_with_window_means(figures):
@@ -468,23 +480,103 @@ def test_plot_step_losses_one_panel_per_network_with_window_means(figures):
     assert [line.get_label() for line in axes[0].lines] == ["8 layers", "32 layers"]
 
 
-def test_plot_grad_norms_one_line_per_network(figures):
-    ax = plot_grad_norms({"PlainNet": [3.0, 2.0, 1.0], "ResNet": [1.0, 1.0, 1.0]}, "8 layers")
+def test_plot_grad_rms_one_line_per_network(figures):
+    ax = plot_grad_rms({"PlainNet": [3.0, 2.0, 1.0], "ResNet": [1.0, 1.0, 1.0]}, "8 layers")
     assert ax.get_title() == "8 layers" and ax.get_yscale() == "log"
     assert [list(line.get_ydata()) for line in ax.lines] == [[3.0, 2.0, 1.0], [1.0, 1.0, 1.0]]
 
 
 @pytest.mark.filterwarnings("ignore:FigureCanvasAgg is non-interactive")
-def test_grad_norms_explorer_draws_now_and_on_every_slider_move(figures):
+def test_grad_rms_explorer_draws_now_and_on_every_slider_move(figures):
     X, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
     kw = dict(stem_kernel=3, stem_stride=1)
-    explorer = grad_norms_explorer((PlainNet, ResNet), (4, 8), X, y, value=1, max_value=3, **kw)
+    explorer = grad_rms_explorer((PlainNet, ResNet), (4, 8), X, y, value=1, max_value=3, **kw)
     slider = explorer.children[0]
     assert (slider.value, slider.min, slider.max) == (1, 1, 3)
     ax = matplotlib.pyplot.gcf().axes[0]
     assert ax.get_title() == "6 layers"  # 2 stages of 1 block: 2 x 2 convolutions, stem, head
-    expected = init_grad_norms(PlainNet, 1, (4, 8), X, y, **kw)
+    expected = init_grad_rms(PlainNet, 1, (4, 8), X, y, **kw)
     assert list(ax.lines[0].get_ydata()) == expected
     slider.value = 3
     ax = matplotlib.pyplot.gcf().axes[0]
     assert ax.get_title() == "14 layers" and len(ax.lines[1].get_ydata()) == 1 + 2 * 3 * 2
+
+
+# -- the pre-activation block and the measures of residual blocks ----------------------------
+def test_preact_residual_is_x_plus_bn_relu_conv_twice():
+    blk = PreActResidual(4)
+    X = torch.randn(2, 4, 5, 5)
+    blk(X)  # materialize
+    with torch.no_grad():
+        for bn in (blk.bn1, blk.bn2):
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
+    Y = blk.conv1(F.relu(F.batch_norm(X, None, None, blk.bn1.weight, blk.bn1.bias, training=True)))
+    Y = blk.conv2(F.relu(F.batch_norm(Y, None, None, blk.bn2.weight, blk.bn2.bias, training=True)))
+    torch.testing.assert_close(blk(X), X + Y)
+
+
+def test_preact_residual_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="num_channels"):
+        PreActResidual(0)
+    with pytest.raises(ValueError, match="identity shortcut"):
+        PreActResidual(4)(torch.randn(2, 3, 5, 5))
+
+
+BLOCKS = {
+    "identity": lambda: Residual(4),
+    "1x1": lambda: Residual(8, use_1x1conv=True, strides=2),
+    "preact": lambda: PreActResidual(4),
+}
+
+
+@pytest.mark.parametrize("make", BLOCKS.values(), ids=BLOCKS.keys())
+def test_residual_parts_join_to_the_block(make):
+    blk, X = make(), F.relu(torch.randn(4, 4, 6, 6))
+    out = blk(X)
+    g, s, join = residual_parts(blk, X)
+    assert g.shape == s.shape == out.shape
+    torch.testing.assert_close(join(g, s), out)
+
+
+def test_residual_parts_rejects_a_block_without_shortcut():
+    with pytest.raises(TypeError, match="Residual or a PreActResidual"):
+        residual_parts(PlainBlock(4), torch.randn(2, 4, 6, 6))
+
+
+def test_shortcut_gradient_identity_gated_by_relu_preact_whole_projection_transposed():
+    X = F.relu(torch.randn(4, 4, 6, 6))
+    book, proj, pre = (make() for make in BLOCKS.values())
+    for blk in (book, proj, pre):
+        blk(X)
+    delta = torch.randn(4, 4, 6, 6)
+    g, s, _ = residual_parts(book, X)
+    on = (g + s > 0).float()
+    assert 0 < on.mean() < 1  # some units are off: the identity term is not the whole gradient
+    torch.testing.assert_close(shortcut_gradient(book, X, delta), on * delta)
+    torch.testing.assert_close(shortcut_gradient(pre, X, delta), delta)
+    delta = torch.randn(4, 8, 3, 3)
+    g, s, _ = residual_parts(proj, X)
+    Xg = X.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(proj.conv3(Xg), Xg, (g + s > 0) * delta)
+    torch.testing.assert_close(shortcut_gradient(proj, X, delta), expected)
+
+
+def test_branch_ratios_one_per_block_zero_for_a_zeroed_branch_mode_restored():
+    net = materialized(ResNet(((2, 4), (1, 8)), stem_kernel=3, stem_stride=1), (2, 1, 8, 8))
+    blocks = [m for m in net.modules() if isinstance(m, Residual)]
+    nn.init.zeros_(blocks[1].bn2.weight), nn.init.zeros_(blocks[1].bn2.bias)
+    net.train()
+    X = torch.randn(4, 1, 8, 8)
+    ratios = branch_ratios(net, X)
+    assert len(ratios) == 3 and ratios[1] == 0 and ratios[0] > 0 and ratios[2] > 0
+    assert all(m.training for m in net.modules())
+    with eval_mode(net), torch.no_grad():  # the first block by hand: its input is the stem's output
+        H = net.net.b1(X)
+        g, s, _ = residual_parts(blocks[0], H)
+    assert ratios[0] == pytest.approx((g.norm() / s.norm()).item())
+
+
+def test_branch_ratios_of_a_plain_net_is_a_clear_error():
+    net = materialized(PlainNet(((1, 4),), stem_kernel=3, stem_stride=1), (2, 1, 8, 8))
+    with pytest.raises(ValueError, match="no Residual"):
+        branch_ratios(net, torch.randn(2, 1, 8, 8))
