@@ -20,11 +20,13 @@ from d2l_ext.batch_norm import (
 )
 from d2l_ext.measure import (
     ActivationRecorder,
+    GhostBatchNorm,
     batch_stat_noise,
     bn_inputs,
     bn_layers,
     companion_outputs,
     exact_bn_statistics,
+    ghost_batches,
     sigmoid_inputs,
 )
 from d2l_ext.plots import batch_noise_explorer, batch_noise_figure
@@ -431,12 +433,13 @@ def test_exact_bn_statistics_are_the_whole_data_statistics_layer_by_layer():
     assert net.training and len(stats) == 2
     H = net[0](X)
     torch.testing.assert_close(net[1].running_mean, H.mean(0))
-    torch.testing.assert_close(net[1].running_var, H.var(0, unbiased=False))
+    torch.testing.assert_close(net[1].running_var, H.var(0))  # unbiased, PyTorch's convention
     net.eval()
     H2 = net[3](net[2](net[1](H)))  # with the first layer already on its exact statistics
     torch.testing.assert_close(net[4].moving_mean.flatten(), H2.mean(0))
-    torch.testing.assert_close(net[4].moving_var.flatten(), H2.var(0, unbiased=False))
+    torch.testing.assert_close(net[4].moving_var.flatten(), H2.var(0))
     torch.testing.assert_close(stats[1][0], H2.mean(0).float())
+    torch.testing.assert_close(stats[1][1], H2.var(0).float())
 
 
 def test_bn_layers_and_bn_inputs():
@@ -647,3 +650,114 @@ def test_batch_noise_explorer_draws_at_once_and_on_every_move():
         assert "batch size 32" in d2l.plt.gcf().axes[0].get_title()
     finally:
         d2l.plt.close("all")
+
+
+# ---- the book's layer, as the notebook transcribes it (d2l 1.0.3, section 8.5, PyTorch tab) ----
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "01_batch_norm.ipynb"
+
+
+def book_layer(path=NOTEBOOK):
+    """The notebook's transcription of the book's ``BatchNorm``, run from its own cells.
+
+    d2l 1.0.3 does not ship the section's ``batch_norm``/``BatchNorm`` in ``d2l/torch.py``, so the
+    reference is what the book's code computes: PyTorch's update with momentum 0.1, eps 1e-5, a
+    biased running variance, and prediction mode whenever autograd is off.
+    """
+    import json
+
+    cells = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    namespace = {"torch": torch, "nn": nn}
+    sources = [c for c in cells if "def book_batch_norm(" in c or "class BookBatchNorm(" in c]
+    assert sources, f"{path.name} no longer defines book_batch_norm and BookBatchNorm"
+    for source in sources:
+        exec(compile(source, str(path), "exec"), namespace)
+    return namespace["BookBatchNorm"]
+
+
+def same_step(layer, ref, X):
+    """One training step of both layers on X: outputs and input gradients must be equal."""
+    X1, X2 = X.clone().requires_grad_(), X.clone().requires_grad_()
+    Y1, Y2 = layer(X1), ref(X2)
+    torch.testing.assert_close(Y1, Y2)
+    Y1.square().sum().backward(), Y2.square().sum().backward()
+    torch.testing.assert_close(X1.grad, X2.grad)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_book_transcription_computes_what_the_books_code_does(shape):
+    BookBatchNorm = book_layer()
+    C = shape[1]
+    book = BookBatchNorm(C, num_dims=len(shape)).double()
+    book.moving_mean, book.moving_var = book.moving_mean.double(), book.moving_var.double()
+    ref = (nn.BatchNorm1d if len(shape) == 2 else nn.BatchNorm2d)(C, momentum=0.1, eps=1e-5).double()
+    dims = (0,) if len(shape) == 2 else (0, 2, 3)
+    biased_var = torch.ones(C, dtype=torch.float64)
+    for X in batches(shape, 4):
+        same_step(book, ref, X)
+        biased_var = 0.9 * biased_var + 0.1 * X.var(dim=dims, unbiased=False)
+        torch.testing.assert_close(book.moving_mean.flatten(), ref.running_mean)  # momentum 0.1
+        torch.testing.assert_close(book.moving_var.flatten(), biased_var)  # biased, unlike PyTorch's
+    assert list(book.state_dict()) == ["gamma", "beta"]  # the statistics are plain attributes
+    book.eval()
+    X = batches(shape, 1, seed=5)[0]
+    with torch.no_grad():  # prediction mode comes from autograd being off
+        expected = (X - book.moving_mean) / torch.sqrt(book.moving_var + 1e-5)
+        torch.testing.assert_close(book(X), expected)
+    assert (book(X) - expected).abs().max() > 0.01  # eval() alone changes nothing
+
+
+# ---- ghost batches ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (12, 3, 4, 4)])
+def test_ghost_batch_of_the_whole_batch_equals_torch(shape):
+    bn, ref = pair(shape)[1], pair(shape)[1]
+    ghost = GhostBatchNorm(bn, size=shape[0])
+    for X in batches(shape, 3):
+        same_step(ghost, ref, X)
+        torch.testing.assert_close(bn.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    ghost.eval(), ref.eval()
+    torch.testing.assert_close(ghost(X), ref(X))
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (12, 3, 4, 4)])
+def test_ghost_batches_normalize_each_group_alone(shape):
+    bn = pair(shape)[1]
+    ghost = GhostBatchNorm(bn, size=3)
+    X = batches(shape, 1)[0]
+    Y = ghost(X)
+    dims = (0,) if len(shape) == 2 else (0, 2, 3)
+    means, variances = [], []
+    for g in range(4):
+        group = X[3 * g : 3 * g + 3]
+        expected = F.batch_norm(group, None, None, bn.weight, bn.bias, training=True, eps=bn.eps)
+        torch.testing.assert_close(Y[3 * g : 3 * g + 3], expected)
+        means.append(group.mean(dim=dims)), variances.append(group.var(dim=dims))
+    torch.testing.assert_close(bn.running_mean, 0.1 * torch.stack(means).mean(0))
+    torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * torch.stack(variances).mean(0))
+    assert int(bn.num_batches_tracked) == 1
+
+
+def test_ghost_batches_refuse_what_they_cannot_do():
+    with pytest.raises(ValueError, match="size must be an int >= 2"):
+        GhostBatchNorm(nn.BatchNorm1d(3), size=1)
+    with pytest.raises(ValueError, match="multiple of it"):
+        GhostBatchNorm(nn.BatchNorm1d(3), size=4)(torch.randn(6, 3))
+    with pytest.raises(ValueError, match="call the model once"):
+        ghost_batches(BNLeNet(), 4)
+
+
+def test_ghost_batches_wrap_every_bn_layer_and_keep_eval_mode():
+    model = BNLeNet()
+    model(torch.zeros(2, 1, 28, 28))
+    X = torch.randn(8, 1, 28, 28)
+    model.eval()
+    before = model(X)
+    ghost_batches(model, 4)
+    assert sum(isinstance(m, GhostBatchNorm) for m in model.net) == 4
+    torch.testing.assert_close(model(X), before)
+    model.train()
+    assert model(X).shape == (8, 10)
