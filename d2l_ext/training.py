@@ -457,6 +457,7 @@ class Loop(d2l.Trainer):
         if reseed is not None:  # a data object reused across runs gives the same seed the same order
             reseed(self.seed)
         self.steps_per_epoch = _steps_per_epoch(data, self.num_train_batches)
+        self.num_train_examples = len(getattr(data, "train", ()))
         if self.gpus:  # keep an in-memory data set on the GPU: no host-to-device copy per batch
             for loader in (self.train_dataloader, self.val_dataloader):
                 if hasattr(loader, "to"):
@@ -654,8 +655,11 @@ class Trainer(Loop):
         if not self.history:
             return "No epoch trained yet: call fit(model, data) first."
         last = self.history[-1]
+        # A timed run may stop inside an epoch: count epochs by the images seen, not by the loop.
+        n = getattr(self, "num_train_examples", 0)
+        epochs = f"{self.images_seen / n:.2f} epochs" if n else f"{last['epoch']} epochs"
         text = (
-            f"{last['epoch']} epochs, {last['steps']} steps in {last['seconds']:.1f} s "
+            f"{epochs}, {last['steps']} steps in {last['seconds']:.1f} s "
             f"({self.images_seen / max(last['seconds'], 1e-9):,.0f} images/s)"
         )
         if "val_acc" in last:

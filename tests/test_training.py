@@ -48,6 +48,8 @@ def test_max_steps_is_exact_and_history_is_recorded():
     assert trainer.train_batch_idx == 20 and len(history) == 2  # 16 steps per epoch
     assert history[-1]["steps"] == 20 and {"val_loss", "val_acc", "images_per_s"} <= history[-1].keys()
     assert "val_acc" in history[0]  # eval_every=1 by default, as in the book
+    # 1,000 images and 4 steps of 64 into the second epoch: counted by images, not by epochs begun
+    assert trainer.summary().startswith("1.26 epochs, 20 steps")
 
 
 class FakeClock:
