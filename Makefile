@@ -11,7 +11,7 @@ PYTEST := D2L_EXT_PRESET=ci $(BIN)/pytest
 LINT := $(BIN)/ruff check . && $(BIN)/ruff format --check .
 CHECK := $(BIN)/python tools/export.py --check
 
-.PHONY: help lab test setup venv unit notebooks browser binder lint format export check hooks bench memory clean
+.PHONY: help lab test setup venv unit notebooks browser binder lint format export check hooks bench gpu-check memory clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z]+:.*## /{printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,6 +61,9 @@ hooks: venv  ## install the git pre-commit hook (.pre-commit-config.yaml) in thi
 
 bench: setup  ## time to accuracy: the book's settings against the demo preset
 	$(BIN)/python benchmarks/time_to_accuracy.py
+
+gpu-check: setup  ## the full preset (the book's settings) of every lecture training, on a CUDA GPU
+	$(BIN)/python benchmarks/full_preset.py
 
 memory: setup  ## peak memory and wall time of every notebook in the demo preset (Binder's limit)
 	$(BIN)/python tools/measure_memory.py
