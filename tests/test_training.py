@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from d2l_ext import FashionMNIST, Trainer, evaluate, set_seed
-from d2l_ext.training import StepLosses
+from d2l_ext.training import ProgressDisplay, StepLosses
 
 
 class TinyCNN(d2l.Classifier):
@@ -287,3 +287,29 @@ def test_evaluate_restores_every_submodule_mode_when_the_model_raises():
     with pytest.raises(RuntimeError, match="boom"):
         evaluate(model, [(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))])
     assert model.training and model[0].training and not model[1].training and model[2].training
+
+
+def test_the_live_plot_gains_a_point_every_few_seconds_of_training(monkeypatch):
+    drawn = []
+    record = staticmethod(lambda board, x, values: drawn.append((x, values)))
+    monkeypatch.setattr(ProgressDisplay, "draw", record)
+    clock = FakeClock()
+    live = ProgressDisplay(every=1.0)
+    trainer = Trainer(max_epochs=1000, time_budget=2.5, probe_every=1.0, probe_size=200, eval_every=0,
+                      plot=False, clock=clock, callbacks=[live])  # fmt: skip
+    trainer.fit(TimedCNN(clock), small_data())
+    # 20 steps of 0.125 s, 64 images each, 1,000 per epoch: a loss point every 8 steps (1 s) with
+    # the probe taken then, and at the end the last 4 steps' loss with the validation numbers.
+    assert [x for x, _ in drawn] == [512 / 1000, 1000 / 1000, 1256 / 1000]
+    assert [sorted(v) for _, v in drawn] == [
+        ["probe_acc", "train_loss"],
+        ["probe_acc", "train_loss"],
+        ["train_loss", "val_acc", "val_loss"],
+    ]
+    assert drawn[-1][1]["val_acc"] == trainer.history[-1]["val_acc"]
+    assert drawn[1][1]["probe_acc"] == trainer.probes[1][1]
+
+
+def test_the_live_plot_refuses_a_bad_interval():
+    with pytest.raises(ValueError, match="seconds"):
+        ProgressDisplay(every=0)
