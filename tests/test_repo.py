@@ -183,3 +183,38 @@ def test_pre_commit_fixes_and_blocks_a_bad_commit(tmp_path):
     run("git", "add", "-A")
     second = run(str(PRE_COMMIT), "run", "--all-files")
     assert second.returncode == 0, second.stdout
+
+
+# A number that depends on a run, typed into prose, goes stale at the next run: the notebooks print
+# them from the run instead. Figures cited from a paper (its author and year in the same paragraph)
+# may stay, a handful at most; Exercises and References are exempt.
+RUN_NUMBER = re.compile(r"\d+(?:\.\d+)?\s?%|\d[\d,]*\s?(?:images/s|img/s| s\b|seconds)")
+CITATION = re.compile(r"et al\.|\(\d{4}[a-z]?\)|, \d{4}[a-z]?\)")
+
+
+def typed_numbers(nb: Path) -> tuple[list[str], list[str]]:
+    """The run-dependent-looking numbers in ``nb``'s prose: (uncited, cited)."""
+    uncited, cited, exempt = [], [], False
+    for n, cell in enumerate(nbformat.read(nb, as_version=4).cells, start=1):
+        if cell.cell_type != "markdown":
+            continue
+        if re.match(r"#+\s*(Exercises|References)", cell.source):
+            exempt = True
+        elif re.match(r"#+\s", cell.source):
+            exempt = False
+        if exempt:
+            continue
+        for paragraph in cell.source.split("\n\n"):
+            hits = [f"cell {n}: {m.group(0)!r}" for m in RUN_NUMBER.finditer(paragraph)]
+            (cited if CITATION.search(paragraph) else uncited).extend(hits)
+    return uncited, cited
+
+
+def test_no_measured_number_is_typed_into_the_notebooks_prose():
+    found = {nb.name: typed_numbers(nb) for nb in NOTEBOOKS}
+    uncited = {name: u for name, (u, _) in found.items() if u}
+    assert not uncited, (
+        "numbers that depend on a run are typed into markdown (print them from the run instead):\n"
+        + "\n".join(f"  {name}: {', '.join(hits)}" for name, hits in uncited.items())
+    )
+    assert sum(len(c) for _, c in found.values()) <= 5, "at most five figures cited from papers"
