@@ -635,6 +635,7 @@ def densenet_num_params(
 # The operations whose order tells a block's design apart, by their names in torch.
 _LAYER_OPS = {"conv2d": "conv", "batch_norm": "BN", "relu": "ReLU", "add": "add", "add_": "add"}
 _LAYER_OPS |= {"cat": "cat", "avg_pool2d": "avg-pool", "max_pool2d": "max-pool", "linear": "linear"}
+_LAYER_OPS |= {"adaptive_avg_pool2d": "global-avg-pool"}  # the heads' nn.AdaptiveAvgPool2d((1, 1))
 
 
 class _OpRecorder(torch.overrides.TorchFunctionMode):
@@ -652,10 +653,11 @@ class _OpRecorder(torch.overrides.TorchFunctionMode):
 def op_order(net: nn.Module, X: torch.Tensor) -> list[str]:
     """The layer operations that ``net`` runs on ``X`` (N, C, H, W), in the order it runs them.
 
-    Names are "conv", "BN", "ReLU", "add", "cat", "avg-pool", "max-pool", "linear". They are read
-    through torch's function overrides (`torch.overrides.TorchFunctionMode`), so a functional call in
-    ``forward`` (``F.relu(Y)``, ``Y += X``) counts as well as a module. Runs in eval mode, without
-    gradients, so that BN's counter of batches (an add) is not counted and its statistics stay put.
+    Names are "conv", "BN", "ReLU", "add", "cat", "avg-pool", "max-pool", "global-avg-pool" and
+    "linear". They are read through torch's function overrides (`torch.overrides.TorchFunctionMode`),
+    so a functional call in ``forward`` (``F.relu(Y)``, ``Y += X``) counts as well as a module. Runs
+    in eval mode, without gradients, so that BN's counter of batches (an add) is not counted and its
+    statistics stay put.
     """
     _materialize(net, X)
     with eval_mode(net), torch.no_grad(), _OpRecorder() as recorder:

@@ -440,6 +440,21 @@ def test_book_residual_is_conv_bn_relu_and_conv_block_is_bn_relu_conv():
     assert op_order(transition_block(4), X) == ["BN", "ReLU", "conv", "avg-pool"]
 
 
+def test_op_order_tells_the_heads_apart():
+    from d2l_ext.resnet import ResNet18
+
+    X = torch.zeros(2, 1, 96, 96)
+    resnet, densenet = ResNet18(), DenseNet()
+    resnet(X), densenet(X)
+    assert op_order(resnet.net.last, torch.zeros(2, 512, 3, 3)) == ["global-avg-pool", "linear"]
+    assert op_order(densenet.net.last, torch.zeros(2, 248, 3, 3)) == [
+        "BN",
+        "ReLU",
+        "global-avg-pool",
+        "linear",
+    ]
+
+
 def test_op_order_counts_functional_calls_and_leaves_the_model_as_it_was():
     class Block(nn.Module):
         def __init__(self):
