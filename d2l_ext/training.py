@@ -44,7 +44,6 @@ __all__ = [
     "StepLosses",
     "Trainer",
     "evaluate",
-    "has_lazy",  # defined in d2l_ext.measure; the generated densenet.py imports it from here
     "make_optimizer",
     "set_seed",
 ]
