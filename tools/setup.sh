@@ -3,7 +3,7 @@
 #   1. the data set: Debian's package dataset-fashion-mnist where apt-get and root are available
 #      (elsewhere d2l_ext downloads it into ~/.cache/d2l_ext on first use);
 #   2. a virtual environment in $VENV (default .venv) with PyTorch, d2l without its exact pins,
-#      and this package with its notebook and test tools;
+#      and this package with its notebook, test and site tools;
 #   3. a first, verified load of the data set.
 # Environment: PYTHON (interpreter, default python3), VENV, TORCH_SPEC (the torch and torchvision
 # requirements; e.g. set it empty after installing CPU wheels yourself).
@@ -61,10 +61,10 @@ if [ ! -f "$stamp" ]; then
     # shellcheck disable=SC2086  # TORCH_SPEC is a list of requirements
     "${PIP[@]}" $TORCH_SPEC
   fi
-  say "installing $D2L_SPEC without its pins, and d2l_ext with its lab and test tools"
+  say "installing $D2L_SPEC without its pins, and d2l_ext with its lab, test and site tools"
   "${PIP[@]}" --no-deps "$D2L_SPEC"
   # pip then reports that d2l's exact pins are not met: that is the point, so keep that report out.
-  "${PIP[@]}" -e ".[lab,test]" 2> >(grep -v -e "^d2l 1.0.3 requires" -e "dependency resolver does not" >&2)
+  "${PIP[@]}" -e ".[lab,test,site]" 2> >(grep -v -e "^d2l 1.0.3 requires" -e "dependency resolver does not" >&2)
   rm -f "$VENV"/.d2l_ext-*
   touch "$stamp"
 fi
