@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 # Jupyter refuses to run as root unless told; containers and CI often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 export D2L_EXT_PRESET ?=
-# Every test tier runs in the ci preset, as `make test` (and CI) runs it.
-PYTEST := D2L_EXT_PRESET=ci $(BIN)/pytest
+# Every test tier runs in the ci preset, as `make test` (and CI) runs it, and trains every run afresh
+# (D2L_EXT_RETRAIN=1) into a run cache of its own, never replaying what an earlier run stored.
+PYTEST := D2L_EXT_PRESET=ci D2L_EXT_RETRAIN=1 D2L_EXT_RUNS=$(CURDIR)/build/test-runs $(BIN)/pytest
 LINT := $(BIN)/ruff check . && $(BIN)/ruff format --check .
 CHECK := $(BIN)/python tools/export.py --check
 
-.PHONY: help lab test setup venv unit notebooks browser binder lint format export check hooks bench gpu-check memory clean
+.PHONY: help lab test setup venv unit notebooks browser binder lint format export check hooks bench gpu-check warm memory clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z]+:.*## /{printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -64,6 +65,9 @@ bench: setup  ## time to accuracy: the book's settings against the demo preset
 
 gpu-check: setup  ## the full preset (the book's settings) of every lecture training, on a CUDA GPU
 	$(BIN)/python benchmarks/full_preset.py
+
+warm: setup  ## before the lecture: train every run of the notebooks into the run cache (preset in force)
+	$(BIN)/python tools/warm.py
 
 memory: setup  ## peak memory and wall time of every notebook in the demo preset (Binder's limit)
 	$(BIN)/python tools/measure_memory.py

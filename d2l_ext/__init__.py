@@ -16,6 +16,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from d2l_ext.data import MEAN, STD, DataError, FashionMNIST, find_fashion_mnist
 from d2l_ext.presets import PRESETS, Experiment, current_preset, experiment
+from d2l_ext.runs import fit
 from d2l_ext.training import Callback, StepLosses, Trainer, evaluate, set_seed
 
 __version__ = "0.1.0"
@@ -35,5 +36,6 @@ __all__ = [
     "evaluate",
     "experiment",
     "find_fashion_mnist",
+    "fit",
     "set_seed",
 ]

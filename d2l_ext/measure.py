@@ -150,8 +150,9 @@ class ActivationRecorder:
     A unit is a channel of a convolution's output (statistics over batch, height and width) or a
     feature of a fully connected layer's (over the batch). Only training-mode passes on at least
     ``min_batch`` examples count, which skips the Trainer's initializing pass on two examples.
-    Use it as a context, ``with ActivationRecorder(layers) as recorder: trainer.fit(...)``, so that
-    its hooks are removed even when the training fails or is interrupted.
+    Use it as a context, ``with ActivationRecorder(layers) as recorder: fit(cfg, model, data,
+    records=[recorder])``, so that its hooks are removed even when the training fails or is
+    interrupted, and its recordings are stored with the run and restored when the run is replayed.
 
     Args:
         layers: a name for each module whose output is recorded.
@@ -186,6 +187,18 @@ class ActivationRecorder:
     def curves(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """For each layer, (means, stds), each of shape (steps, units)."""
         return {name: (torch.stack(self.means[name]), torch.stack(self.stds[name])) for name in self.means}
+
+    def state_dict(self) -> dict[str, dict[str, list[torch.Tensor]]]:
+        """What was recorded, for storing with the run (`d2l_ext.runs.fit`)."""
+        return {"means": self.means, "stds": self.stds}
+
+    def load_state_dict(self, state: dict[str, dict[str, list[torch.Tensor]]]) -> None:
+        """Take the recordings of a stored run (its layers must be this recorder's)."""
+        if set(state["means"]) != set(self.means):
+            stored, here = sorted(state["means"]), sorted(self.means)
+            raise ValueError(f"The stored recordings are of layers {stored}, not of this recorder's {here}.")
+        self.means = {name: list(v) for name, v in state["means"].items()}
+        self.stds = {name: list(v) for name, v in state["stds"].items()}
 
 
 def sigmoid_inputs(model: nn.Module) -> dict[str, nn.Module]:

@@ -1,11 +1,12 @@
 """d2l's Trainer, shaped for the machine it runs on, and composed from small pieces.
 
 `Loop` is the book's training loop (`d2l.Trainer`) with hooks: ``before_fit``, ``before_epoch``,
-``before_batch``, ``after_loss``, ``after_batch``, ``after_epoch``, ``after_fit``. Everything this
+``before_batch``, ``after_loss``, ``after_batch``, ``after_epoch``, ``after_fit`` (and
+``after_replay``, when `d2l_ext.runs.fit` replays a stored run instead of training). Everything this
 bundle adds is a `Callback`, a small class that fills in some of these hooks, as in fastai's
-``Learner``. `Trainer` keeps the book's API (``Trainer(max_epochs, num_gpus).fit(model, data)``,
-the model's ``loss`` and ``configure_optimizers``) and builds its pieces from its settings: a step
-or time budget, a one-cycle schedule, channels-last, mixed precision, accuracy probes, the progress
+``Learner``. `Trainer` keeps the book's API (``Trainer(max_epochs, num_gpus).fit(model, data)``, the
+model's ``loss`` and ``configure_optimizers``) and builds its pieces from its settings: a step or
+time budget, a one-cycle schedule, channels-last, mixed precision, accuracy probes, the progress
 board, the divergence check and the per-epoch ``history``; ``Trainer(..., callbacks=[...])`` adds
 more. With its defaults it trains exactly as `d2l.Trainer` does on the CPU; it differs in taking a
 GPU where there is one and in leaving out a last training batch of a single example.
@@ -100,6 +101,10 @@ class Callback:
     The loop calls the hooks of its pieces in list order. A piece reads and writes the trainer's
     state (``trainer.batch``, ``trainer.loss``, ``trainer.optim``, ...); setting
     ``trainer.should_stop = True`` ends the run after the current step.
+
+    A piece that records something for after the run defines ``state_dict()`` and
+    ``load_state_dict(state)``: `d2l_ext.runs.fit` stores that state with the run and, when it
+    replays the run, loads it and calls ``after_replay`` (e.g. to draw the stored curve).
     """
 
     def before_fit(self, trainer: Loop) -> None: ...
@@ -109,6 +114,7 @@ class Callback:
     def after_batch(self, trainer: Loop) -> None: ...
     def after_epoch(self, trainer: Loop) -> None: ...
     def after_fit(self, trainer: Loop) -> None: ...
+    def after_replay(self, trainer: Loop) -> None: ...
 
 
 class DivergenceCheck(Callback):
@@ -298,12 +304,17 @@ class ProgressDisplay(Callback):
         self.every = every
 
     def before_fit(self, trainer):
+        self.prepare_board(trainer)
+        self.loss_sum, self.steps, self.last, self.probes_drawn = 0.0, 0, 0.0, 0
+        self.points: list[tuple[float, dict[str, float]]] = []  # what was drawn, for a replay
+
+    @staticmethod
+    def prepare_board(trainer) -> None:
         board = trainer.model.board
         if trainer.time_budget is not None or trainer.max_steps is not None:
             board.xlim = None  # the number of epochs is not known in advance
         board.xlabel = "epoch"  # without one, d2l's ProgressBoard.draw reads a missing .x
         board.display = True
-        self.loss_sum, self.steps, self.last, self.probes_drawn = 0.0, 0, 0.0, 0
 
     def after_batch(self, trainer):
         self.loss_sum += trainer.loss.detach()  # a tensor: no wait for the GPU until a point
@@ -328,14 +339,38 @@ class ProgressDisplay(Callback):
         if points:
             n = getattr(trainer, "num_train_examples", 0)
             x = trainer.images_seen / n if n else trainer.train_batch_idx / trainer.steps_per_epoch
+            self.points.append((x, points))
             self.draw(trainer.model.board, x, points)
         self.last = trainer.train_seconds
 
+    def state_dict(self) -> dict:
+        return {"points": self.points}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.points = [(x, dict(values)) for x, values in state["points"]]
+
+    def after_replay(self, trainer):
+        """Draw the stored run's curve at once (from its history if it was trained without a plot)."""
+        self.prepare_board(trainer)
+        points = getattr(self, "points", None) or self.history_points(trainer)
+        for i, (x, values) in enumerate(points):
+            self.draw(trainer.model.board, x, values, redraw=i == len(points) - 1)
+
     @staticmethod
-    def draw(board: d2l.ProgressBoard, x: float, values: dict[str, float]) -> None:
-        """Add one point per curve at ``x``; redraw the figure once, after the last point."""
+    def history_points(trainer) -> list[tuple[float, dict[str, float]]]:
+        """One point per epoch of ``trainer.history``: the training loss and any validation numbers."""
+        keys = ("train_loss", "val_loss", "val_acc")
+        points = [(float(r["epoch"]), {k: r[k] for k in keys if k in r}) for r in trainer.history]
+        n = getattr(trainer, "num_train_examples", 0)
+        if points and n:  # a timed run may stop inside its last epoch
+            points[-1] = (trainer.images_seen / n, points[-1][1])
+        return points
+
+    @staticmethod
+    def draw(board: d2l.ProgressBoard, x: float, values: dict[str, float], redraw: bool = True) -> None:
+        """Add one point per curve at ``x``; redraw the figure once after the last one (if ``redraw``)."""
         for i, (key, value) in enumerate(values.items()):
-            board.display = i == len(values) - 1
+            board.display = redraw and i == len(values) - 1
             board.draw(x, value, key, every_n=1)
         board.display = True
 
@@ -349,6 +384,12 @@ class StepLosses(Callback):
 
     def after_batch(self, trainer):
         self.losses.append(trainer.loss.item())
+
+    def state_dict(self) -> dict:
+        return {"losses": self.losses}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses = list(state["losses"])
 
 
 # -- settings ----------------------------------------------------------------------------------------

@@ -1,0 +1,493 @@
+"""Trained runs, stored and replayed: a lecture never waits twice for the same training.
+
+Every training of the notebooks goes through `fit`, the one entry point: ``trainer = fit(cfg,
+model, data)`` trains ``model`` as ``Trainer(**cfg.trainer).fit(model, data)`` would, then stores
+the finished run in the run cache: the weights, the per-epoch history, the state of the pieces
+that recorded something (`StepLosses`, the live plot's points, `ActivationRecorder`), the random
+generators' states, and what the run was (settings, preset, machine, wall time, library versions).
+Asked for the same run again, `fit` loads it instead of training, in a second: the same model,
+history, plots and tables, with one printed line that says it was replayed and how to retrain.
+
+The cache is ``$D2L_EXT_RUNS``, else the ``runs`` folder of d2l_ext's cache (``$D2L_EXT_CACHE``,
+else ``~/.cache/d2l_ext``); ``D2L_EXT_RUNS=off`` turns it off. ``fit(..., retrain=True)`` or
+``D2L_EXT_RETRAIN=1`` trains afresh (and stores the new run).
+
+A run is found by its key, a digest of everything that decides its result: the experiment and
+preset, the trainer's and the data's settings, the model's structure and hyperparameters, and the
+code of every class and function the model, the pieces and the training loop run (their syntax
+trees, so a comment or a moved cell does not count, and a changed line does). A changed model or
+setting therefore misses the cache and trains; it can never replay a stale run. An entry is
+written atomically, its bytes are checked against the digest stored beside it, and one that is
+corrupt or partial is reported and retrained, never loaded.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime
+import functools
+import hashlib
+import inspect
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import textwrap
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from d2l_ext import data as _data
+from d2l_ext import training as _training
+from d2l_ext.presets import Experiment
+from d2l_ext.training import Callback, Trainer
+
+__all__ = ["RunCache", "RunCacheWarning", "code_digest", "fit", "run_key", "runs_dir"]
+
+FORMAT = 1  # the layout of a stored run; a new layout makes old entries miss
+RUNS_ENV, RETRAIN_ENV = "D2L_EXT_RUNS", "D2L_EXT_RETRAIN"
+# Trainer settings that do not change what a run computes.
+_NOT_IN_KEY = {"plot", "clock", "num_gpus"}
+
+
+class RunCacheWarning(UserWarning):
+    """A run cache entry that cannot be used (corrupt, partial, unwritable): the run trains instead."""
+
+
+def runs_dir() -> Path | None:
+    """The run cache's folder: ``$D2L_EXT_RUNS``, else ``<d2l_ext cache>/runs``; None when it is ``off``."""
+    setting = os.environ.get(RUNS_ENV, "").strip()
+    if setting.lower() in ("off", "0", "none"):
+        return None
+    return Path(setting).expanduser() if setting else _data.cache_dir() / "runs"
+
+
+def _retrain_from_env() -> bool:
+    value = os.environ.get(RETRAIN_ENV, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"{RETRAIN_ENV}={value!r}: set it to 1 to retrain every run, or leave it unset.")
+
+
+# -- what a run is: its key ---------------------------------------------------------------------------
+
+
+def _own(obj) -> bool:
+    """Whether ``obj``'s code is walked: a notebook's, d2l's and d2l_ext's, and any other code not
+    installed as a package (a course's own module). The standard library and installed packages
+    (torch, numpy, ...) are fixed by their versions and are not."""
+    module = getattr(obj, "__module__", None) or ""
+    top = module.split(".")[0]
+    if module == "__main__" or top in ("d2l", "d2l_ext"):
+        return True
+    if top in sys.stdlib_module_names or top == "builtins":
+        return False
+    file = getattr(sys.modules.get(module), "__file__", None) or ""
+    return not any(part in ("site-packages", "dist-packages") for part in Path(file).parts)
+
+
+class _Normalize(ast.NodeTransformer):
+    """Syntax that does not change what code computes: decorators that only attach a method to its
+    class (``@d2l.add_to_class(C)``), and ``super(C, self)``, which the generated modules write
+    ``super()``. Without this a class defined in a notebook and its copy in d2l_ext would differ."""
+
+    def visit_FunctionDef(self, node):
+        node.decorator_list = [d for d in node.decorator_list if "add_to_class" not in ast.unparse(d)]
+        return self.generic_visit(node)
+
+    def visit_Call(self, node):
+        if isinstance(node.func, ast.Name) and node.func.id == "super":
+            node.args = []
+        return self.generic_visit(node)
+
+
+@functools.lru_cache(maxsize=None)  # a function object's code does not change; a redefinition is new
+def _function_text(fn) -> str:
+    """The normalized syntax tree of ``fn``'s source (comments and layout do not count)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(fn))
+        tree = _Normalize().visit(ast.parse(source))
+        return ast.dump(tree, include_attributes=False)
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return _code_text(fn.__code__)  # no source (e.g. made by exec): its bytecode and constants
+
+
+def _code_text(code) -> str:
+    parts = [code.co_code.hex(), repr(code.co_names), repr(code.co_varnames)]
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            parts.append(_code_text(const))
+        elif isinstance(const, frozenset):  # its order follows string hashing, which varies per process
+            parts.append(repr(sorted(map(repr, const))))
+        else:
+            parts.append(repr(const))
+    return "|".join(parts)
+
+
+def _global_names(code) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            names |= _global_names(const)
+    return names
+
+
+def _functions_of(cls) -> dict[str, Any]:
+    found = {}
+    for name, value in vars(cls).items():
+        if isinstance(value, staticmethod | classmethod):
+            value = value.__func__
+        if isinstance(value, property):
+            value = value.fget
+        if inspect.isfunction(value):
+            found[name] = value
+    return found
+
+
+def code_digest(*objects) -> str:
+    """A digest of the code that ``objects`` (classes, functions, modules' instances) run.
+
+    Walks each class's methods and its base classes, and every function or class that this code
+    names (through the globals of the code that names it), as far as `_own` says: not into torch or
+    the standard library. Names of modules, files and cells do not count.
+    """
+    seen: set[int] = set()
+    parts: list[str] = []
+
+    def walk(obj) -> None:
+        if id(obj) in seen or not _own(obj):
+            return
+        seen.add(id(obj))
+        if inspect.isclass(obj):
+            parts.append(f"class {obj.__qualname__}({', '.join(b.__qualname__ for b in obj.__bases__)})")
+            for name, fn in sorted(_functions_of(obj).items()):
+                parts.append(f"def {name}: {_function_text(fn)}")
+                follow(fn)
+            for base in obj.__bases__:
+                walk(base)
+        elif inspect.isfunction(obj):
+            parts.append(f"def {obj.__qualname__}: {_function_text(obj)}")
+            follow(obj)
+
+    def follow(fn) -> None:
+        for name in sorted(_global_names(fn.__code__)):
+            target = fn.__globals__.get(name)
+            if inspect.isclass(target) or inspect.isfunction(target):
+                walk(target)
+        for cell in fn.__closure__ or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if inspect.isclass(value) or inspect.isfunction(value):
+                walk(value)
+
+    for obj in objects:
+        walk(obj if inspect.isclass(obj) or inspect.isfunction(obj) else type(obj))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _plain(value) -> Any:
+    """A JSON-able, deterministic form of a setting."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+def run_key(
+    cfg: Experiment,
+    model: nn.Module,
+    data,
+    settings: dict[str, Any],
+    pieces: Sequence[object] = (),
+) -> tuple[str, dict[str, Any]]:
+    """The key of a run (hex digest) and what it was computed from.
+
+    ``settings`` are the trainer's (``cfg.trainer`` with any overrides), ``pieces`` the extra
+    callbacks and recorders. The model's code is walked from the classes of all its submodules.
+    """
+    classes = sorted({type(m) for m in model.modules()}, key=lambda c: c.__qualname__)
+    about = {
+        "format": FORMAT,
+        "experiment": cfg.name,
+        "preset": cfg.preset,
+        "trainer": _plain({k: v for k, v in settings.items() if k not in _NOT_IN_KEY}),
+        "data": _plain({k: v for k, v in getattr(data, "hparams", {}).items() if k != "download"}),
+        "data_class": type(data).__qualname__,
+        "model": repr(model),
+        "model_hparams": _plain(getattr(model, "hparams", {})),
+        "pieces": [type(p).__qualname__ for p in pieces],
+        "code": code_digest(*classes, *pieces),
+        # The training loop and the data pipeline: a change there changes every run.
+        "library": code_digest(*_module_objects(_training), *_module_objects(_data)),
+    }
+    text = json.dumps(about, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32], about
+
+
+def _module_objects(module) -> list:
+    return [v for v in vars(module).values() if (inspect.isclass(v) or inspect.isfunction(v)) and _own(v)]
+
+
+# -- where runs are kept ---------------------------------------------------------------------------
+
+
+class RunCache:
+    """Runs on disk: ``<folder>/<experiment>/<preset>/<key>.pt`` (the run, `torch.save`) and
+    ``<key>.json`` (what it was and the SHA-256 of the ``.pt`` file), each written atomically, the
+    ``.json`` last: an entry without it is partial, one whose bytes differ from it is corrupt."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    def paths(self, cfg: Experiment, key: str) -> tuple[Path, Path]:
+        where = self.folder / cfg.name / cfg.preset
+        return where / f"{key}.pt", where / f"{key}.json"
+
+    def load(self, cfg: Experiment, key: str) -> dict[str, Any] | None:
+        """The stored run, or None when there is none; a bad entry is reported (`RunCacheWarning`)
+        and ignored, so the run trains and replaces it."""
+        pt, meta_path = self.paths(cfg, key)
+        if not meta_path.exists():
+            if pt.exists():
+                self._bad(pt, "partial: its .json record is missing (was the writer interrupted?)")
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            raw = pt.read_bytes()
+        except (OSError, ValueError) as e:
+            self._bad(pt, f"unreadable: {e}")
+            return None
+        if hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
+            self._bad(pt, "corrupt: its bytes do not match the SHA-256 in its .json record")
+            return None
+        try:
+            with open(pt, "rb") as f:
+                run = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure to unpickle means: do not use it
+            self._bad(pt, f"unloadable: {type(e).__name__}: {e}")
+            return None
+        if not isinstance(run, dict) or run.get("key") != key or run.get("format") != FORMAT:
+            self._bad(pt, "not this run (another key or format)")
+            return None
+        run["meta"] = meta
+        return run
+
+    def store(self, cfg: Experiment, key: str, run: dict[str, Any], meta: dict[str, Any]) -> Path | None:
+        """Write the run; on an error (read-only or full disk) warn and return None: the trained
+        model is in memory either way."""
+        pt, meta_path = self.paths(cfg, key)
+        try:
+            pt.parent.mkdir(parents=True, exist_ok=True)
+            digest = _write_atomic(pt, lambda f: torch.save(run, f))
+            record = json.dumps({**meta, "sha256": digest}, indent=1, sort_keys=True).encode()
+            _write_atomic(meta_path, lambda f: f.write(record))
+        except OSError as e:
+            warnings.warn(
+                f"The run could not be stored in the run cache {self.folder} ({e}); it will train "
+                f"again next time. Set {RUNS_ENV} to a writable folder, or {RUNS_ENV}=off.",
+                RunCacheWarning,
+                stacklevel=3,
+            )
+            return None
+        return pt
+
+    @staticmethod
+    def _bad(pt: Path, why: str) -> None:
+        warnings.warn(
+            f"Run cache entry {pt} is {why}. It is not used: the run trains again and replaces it.",
+            RunCacheWarning,
+            stacklevel=4,
+        )
+
+
+def _write_atomic(path: Path, write) -> str:
+    """Write through a private temporary file in the same folder, fsync, then rename over ``path``;
+    return the SHA-256 of what was written. A crash leaves the old file or none, never a short one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# -- training or replaying --------------------------------------------------------------------------
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        lines = info.read_text().splitlines()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), cpu)
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def _loader_generator(data):
+    loader = data.train_dataloader() if hasattr(data, "train_dataloader") else None
+    return getattr(loader, "generator", None)
+
+
+def fit(
+    cfg: Experiment,
+    model: nn.Module,
+    data,
+    *,
+    callbacks: Sequence[Callback] = (),
+    records: Sequence[object] = (),
+    retrain: bool | None = None,
+    **settings,
+) -> Trainer:
+    """Train ``model`` on ``data`` under experiment ``cfg``, or replay the stored run: the trainer.
+
+    Trains as ``Trainer(**cfg.trainer, **settings, callbacks=callbacks).fit(model, data)`` and
+    stores the finished run; when that run is stored already, loads it instead (weights, history,
+    recorded pieces, random states) and prints where it came from.
+
+    Args:
+        cfg: the experiment (`experiment(name)`): its name, preset and trainer settings.
+        model, data: as for ``Trainer.fit``; a model that trained already is trained on, unstored.
+        callbacks: more `Callback` pieces; those with ``state_dict`` (e.g. `StepLosses`) are
+            stored with the run and restored on replay.
+        records: other recorders of the run (e.g. an `ActivationRecorder` around the model), stored
+            and restored through their ``state_dict`` and ``load_state_dict``.
+        retrain: train even if the run is stored (default: ``$D2L_EXT_RETRAIN``).
+        **settings: Trainer settings that override ``cfg.trainer`` (e.g. ``plot=False``, ``seed=1``).
+    """
+    if not isinstance(cfg, Experiment):
+        raise TypeError(f"fit takes the experiment first, cfg = experiment('resnet'); got {cfg!r}.")
+    settings = {**cfg.trainer, **settings}
+    trainer = Trainer(**settings, callbacks=callbacks)
+    folder = runs_dir()
+    retrain = _retrain_from_env() if retrain is None else retrain
+    if folder is None or getattr(model, "_d2l_ext_run", None) is not None:
+        trainer.fit(model, data)
+        return trainer
+    cache = RunCache(folder)
+    key, about = run_key(cfg, model, data, settings, [*callbacks, *records])
+    run = None if retrain else cache.load(cfg, key)
+    if run is not None:
+        _replay(trainer, model, data, run, records)
+        meta = run["meta"]
+        print(
+            f"Replayed from the run cache: {cfg.name!r} ({cfg.preset} preset), trained "
+            f"{meta['date']} on {meta['machine']}, {meta['train_seconds']:.0f} s of training. "
+            f"To train it live: fit(..., retrain=True), or {RETRAIN_ENV}=1 for every run."
+        )
+    else:
+        start, when = time.perf_counter(), datetime.datetime.now()
+        trainer.fit(model, data)
+        wall = time.perf_counter() - start
+        stored = _record(trainer, model, data, key, records)
+        meta = {
+            "key": key,
+            "about": about,
+            "date": when.strftime("%Y-%m-%d %H:%M"),
+            "machine": _machine(trainer.device),
+            "train_seconds": trainer.history[-1]["seconds"] if trainer.history else 0.0,
+            "wall_seconds": wall,
+            "versions": {
+                "d2l_ext": _version(),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+        }
+        cache.store(cfg, key, stored, meta)
+    model._d2l_ext_run = key
+    return trainer
+
+
+def _version() -> str:
+    from d2l_ext import __version__
+
+    return __version__
+
+
+def _stateful(pieces) -> dict[str, Any]:
+    return {type(p).__qualname__: p for p in pieces if hasattr(p, "state_dict")}
+
+
+def _record(trainer: Trainer, model: nn.Module, data, key: str, records) -> dict[str, Any]:
+    generator = _loader_generator(data)
+    return {
+        "format": FORMAT,
+        "key": key,
+        "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "history": trainer.history,
+        "trainer": {
+            name: getattr(trainer, name)
+            for name in (
+                "epoch",
+                "train_batch_idx",
+                "images_seen",
+                "train_seconds",
+                "paused_seconds",
+                "probes",
+                "probe_seconds",
+            )  # fmt: skip
+        },
+        "callbacks": {name: cb.state_dict() for name, cb in _stateful(trainer.callbacks).items()},
+        "records": [r.state_dict() for r in records],
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "python": _plain_random_state(),
+            "loader": generator.get_state() if generator is not None else None,
+        },
+    }
+
+
+def _plain_random_state():
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _replay(trainer: Trainer, model: nn.Module, data, run: dict[str, Any], records) -> None:
+    """Put ``trainer``, ``model``, the recorders and the random generators where the stored run left them."""
+    trainer.prepare_data(data)
+    trainer.prepare_model(model)  # seeds, materializes Lazy layers, moves the model to the device
+    model.load_state_dict(run["state"])
+    if trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    trainer.history = run["history"]
+    for name, value in run["trainer"].items():
+        setattr(trainer, name, value)
+    trainer.callbacks = [*trainer.default_callbacks(), *trainer.extra_callbacks]
+    for name, cb in _stateful(trainer.callbacks).items():
+        if name in run["callbacks"]:
+            cb.load_state_dict(run["callbacks"][name])
+    for recorder, state in zip(records, run["records"], strict=True):
+        recorder.load_state_dict(state)
+    trainer.run("after_replay")
+    torch.set_rng_state(run["rng"]["torch"])
+    version, internal, gauss = run["rng"]["python"]
+    random.setstate((version, tuple(internal), gauss))
+    generator = _loader_generator(data)
+    if generator is not None and run["rng"]["loader"] is not None:
+        generator.set_state(run["rng"]["loader"])

@@ -1,0 +1,318 @@
+"""The run cache (d2l_ext/runs.py): a replay is the run it stored, a changed model or setting never
+replays a stale run, and a bad entry is reported and retrained, never loaded."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import linecache
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from d2l import torch as d2l
+from torch import nn
+
+import d2l_ext
+from d2l_ext import FashionMNIST, StepLosses, experiment, fit
+from d2l_ext.measure import ActivationRecorder
+from d2l_ext.runs import RunCache, RunCacheWarning, code_digest, run_key
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch) -> Path:
+    """An empty run cache of the test's own; replays allowed (the suite's retrain setting is off)."""
+    folder = tmp_path / "runs"
+    monkeypatch.setenv("D2L_EXT_RUNS", str(folder))
+    monkeypatch.delenv("D2L_EXT_RETRAIN", raising=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data():
+    return FashionMNIST(batch_size=64, train_subset=640, val_subset=200, verbose=False)
+
+
+CFG = experiment("bn_lenet", "ci", verbose=False)
+SHORT = dict(max_steps=6, plot=False)  # six steps: a run in well under a second
+
+
+class Tiny(d2l.Classifier):
+    def __init__(self, lr=0.1, width=4):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(
+            nn.LazyConv2d(width, 3), nn.LazyBatchNorm2d(), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10)
+        )
+
+
+def entries(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.pt"))
+
+
+def train(data, model=None, **settings):
+    d2l_ext.set_seed(0)
+    model = Tiny() if model is None else model
+    losses = StepLosses()
+    trainer = fit(CFG, model, data, callbacks=[losses], **(SHORT | settings))
+    after = torch.rand(3)  # where the global generator stands after the run
+    batch = next(iter(data.train_dataloader()))[1][:8]  # and the loader's own generator
+    return model, trainer, losses, after, batch
+
+
+def test_a_replay_is_the_run_it_stored(runs, data, capsys):
+    m1, t1, l1, after1, batch1 = train(data)
+    assert "Replayed" not in capsys.readouterr().out and len(entries(runs)) == 1
+    m2, t2, l2, after2, batch2 = train(data)
+    out = capsys.readouterr().out
+    assert "Replayed from the run cache: 'bn_lenet' (ci preset)" in out
+    assert "retrain=True" in out and "D2L_EXT_RETRAIN=1" in out
+    state1, state2 = m1.state_dict(), m2.state_dict()
+    assert state1.keys() == state2.keys() and all(torch.equal(state1[k], state2[k]) for k in state1)
+    assert t2.history == t1.history and t2.summary() == t1.summary()
+    assert l2.losses == l1.losses and len(l1.losses) == 6
+    assert torch.equal(after2, after1) and torch.equal(batch2, batch1)  # what follows sees the same
+    X = next(iter(data.val_dataloader()))[0]
+    with torch.no_grad():
+        assert torch.equal(m1.eval()(X), m2.eval()(X))
+
+
+def test_the_stored_record_says_what_the_run_was(runs, data):
+    train(data)
+    (record,) = runs.rglob("*.json")
+    meta = json.loads(record.read_text())
+    assert record.parent == runs / "bn_lenet" / "ci"
+    assert meta["about"]["experiment"] == "bn_lenet" and meta["about"]["preset"] == "ci"
+    assert meta["about"]["trainer"]["max_steps"] == 6 and "plot" not in meta["about"]["trainer"]
+    assert (
+        meta["versions"]["torch"] == torch.__version__ and meta["versions"]["d2l_ext"] == d2l_ext.__version__
+    )
+    assert meta["train_seconds"] > 0 and meta["wall_seconds"] >= meta["train_seconds"]
+    assert meta["machine"] and meta["date"][:2] == "20"
+
+
+def test_a_setting_that_changes_the_run_misses_and_one_that_does_not_hits(runs, data, capsys):
+    train(data)
+    train(data, max_steps=7)  # another run
+    train(data, model=Tiny(width=5))  # another model
+    train(data, model=Tiny(lr=0.05))  # another hyperparameter
+    assert "Replayed" not in capsys.readouterr().out and len(entries(runs)) == 4
+    train(data, plot=True)  # drawing does not change the run
+    assert "Replayed" in capsys.readouterr().out and len(entries(runs)) == 4
+    other = FashionMNIST(batch_size=64, train_subset=320, val_subset=200, verbose=False)
+    train(other)  # other data
+    assert "Replayed" not in capsys.readouterr().out and len(entries(runs)) == 5
+
+
+MODEL_V1 = """
+    from d2l import torch as d2l
+    from torch import nn
+
+
+    def act():
+        return nn.ReLU()
+
+
+    class Edited(d2l.Classifier):
+        def __init__(self, lr=0.1):
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = nn.Sequential(nn.LazyConv2d(4, 3), act(), nn.Flatten(), nn.LazyLinear(10))
+
+        def forward(self, X):
+            return self.net(X)
+"""
+
+
+def load(tmp_path: Path, source: str, version: str):
+    """Import ``source`` as the module ``edited_model``, from a folder per version (no stale bytecode)."""
+    folder = tmp_path / version
+    folder.mkdir()
+    (folder / "edited_model.py").write_text(textwrap.dedent(source))
+    sys.path.insert(0, str(folder))
+    try:
+        sys.modules.pop("edited_model", None)
+        return importlib.import_module("edited_model")
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("edited_model", None)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        ("return self.net(X)", "return self.net(X) * 2"),  # the forward pass
+        ("return nn.ReLU()", "return nn.Tanh()"),  # a function the model's code calls
+    ],
+    ids=["forward", "called-function"],
+)
+def test_an_edited_model_misses_the_cache(runs, data, tmp_path, capsys, edit):
+    v1 = load(tmp_path, MODEL_V1, "v1")
+    train(data, model=v1.Edited())
+    train(data, model=v1.Edited())
+    assert "Replayed" in capsys.readouterr().out
+    v2 = load(tmp_path, MODEL_V1.replace(*edit), "v2")
+    train(data, model=v2.Edited())
+    assert "Replayed" not in capsys.readouterr().out and len(entries(runs)) == 2
+
+
+def test_comments_and_layout_do_not_count(runs, data, tmp_path, capsys):
+    v1 = load(tmp_path, MODEL_V1, "v1")
+    train(data, model=v1.Edited())
+    edited = MODEL_V1.replace("return self.net(X)", "return self.net(X)  # why")
+    v2 = load(tmp_path, "# a comment\n\n" + textwrap.dedent(edited), "v2")
+    train(data, model=v2.Edited())
+    assert "Replayed" in capsys.readouterr().out and len(entries(runs)) == 1
+
+
+def notebook_namespace(notebook: str, names: list[str]) -> dict:
+    """Run the code cells of ``notebook`` that define ``names`` as IPython runs them: in ``__main__``,
+    each cell's source registered in linecache under a cell name of its own."""
+    cells = json.loads((REPO / "notebooks" / notebook).read_text())["cells"]
+    ns: dict = {"__name__": "__main__"}
+    exec("import torch\nfrom torch import nn\nfrom torch.nn import functional as F\nimport operator", ns)
+    exec("from d2l import torch as d2l", ns)
+    for i, cell in enumerate(cells):
+        source = "".join(cell["source"])
+        defines = any(f"class {n}(" in source or f"def {n}(" in source for n in names)
+        attaches = any(f"add_to_class({n})" in source for n in names)
+        if cell["cell_type"] == "code" and (defines or attaches):
+            filename = f"<cell-{i}>"
+            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+            exec(compile(source, filename, "exec"), ns)
+    return ns
+
+
+def test_a_class_defined_in_its_notebook_and_its_exported_copy_share_their_runs():
+    # 04 replays the ResNet run that 02 trained: the class from d2l_ext.resnet must give the key that
+    # the class defined in 02's cells gives.
+    from d2l_ext import resnet
+
+    ns = notebook_namespace("02_resnet.ipynb", ["check_count", "Residual", "ResNet", "check_arch"])
+    assert ns["ResNet"] is not resnet.ResNet and ns["ResNet"].__module__ == "__main__"
+    cfg = experiment("resnet", "ci", verbose=False)
+    data = FashionMNIST(**cfg.data, verbose=False)
+    key_notebook, about = run_key(cfg, ns["ResNet"](**cfg.model), data, cfg.trainer)
+    key_library, _ = run_key(cfg, resnet.ResNet(**cfg.model), data, cfg.trainer)
+    assert key_notebook == key_library
+    assert code_digest(ns["Residual"]) == code_digest(resnet.Residual)
+    # and the digest does see the code: a class with another forward differs
+    assert code_digest(resnet.PlainBlock) != code_digest(resnet.Residual)
+
+
+def test_a_recorder_is_stored_and_restored(runs, data):
+    curves = []
+    for _ in range(2):
+        d2l_ext.set_seed(0)
+        model = Tiny()
+        model(torch.zeros(2, 1, 28, 28))
+        with ActivationRecorder({"conv": model.net[0]}) as recorder:
+            fit(CFG, model, data, records=[recorder], **SHORT)
+        curves.append(recorder.curves()["conv"])
+    assert len(entries(runs)) == 1
+    assert curves[0][0].shape == (6, 4) and all(torch.equal(a, b) for a, b in zip(*curves, strict=True))
+
+
+def corrupt(pt: Path) -> None:
+    raw = bytearray(pt.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    pt.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (corrupt, "corrupt"),
+        (lambda pt: pt.write_bytes(pt.read_bytes()[:100]), "corrupt"),  # cut short
+        (lambda pt: pt.with_suffix(".json").unlink(), "partial"),
+        (lambda pt: pt.with_suffix(".json").write_text("{not json"), "unreadable"),
+    ],
+    ids=["flipped-byte", "truncated", "no-record", "bad-record"],
+)
+def test_a_bad_entry_is_reported_retrained_and_replaced(runs, data, capsys, damage, message):
+    m1, t1, *_ = train(data)
+    (pt,) = entries(runs)
+    damage(pt)
+    with pytest.warns(RunCacheWarning, match=message):
+        m2, t2, *_ = train(data)
+    assert "Replayed" not in capsys.readouterr().out
+    assert t2.history[-1]["steps"] == t1.history[-1]["steps"]  # it trained again
+    assert RunCache(runs).load(CFG, pt.stem) is not None  # and the entry is whole again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RunCacheWarning)
+        train(data)
+    assert "Replayed" in capsys.readouterr().out
+
+
+def test_retrain_by_argument_or_environment(runs, data, capsys, monkeypatch):
+    train(data)
+    train(data, retrain=True)
+    assert "Replayed" not in capsys.readouterr().out
+    monkeypatch.setenv("D2L_EXT_RETRAIN", "1")
+    train(data)
+    assert "Replayed" not in capsys.readouterr().out
+    monkeypatch.setenv("D2L_EXT_RETRAIN", "maybe")
+    with pytest.raises(ValueError, match="D2L_EXT_RETRAIN"):
+        train(data)
+
+
+def test_the_cache_can_be_turned_off(runs, data, monkeypatch, capsys):
+    monkeypatch.setenv("D2L_EXT_RUNS", "off")
+    train(data)
+    train(data)
+    assert "Replayed" not in capsys.readouterr().out and not runs.exists()
+
+
+def test_an_unwritable_cache_warns_and_keeps_the_trained_model(tmp_path, data, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("D2L_EXT_RUNS", str(blocker / "runs"))
+    monkeypatch.delenv("D2L_EXT_RETRAIN", raising=False)
+    with pytest.warns(RunCacheWarning, match="could not be stored"):
+        _, trainer, *_ = train(data)
+    assert trainer.history[-1]["steps"] == 6
+
+
+def test_a_model_that_trained_already_trains_on_unstored(runs, data):
+    model, *_ = train(data)
+    fit(CFG, model, data, **SHORT)  # d2l: fitting again continues from the trained weights
+    assert len(entries(runs)) == 1
+
+
+def test_fit_takes_the_experiment_first(data):
+    with pytest.raises(TypeError, match="experiment"):
+        fit(Tiny(), data, CFG)
+
+
+def test_make_warm_stores_the_runs_a_notebook_asks_for(runs, tmp_path, capsys, monkeypatch):
+    import nbformat
+
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import warm
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    notebook = tmp_path / "01_toy.ipynb"
+    code = """
+        from d2l_ext import FashionMNIST, experiment, fit
+        from d2l_ext.batch_norm import BNLeNet
+
+        cfg = experiment("bn_lenet", verbose=False)
+        data = FashionMNIST(batch_size=64, train_subset=320, val_subset=100, verbose=False)
+        fit(cfg, BNLeNet(**cfg.model), data, max_steps=3, plot=False).summary()
+    """
+    nbformat.write(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(textwrap.dedent(code))]), notebook
+    )
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("D2L_EXT_PRESET", "ci")  # warm sets it for its kernels; restored after the test
+    assert warm.main([str(notebook), "--preset", "ci"]) == 0
+    assert "runs replayed from the cache: 0" in capsys.readouterr().out and len(entries(runs)) == 1
+    assert warm.main([str(notebook), "--preset", "ci"]) == 0
+    assert "runs replayed from the cache: 1" in capsys.readouterr().out and len(entries(runs)) == 1
+    assert nbformat.read(notebook, as_version=4).cells[0].get("outputs") == []  # nothing written back
