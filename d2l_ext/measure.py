@@ -374,6 +374,9 @@ class GhostBatchNorm(nn.Module):
         self.bn, self.size = bn, size
         self.train(bn.training)  # a new module trains by default; keep the mode of the layer it wraps
 
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self.bn(X)

@@ -110,7 +110,7 @@ class _Normalize(ast.NodeTransformer):
         return self.generic_visit(node)
 
 
-@functools.lru_cache(maxsize=None)  # a function object's code does not change; a redefinition is new
+@functools.cache  # a function object's code does not change; a redefinition is new
 def _function_text(fn) -> str:
     """The normalized syntax tree of ``fn``'s source (comments and layout do not count)."""
     try:
@@ -217,7 +217,8 @@ def run_key(
     """The key of a run (hex digest) and what it was computed from.
 
     ``settings`` are the trainer's (``cfg.trainer`` with any overrides), ``pieces`` the extra
-    callbacks and recorders. The model's code is walked from the classes of all its submodules.
+    callbacks and recorders. The model counts by its structure (``repr``), its hyperparameters,
+    every submodule's plain attributes and the code of the classes of all its submodules.
     """
     classes = sorted({type(m) for m in model.modules()}, key=lambda c: c.__qualname__)
     about = {
@@ -228,6 +229,7 @@ def run_key(
         "data": _plain({k: v for k, v in getattr(data, "hparams", {}).items() if k != "download"}),
         "data_class": type(data).__qualname__,
         "model": repr(model),
+        "modules": _module_settings(model),
         "model_hparams": _plain(getattr(model, "hparams", {})),
         "pieces": [type(p).__qualname__ for p in pieces],
         "code": code_digest(*classes, *pieces),
@@ -236,6 +238,22 @@ def run_key(
     }
     text = json.dumps(about, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32], about
+
+
+def _module_settings(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Each submodule's plain attributes (numbers, strings, flags, tuples of them; e.g. a BN layer's
+    eps, a wrapper's group size, a frozen layer's ``training``), which ``repr`` need not show."""
+    plain = (bool, int, float, str, type(None))
+    settings = {}
+    for name, module in model.named_modules():
+        values = {
+            k: _plain(v)
+            for k, v in vars(module).items()
+            if not k.startswith("_")
+            and (isinstance(v, plain) or (isinstance(v, tuple) and all(isinstance(x, plain) for x in v)))
+        }
+        settings[name or "(model)"] = dict(sorted(values.items()))
+    return settings
 
 
 def _module_objects(module) -> list:

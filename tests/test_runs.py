@@ -109,6 +109,19 @@ def test_a_setting_that_changes_the_run_misses_and_one_that_does_not_hits(runs, 
     assert "Replayed" not in capsys.readouterr().out and len(entries(runs)) == 5
 
 
+def test_a_submodule_setting_that_repr_does_not_show_changes_the_key(data):
+    from d2l_ext.measure import GhostBatchNorm
+
+    keys = set()
+    for size, frozen in ((2, False), (4, False), (4, True)):
+        model = Tiny()
+        model(torch.zeros(2, 1, 28, 28))
+        model.net[1] = GhostBatchNorm(model.net[1], size)
+        model.net[1].train(not frozen)  # a frozen BN layer trains differently
+        keys.add(run_key(CFG, model, data, dict(CFG.trainer))[0])
+    assert len(keys) == 3
+
+
 MODEL_V1 = """
     from d2l import torch as d2l
     from torch import nn
