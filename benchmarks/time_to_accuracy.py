@@ -51,6 +51,7 @@ import d2l_ext
 from d2l_ext import FashionMNIST, Trainer, experiment
 from d2l_ext.measure import count_flops, train_mode
 from d2l_ext.presets import EXPERIMENTS
+from d2l_ext.runs import cpu_name
 
 RESULTS = Path(__file__).parent / "results" / "time_to_accuracy.json"
 MATMUL_N, MATMUL_TRIES = 4096, 5  # the peak: the fastest of MATMUL_TRIES products of this size
@@ -171,14 +172,6 @@ def fraction_of_peak(train_flops_per_image: float, images_per_s: float, peak: fl
             "machine busy while the peak was measured? Rerun on a quiet machine."
         )
     return fraction
-
-
-def cpu_name() -> str:
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    return next(
-        (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor()
-    )
 
 
 def machine_info() -> dict:

@@ -29,9 +29,9 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import torch
 import torchvision
@@ -50,6 +50,7 @@ __all__ = [
     "balanced_subset",
     "cache_dir",
     "find_fashion_mnist",
+    "write_atomic",
 ]
 
 #: SHA-256 of the decompressed upstream idx files (zalandoresearch/fashion-mnist).
@@ -178,32 +179,39 @@ def _prepare_cache() -> Path:
     return raw_dir
 
 
-def _store(raw_dir: Path, name: str, raw: bytes) -> None:
-    """Write verified bytes to ``raw_dir/name`` atomically, through a file no one else can have opened."""
-    target = raw_dir / name
-    if _cached_ok(target, name):  # another process got there first
-        return
-    try:
-        # O_CREAT | O_EXCL | O_NOFOLLOW under a random name: a planted file or link makes it fail
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=raw_dir)
-    except OSError as e:
-        raise _cache_error(raw_dir, e) from None
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` through ``write(file)`` atomically, via a file no one else can have opened.
+
+    A crash or an error leaves the old file or none, never a short one; the caches of the data set
+    and of trained runs (d2l_ext.runs) are written this way. Raises OSError.
+    """
+    # O_CREAT | O_EXCL | O_NOFOLLOW under a random name: a planted file or link makes it fail
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with open(fd, "wb") as f:
-            f.write(raw)
+            write(f)
             f.flush()
             os.fsync(f.fileno())  # a crash must not leave a short file under the final name
             if hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), 0o644)  # mkstemp's 0o600 would hide a shared cache
-        os.replace(tmp, target)  # atomic; replaces a link at target itself, not what it points to
-    except BaseException as e:
+        os.replace(tmp, path)  # atomic; replaces a link at path itself, not what it points to
+    except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError):
-            raise _cache_error(raw_dir, e) from None
         raise
+
+
+def _store(raw_dir: Path, name: str, raw: bytes) -> None:
+    """Write verified bytes to ``raw_dir/name`` atomically (`write_atomic`)."""
+    target = raw_dir / name
+    if _cached_ok(target, name):  # another process got there first
+        return
+    try:
+        write_atomic(target, lambda f: f.write(raw))
+    except OSError as e:
+        raise _cache_error(raw_dir, e) from None
 
 
 def _fetch(url: str, timeout: float) -> bytes:

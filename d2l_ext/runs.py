@@ -33,7 +33,6 @@ import os
 import platform
 import random
 import sys
-import tempfile
 import textwrap
 import time
 import warnings
@@ -49,7 +48,7 @@ from d2l_ext import training as _training
 from d2l_ext.presets import Experiment
 from d2l_ext.training import Callback, Trainer
 
-__all__ = ["RunCache", "RunCacheWarning", "code_digest", "fit", "run_key", "runs_dir"]
+__all__ = ["RunCache", "RunCacheWarning", "code_digest", "cpu_name", "fit", "run_key", "runs_dir"]
 
 FORMAT = 1  # the layout of a stored run; a new layout makes old entries miss
 RUNS_ENV, RETRAIN_ENV = "D2L_EXT_RUNS", "D2L_EXT_RETRAIN"
@@ -310,9 +309,11 @@ class RunCache:
         pt, meta_path = self.paths(cfg, key)
         try:
             pt.parent.mkdir(parents=True, exist_ok=True)
-            digest = _write_atomic(pt, lambda f: torch.save(run, f))
+            _data.write_atomic(pt, lambda f: torch.save(run, f))
+            with open(pt, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
             record = json.dumps({**meta, "sha256": digest}, indent=1, sort_keys=True).encode()
-            _write_atomic(meta_path, lambda f: f.write(record))
+            _data.write_atomic(meta_path, lambda f: f.write(record))
         except OSError as e:
             warnings.warn(
                 f"The run could not be stored in the run cache {self.folder} ({e}); it will train "
@@ -332,40 +333,21 @@ class RunCache:
         )
 
 
-def _write_atomic(path: Path, write) -> str:
-    """Write through a private temporary file in the same folder, fsync, then rename over ``path``;
-    return the SHA-256 of what was written. A crash leaves the old file or none, never a short one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with open(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 # -- training or replaying --------------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    fallback = platform.processor() or platform.machine()
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), fallback)
 
 
 def _machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    info = Path("/proc/cpuinfo")
-    if info.exists():
-        lines = info.read_text().splitlines()
-        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), cpu)
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def _loader_generator(data):
