@@ -12,7 +12,7 @@ PYTEST := D2L_EXT_PRESET=ci D2L_EXT_RETRAIN=1 D2L_EXT_RUNS=$(CURDIR)/build/test-
 LINT := $(BIN)/ruff check . && $(BIN)/ruff format --check .
 CHECK := $(BIN)/python tools/export.py --check && $(BIN)/python tools/exercises.py --check
 
-.PHONY: help lab test setup venv unit notebooks browser binder lint format export check hooks bench gpu-check warm memory exercises clean
+.PHONY: help lab test setup venv unit notebooks browser binder lint format export check hooks bench gpu-check slides warm memory exercises clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z]+:.*## /{printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -68,6 +68,10 @@ bench: setup  ## time to accuracy: the book's settings against the demo preset
 
 gpu-check: setup  ## the full preset (the book's settings) of every lecture training, on a CUDA GPU
 	$(BIN)/python benchmarks/full_preset.py
+
+slides: setup  ## the notebooks as static reveal.js slides, executed under the preset in force, in build/slides/
+	$(BIN)/jupyter nbconvert --to slides --execute --ExecutePreprocessor.timeout=3600 \
+		--output-dir build/slides notebooks/*.ipynb
 
 warm: setup  ## before the lecture: train every run of the notebooks into the run cache (preset in force)
 	$(BIN)/python tools/warm.py
