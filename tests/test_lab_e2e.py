@@ -664,21 +664,21 @@ def test_judge_saved_catches(nb, expected):
 
 
 # A presentation's judgement, on states made up to show that each check can fail.
-SHOWN = {
+PRESENTED = {
     "steps": ["slide-0-0:0", "slide-1-0:0", "slide-1-0:1", "slide-1-1:0", "slide-2-0:0"],
     "ended": True,
     "stderr": ["/x.py:3: UserWarning: a warning is not an error"],
     "prompts": ["[1]:", "[2]:", "[3]:"],
     "tallest": {"slide-0-0": 0.6, "slide-1-0": 1.0, "slide-1-1": 1.15, "slide-2-0": 0.2},
 }
-T, A, B, C, D = SHOWN["steps"]  # the title, a slide, its fragment, a subslide, the last slide
+T, A, B, C, D = PRESENTED["steps"]  # the title, a slide, its fragment, a subslide, the last slide
 
 
 @pytest.mark.parametrize(
     "change, expected_steps, expected",
     [
         ({}, 5, None),
-        ({"steps": SHOWN["steps"][1:]}, 4, "did not start at the title slide"),
+        ({"steps": PRESENTED["steps"][1:]}, 4, "did not start at the title slide"),
         ({"steps": [T, B, A, C, D]}, 5, "out of order"),
         ({"steps": [T, A, A, C, D]}, 5, "or twice"),
         ({"steps": [T, "slide-1-0", B, C, D]}, 5, "out of order"),
@@ -693,7 +693,7 @@ T, A, B, C, D = SHOWN["steps"]  # the title, a slide, its fragment, a subslide, 
          "traceback", "unrun-cell", "no-cells", "too-tall"],
 )  # fmt: skip
 def test_judge_presentation_catches(change, expected_steps, expected):
-    found = judge_presentation({**SHOWN, **change}, expected_steps)
+    found = judge_presentation({**PRESENTED, **change}, expected_steps)
     if expected is None:
         assert found == []
     else:
