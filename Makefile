@@ -10,9 +10,9 @@ export D2L_EXT_PRESET ?=
 # (D2L_EXT_RETRAIN=1) into a run cache of its own, never replaying what an earlier run stored.
 PYTEST := D2L_EXT_PRESET=ci D2L_EXT_RETRAIN=1 D2L_EXT_RUNS=$(CURDIR)/build/test-runs $(BIN)/pytest
 LINT := $(BIN)/ruff check . && $(BIN)/ruff format --check .
-CHECK := $(BIN)/python tools/export.py --check
+CHECK := $(BIN)/python tools/export.py --check && $(BIN)/python tools/exercises.py --check
 
-.PHONY: help lab test setup venv unit notebooks browser binder lint format export check hooks bench gpu-check warm memory clean
+.PHONY: help lab test setup venv unit notebooks browser binder lint format export check hooks bench gpu-check slides warm memory exercises clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z]+:.*## /{printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,7 +23,7 @@ lab: setup  ## prepare everything and open JupyterLab on the notebooks
 test: setup  ## prepare everything, then lint, the export check and every tier (what CI runs)
 	$(LINT)
 	$(CHECK)
-	$(PYTEST) tests notebooks --nbval-lax
+	$(PYTEST) tests notebooks $(wildcard solutions) --nbval-lax
 
 setup:  ## data set, .venv with torch, d2l (without its pins) and this package
 	PYTHON=$(PYTHON) VENV=$(VENV) bash tools/setup.sh
@@ -35,8 +35,8 @@ venv:
 unit: venv  ## the fast tier: d2l_ext, the exporter, the repository (under a minute)
 	$(PYTEST) tests -m unit
 
-notebooks: venv  ## every notebook under nbval in the ci preset
-	$(PYTEST) notebooks --nbval-lax
+notebooks: venv  ## every notebook, and the exercises' solutions, under nbval in the ci preset
+	$(PYTEST) notebooks $(wildcard solutions) --nbval-lax
 
 browser: venv  ## the notebooks in JupyterLab in headless Chromium (tests/test_lab_e2e.py)
 	$(PYTEST) tests -m browser
@@ -49,12 +49,15 @@ lint: venv  ## ruff check and format check, code and notebooks
 
 format: venv  ## fix lint, format, and strip notebook outputs
 	$(BIN)/ruff check --fix . ; $(BIN)/ruff format .
-	$(BIN)/nbstripout notebooks/*.ipynb
+	$(BIN)/nbstripout notebooks/*.ipynb $(wildcard solutions/*.ipynb)
 
 export: venv  ## regenerate d2l_ext's topic modules from the notebooks' #@save cells
 	$(BIN)/python tools/export.py
 
-check: venv  ## fail when the topic modules differ from what the notebooks generate
+exercises: venv  ## regenerate exercises/ (students' notebooks and checks) from solutions/
+	$(BIN)/python tools/exercises.py
+
+check: venv  ## fail when the topic modules or exercises/ differ from what their sources generate
 	$(CHECK)
 
 hooks: venv  ## install the git pre-commit hook (.pre-commit-config.yaml) in this clone
@@ -65,6 +68,10 @@ bench: setup  ## time to accuracy: the book's settings against the demo preset
 
 gpu-check: setup  ## the full preset (the book's settings) of every lecture training, on a CUDA GPU
 	$(BIN)/python benchmarks/full_preset.py
+
+slides: setup  ## the notebooks as static reveal.js slides, executed under the preset in force, in build/slides/
+	$(BIN)/jupyter nbconvert --to slides --execute --ExecutePreprocessor.timeout=3600 \
+		--output-dir build/slides notebooks/*.ipynb
 
 warm: setup  ## before the lecture: train every run of the notebooks into the run cache (preset in force)
 	$(BIN)/python tools/warm.py

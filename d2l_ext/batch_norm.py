@@ -126,7 +126,7 @@ class BatchNorm(nn.Module):
         return f"{self.num_features}, num_dims={self.num_dims}, eps={self.eps}, momentum={self.momentum}"
 
 
-# notebooks/01_batch_norm.ipynb, cell 26
+# notebooks/01_batch_norm.ipynb, cell 32
 class BNLeNetScratch(d2l.Classifier):
     """LeNet with batch normalization (Ioffe & Szegedy, 2015) before each sigmoid; our BatchNorm.
 
@@ -147,7 +147,7 @@ class BNLeNetScratch(d2l.Classifier):
         )  # fmt: skip
 
 
-# notebooks/01_batch_norm.ipynb, cell 27
+# notebooks/01_batch_norm.ipynb, cell 33
 class BNLeNet(d2l.Classifier):
     """LeNet with batch normalization (Ioffe & Szegedy, 2015) before each sigmoid; PyTorch's layers.
 
@@ -168,7 +168,7 @@ class BNLeNet(d2l.Classifier):
         )  # fmt: skip
 
 
-# notebooks/01_batch_norm.ipynb, cell 85
+# notebooks/01_batch_norm.ipynb, cell 107
 class BNLeNetAfter(d2l.Classifier):
     """BN-LeNet with each batch normalization after its sigmoid instead of before it.
 
@@ -189,7 +189,7 @@ class BNLeNetAfter(d2l.Classifier):
         )  # fmt: skip
 
 
-# notebooks/01_batch_norm.ipynb, cell 89
+# notebooks/01_batch_norm.ipynb, cell 112
 def layer_norm(X, normalized_shape=None, weight=None, bias=None, eps=1e-5):
     """Layer normalization (Ba, Kiros & Hinton, 2016), with ``F.layer_norm``'s arguments.
 
@@ -214,7 +214,7 @@ def layer_norm(X, normalized_shape=None, weight=None, bias=None, eps=1e-5):
     return Y if bias is None else Y + bias
 
 
-# notebooks/01_batch_norm.ipynb, cell 90
+# notebooks/01_batch_norm.ipynb, cell 113
 def _to_shape(normalized_shape) -> tuple[int, ...]:
     """``normalized_shape`` (an int, or a tuple, list or torch.Size of ints) as a tuple of positive ints."""
     shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else normalized_shape
@@ -231,7 +231,7 @@ def _to_shape(normalized_shape) -> tuple[int, ...]:
     return tuple(int(n) for n in shape)
 
 
-# notebooks/01_batch_norm.ipynb, cell 91
+# notebooks/01_batch_norm.ipynb, cell 114
 class LayerNorm(nn.Module):
     """Layer normalization (Ba, Kiros & Hinton, 2016) from scratch; equals nn.LayerNorm.
 

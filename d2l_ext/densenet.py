@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 
-# notebooks/04_densenet.ipynb, cell 7
+# notebooks/04_densenet.ipynb, cell 9
 def conv_block(num_channels: int) -> nn.Sequential:
     """BN, ReLU, 3x3 convolution (padding 1): (N, C, H, W) -> (N, num_channels, H, W)."""
     return nn.Sequential(
@@ -32,7 +32,7 @@ def conv_block(num_channels: int) -> nn.Sequential:
     )
 
 
-# notebooks/04_densenet.ipynb, cell 11
+# notebooks/04_densenet.ipynb, cell 14
 class DenseBlock(nn.Module):
     """The dense block of DenseNet (Huang et al., 2017): each conv block reads all maps before it.
 
@@ -58,7 +58,7 @@ class DenseBlock(nn.Module):
         return X
 
 
-# notebooks/04_densenet.ipynb, cell 17
+# notebooks/04_densenet.ipynb, cell 22
 def transition_block(num_channels: int) -> nn.Sequential:
     """BN, ReLU, 1x1 convolution, 2x2 average pool: (N, C, H, W) -> (N, num_channels, H // 2, W // 2)."""
     return nn.Sequential(
@@ -69,7 +69,7 @@ def transition_block(num_channels: int) -> nn.Sequential:
     )
 
 
-# notebooks/04_densenet.ipynb, cell 22
+# notebooks/04_densenet.ipynb, cell 28
 def check_densenet_args(num_channels, growth_rate, arch, lr, num_classes, stem_kernel, stem_stride):
     """Raise a TypeError (wrong type) or a ValueError (wrong value) that shows the form an argument takes."""
 
@@ -104,7 +104,7 @@ def check_densenet_args(num_channels, growth_rate, arch, lr, num_classes, stem_k
             raise ValueError(f"{name} is {form}; got {value!r}.")
 
 
-# notebooks/04_densenet.ipynb, cell 24
+# notebooks/04_densenet.ipynb, cell 30
 def densenet_sizes(size: int, stem_kernel=7, stem_stride=2, num_transitions=3) -> list[int]:
     """Height (or width) after DenseNet's stem convolution, its max-pool and each transition layer."""
     sizes = [(size + 2 * (stem_kernel // 2) - stem_kernel) // stem_stride + 1]  # nn.Conv2d
@@ -114,7 +114,7 @@ def densenet_sizes(size: int, stem_kernel=7, stem_stride=2, num_transitions=3) -
     return sizes
 
 
-# notebooks/04_densenet.ipynb, cell 24
+# notebooks/04_densenet.ipynb, cell 30
 def densenet_min_input(stem_kernel=7, stem_stride=2, num_transitions=3) -> int:
     """The smallest height (and width) for which no stage of DenseNet shrinks the map to nothing."""
     size = 1
@@ -123,7 +123,7 @@ def densenet_min_input(stem_kernel=7, stem_stride=2, num_transitions=3) -> int:
     return size
 
 
-# notebooks/04_densenet.ipynb, cell 26
+# notebooks/04_densenet.ipynb, cell 32
 class DenseNet(d2l.Classifier):
     """DenseNet (Huang et al., 2017) as in the book: stem, dense blocks with transitions, BN-ReLU head.
 
@@ -148,7 +148,7 @@ class DenseNet(d2l.Classifier):
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
         )
 
-    # notebooks/04_densenet.ipynb, cell 27
+    # notebooks/04_densenet.ipynb, cell 33
     def __init__(
         self,
         num_channels=64,
@@ -184,12 +184,12 @@ class DenseNet(d2l.Classifier):
             ),
         )
 
-    # notebooks/04_densenet.ipynb, cell 28
+    # notebooks/04_densenet.ipynb, cell 34
     def min_input(self) -> int:
         """The smallest height and width this model accepts."""
         return densenet_min_input(self.stem_kernel, self.stem_stride, len(self.arch) - 1)
 
-    # notebooks/04_densenet.ipynb, cell 29
+    # notebooks/04_densenet.ipynb, cell 35
     def forward(self, X):
         """Class scores for a batch X of shape (N, C, H, W); refuses images too small for the stages."""
         if X.ndim != 4:
@@ -208,7 +208,7 @@ class DenseNet(d2l.Classifier):
         return self.net(X)
 
 
-# notebooks/04_densenet.ipynb, cell 32
+# notebooks/04_densenet.ipynb, cell 39
 def densenet_channels(num_channels: int, growth_rate: int, arch) -> list[tuple[str, int]]:
     """The channel count after the stem, every dense block and every transition of DenseNet."""
     stages = [("b1", num_channels)]

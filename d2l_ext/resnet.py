@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 
-# notebooks/02_resnet.ipynb, cell 9
+# notebooks/02_resnet.ipynb, cell 11
 def check_count(value, message: str) -> int:
     """``value`` as an int if it is a positive integer; otherwise ``message`` (which should show a
     valid call) as a TypeError (16.5, "64", None) or a ValueError (0, -1, True)."""
@@ -40,7 +40,7 @@ def check_count(value, message: str) -> int:
     return count
 
 
-# notebooks/02_resnet.ipynb, cell 10
+# notebooks/02_resnet.ipynb, cell 12
 class Residual(nn.Module):
     """The residual block of ResNet (He et al., 2016): ReLU(g(X) + X), g = conv-BN-ReLU-conv-BN.
 
@@ -86,7 +86,7 @@ class Residual(nn.Module):
         return F.relu(Y)
 
 
-# notebooks/02_resnet.ipynb, cell 22
+# notebooks/02_resnet.ipynb, cell 30
 class ResNet(d2l.Classifier):
     """ResNet (He et al., 2016) as in the book: stem b1, stages of residual blocks, then a linear head.
 
@@ -110,7 +110,7 @@ class ResNet(d2l.Classifier):
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
         )
 
-    # notebooks/02_resnet.ipynb, cell 24
+    # notebooks/02_resnet.ipynb, cell 32
     def block(self, num_residuals, num_channels, first_block=False):
         blk = []
         for i in range(num_residuals):
@@ -120,7 +120,7 @@ class ResNet(d2l.Classifier):
                 blk.append(Residual(num_channels))
         return nn.Sequential(*blk)
 
-    # notebooks/02_resnet.ipynb, cell 27
+    # notebooks/02_resnet.ipynb, cell 35
     def __init__(self, arch, lr=0.1, num_classes=10, stem_kernel=7, stem_stride=2):
         super().__init__()
         arch = check_arch(arch)  # subclasses (PlainNet, ResNeXt) build through here: they check too
@@ -140,7 +140,7 @@ class ResNet(d2l.Classifier):
         )
 
 
-# notebooks/02_resnet.ipynb, cell 26
+# notebooks/02_resnet.ipynb, cell 34
 def check_arch(arch) -> tuple[tuple[int, int], ...]:
     """``arch`` as a tuple of (num_residuals, num_channels) pairs of positive ints; else an error
     that shows this form, raised where the model is built instead of deep inside its first call."""
@@ -158,7 +158,7 @@ def check_arch(arch) -> tuple[tuple[int, int], ...]:
     return tuple((check_count(n, form), check_count(c, form)) for n, c in stages)
 
 
-# notebooks/02_resnet.ipynb, cell 28
+# notebooks/02_resnet.ipynb, cell 36
 class ResNet18(ResNet):
     """ResNet-18 as in the book: four stages of two blocks, 64-128-256-512 channels, 7x7 stride-2 stem."""
 
@@ -166,7 +166,7 @@ class ResNet18(ResNet):
         super().__init__(((2, 64), (2, 128), (2, 256), (2, 512)), lr, num_classes)
 
 
-# notebooks/02_resnet.ipynb, cell 44
+# notebooks/02_resnet.ipynb, cell 58
 class PlainBlock(Residual):
     """A residual block without its shortcut, ReLU(g(X)): the "plain" baseline of He et al. (2016)."""
 
@@ -179,7 +179,7 @@ class PlainBlock(Residual):
         return F.relu(self.bn2(self.conv2(Y)))
 
 
-# notebooks/02_resnet.ipynb, cell 45
+# notebooks/02_resnet.ipynb, cell 59
 class PlainNet(ResNet):
     """ResNet with every shortcut removed: the same stem, stages, widths and head (He et al., 2016)."""
 
@@ -188,7 +188,7 @@ class PlainNet(ResNet):
         return nn.Sequential(*[PlainBlock(num_channels, s) for s in strides])
 
 
-# notebooks/02_resnet.ipynb, cell 55
+# notebooks/02_resnet.ipynb, cell 71
 class PreActResidual(nn.Module):
     """The pre-activation block of He et al. (2016b): X + g(X), g = BN-ReLU-conv-BN-ReLU-conv.
 

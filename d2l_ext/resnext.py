@@ -36,7 +36,7 @@ def group_conv_by_split(X, weight, bias=None, groups=1, stride=1, padding=0):
     return torch.cat([F.conv2d(x, w, b, stride, padding) for x, w, b in zip(Xs, Ws, bs)], dim=1)
 
 
-# notebooks/03_resnext.ipynb, cell 18
+# notebooks/03_resnext.ipynb, cell 21
 def bottleneck_channels(num_channels: int, groups: int, bot_mul: float) -> int:
     """The bottleneck width b = round(num_channels * bot_mul), checked to split into ``groups`` groups."""
     usage = "e.g. ResNeXtBlock(256, groups=32, bot_mul=0.5)"
@@ -66,7 +66,7 @@ def bottleneck_channels(num_channels: int, groups: int, bot_mul: float) -> int:
     return b
 
 
-# notebooks/03_resnext.ipynb, cell 20
+# notebooks/03_resnext.ipynb, cell 23
 class ResNeXtBlock(nn.Module):
     """The ResNeXt block (Xie et al., 2017): 1x1 conv to b channels, 3x3 conv in g groups, 1x1 conv.
 
@@ -123,7 +123,7 @@ class ResNeXtBlock(nn.Module):
         return F.relu(Y + X)
 
 
-# notebooks/03_resnext.ipynb, cell 48
+# notebooks/03_resnext.ipynb, cell 61
 class ResNeXt(ResNet):
     """ResNeXt (Xie et al., 2017): ResNet's stem, stages and head, with ResNeXt blocks in the stages.
 

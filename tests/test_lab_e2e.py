@@ -1,23 +1,35 @@
-"""The notebooks in a real JupyterLab, driven through Debian's Chromium like a student would.
+"""The notebooks in a real JupyterLab, driven through Debian's Chromium like a student would, then
+presented with RISE like an instructor would.
 
 One JupyterLab server, started the way ``make lab`` starts it (the venv's ``jupyter lab
-notebooks/``, here on loopback with a token and a free port, and the ``ci`` preset), and one
+<folder>``, here on loopback with a token and a free port, and the ``ci`` preset), and one
 headless Chromium (via Playwright). For every notebook: open it, Run > Run All Cells, wait until
 every code cell has an execution count and the kernel is idle, then check that no cell failed,
 that ipywidgets rendered as live widgets (a slider that moves and updates its output, not a text
-repr) and that plots rendered as images. A screenshot per notebook goes to ``build/e2e/``.
-The server and its kernels are stopped whatever happens, and the notebooks on disk are left as
-they were (autosave is off).
+repr) and that plots rendered as images. Then present it: select the title cell, press Alt+R
+(jupyterlab-rise's "Render as Reveal Slideshow"), switch the slideshow to full screen and press
+Space until the last slide, checking that the presentation starts at the title, visits every
+(sub)slide and fragment that the notebook's slide metadata makes (``tools/slides.py``), once and in
+order, and that no cell in it shows an error. Screenshots per notebook go to ``build/e2e/``: the
+notebook after its run (``NN_topic.png``) and its first slide with a plot (``NN_topic-slide.png``);
+``build/e2e/slides.json`` records each presentation's steps and tallest slides.
+
+RISE saves a notebook before it renders it (the slideshow reads the saved file, outputs and all),
+so the server serves a copy of ``notebooks/``: the notebooks in the repository are never written,
+and the copy is checked to be unchanged until the presentation saves it (autosave is off). The
+server and its kernels are stopped whatever happens.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,10 +42,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Frame, Page, sync_playwright
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+_spec = importlib.util.spec_from_file_location("slides", REPO / "tools" / "slides.py")
+slides = importlib.util.module_from_spec(_spec)
+sys.modules["slides"] = slides  # its dataclasses look their module up by name
+_spec.loader.exec_module(slides)
 SHOTS = REPO / "build" / "e2e"
 CHROMIUM = Path(os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -63,9 +79,10 @@ def timeout_scale() -> float:
 # more what its step took on a 2-core CPU busy with other work (the test writes what every step
 # took to build/e2e/durations.json), so a machine ten times slower gets the same verdict as a
 # fast one; E2E_TIMEOUT_SCALE multiplies them all for a slower machine still.
-# SERVER_START: jupyter lab answers; PAGE_LOAD: the page and its kernel are ready; RUN_ALL: a whole
-# notebook in the ci preset; WIDGET_ROUND_TRIP: a slider's callback redraws; UI: a click, a key,
-# a screenshot; API: one REST call to the server (a kernel's shutdown waits for the kernel).
+# SERVER_START: jupyter lab answers; PAGE_LOAD: the page and its kernel are ready, or RISE's
+# slideshow is built; RUN_ALL: a whole notebook in the ci preset; WIDGET_ROUND_TRIP: a slider's
+# callback redraws; UI: a click, a key (the next slide), a screenshot; API: one REST call to the
+# server (a kernel's shutdown waits for the kernel).
 SCALE = timeout_scale()
 SERVER_START, PAGE_LOAD, RUN_ALL, WIDGET_ROUND_TRIP, UI, API = (
     SCALE * t for t in (150, 180, 1200, 120, 120, 120)
@@ -93,6 +110,7 @@ class Lab:
     url: str
     token: str
     process: subprocess.Popen
+    root: Path = REPO / "notebooks"  # the folder the server serves
 
     def api(self, method: str, path: str) -> object:
         req = urllib.request.Request(f"{self.url}{path}", method=method)
@@ -193,7 +211,14 @@ def start_lab(home: Path, notebooks: str = "notebooks/") -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Iterator[Lab]:
-    with start_lab(tmp_path_factory.mktemp("lab")) as server:
+    """The server on a copy of notebooks/ (RISE saves what it presents), named as in the repository."""
+    home = tmp_path_factory.mktemp("lab")
+    served = home / "notebooks"
+    served.mkdir()
+    for nb in NOTEBOOKS:
+        shutil.copy2(nb, served / nb.name)
+    with start_lab(home, str(served)) as server:
+        server.root = served
         yield server
 
 
@@ -215,6 +240,17 @@ def browser() -> Iterator[Browser]:
 def code_sources(notebook: Path) -> list[str]:
     cells = json.loads(notebook.read_text())["cells"]
     return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+
+
+def hidden_inputs(notebook: Path) -> list[bool]:
+    """Per code cell, whether JupyterLab collapses its source (the validation cells: tools/slides.py).
+    A collapsed cell shows no prompt, so its execution count is not in the page."""
+    cells = json.loads(notebook.read_text())["cells"]
+    return [
+        bool(c.get("metadata", {}).get("jupyter", {}).get("source_hidden"))
+        for c in cells
+        if c["cell_type"] == "code"
+    ]
 
 
 # Collected from the page in one go after the run.
@@ -245,6 +281,8 @@ RUN_FINISHED = f"""(n) => {{
 
 
 def run_all(page: Page, n_code: int) -> None:
+    """Run > Run All Cells, and wait until it has finished; ``n_code``: the code cells that show a
+    prompt (not the collapsed ones)."""
     page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     # Wait until some cell is queued, or all have run already, then until all have finished.
@@ -255,6 +293,10 @@ def run_all(page: Page, n_code: int) -> None:
         arg=n_code,
         timeout=UI * 1000,
     )
+    page.wait_for_function(RUN_FINISHED, arg=n_code, timeout=RUN_ALL * 1000, polling=500)
+    # A collapsed cell shows no prompt: one queued after the last prompt could still be about to
+    # run when the kernel is idle between two cells, so idle must hold a moment later too.
+    page.wait_for_timeout(1000 * SCALE)
     page.wait_for_function(RUN_FINISHED, arg=n_code, timeout=RUN_ALL * 1000, polling=500)
 
 
@@ -322,13 +364,20 @@ def screenshot(page: Page, name: str) -> Path:
     return path
 
 
-def judge(state: dict, sources: list[str]) -> list[str]:
-    """What went wrong in a notebook after Run All, from the page's state (see PAGE_STATE)."""
+def judge(state: dict, sources: list[str], hidden: list[bool] | None = None) -> list[str]:
+    """What went wrong in a notebook after Run All, from the page's state (see PAGE_STATE);
+    ``hidden``: per code cell, whether its source is collapsed (no prompt in the page)."""
     src = "\n".join(sources)
     found = []
-    # Every code cell ran, once, in order, in this session.
+    # Every code cell ran, once, in order, in this session: in a fresh kernel the k-th code cell
+    # gets count k, so the prompts shown also prove that the collapsed cells before them ran.
     counts = [int(m[1]) if (m := re.fullmatch(r"\[(\d+)\]:", p)) else None for p in state["prompts"]]
-    if len(counts) != len(sources) or None in counts or counts != sorted(set(counts)):
+    shown = [k for k, h in enumerate(hidden or [False] * len(sources), start=1) if not h]
+    if None in counts:
+        in_order = False
+    else:
+        in_order = counts == shown if hidden is not None else counts == sorted(set(counts))
+    if len(counts) != len(shown) or not in_order:
         found.append(f"not every cell finished, in order: prompts {state['prompts']}")
     found += [f"error output:\n{t[-2000:]}" for t in state["stderr"] if TRACEBACK.search(t)]
     # Widgets: live, not a text repr; a slider where the notebook makes one.
@@ -345,45 +394,193 @@ def judge(state: dict, sources: list[str]) -> list[str]:
     return found
 
 
+def judge_saved(nb: dict) -> list[str]:
+    """What the notebook that RISE saved says about the run: every code cell, collapsed ones too,
+    ran once, in order, without an error."""
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    counts = [c.get("execution_count") for c in code]
+    found = []
+    if counts != list(range(1, len(code) + 1)):
+        found.append(f"the saved notebook: not every cell ran once, in order: execution counts {counts}")
+    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    found += [f"the saved notebook has an error output: {o['ename']}: {o['evalue']}" for o in errors]
+    return found
+
+
 def tracebacks(page: Page) -> list[str]:
     return [t for t in page.evaluate(PAGE_STATE)["stderr"] if TRACEBACK.search(t)]
 
 
+# RISE's slideshow, in the iframe of its panel: the (sub)slide shown (RISE names each
+# ``slide-<h>-<v>``) with the fragments shown so far, whether a key press leads further (reveal.js
+# enables its next arrows while a fragment or a slide is left), the slide's height over the
+# screen's, and whether a plot is in sight.
+PRESENTATION = r"""() => {
+  const reveal = document.querySelector('.reveal');
+  const slide = document.querySelector('.reveal .slides > section.present > section.present');
+  if (!reveal || !slide) return null;
+  const seen = (e) => !e.closest('.fragment:not(.visible)') && !e.closest('.reveal-skip');
+  return {
+    step: `${slide.id}:${slide.querySelectorAll('.fragment.visible').length}`,
+    next: [...reveal.querySelectorAll('.controls .navigate-right, .controls .navigate-down')]
+      .some(b => b.classList.contains('enabled')),
+    height: slide.getBoundingClientRect().height / reveal.getBoundingClientRect().height,
+    plot: [...slide.querySelectorAll('.jp-OutputArea-output img')].some(i => seen(i) && i.naturalWidth > 0),
+  };
+}"""
+# Every cell of the slideshow, skipped ones too: the prompts shown (a collapsed cell has none) and
+# what the outputs say.
+SLIDESHOW_CELLS = r"""() => {
+  const outputs = (mime) => [...document.querySelectorAll(
+    `.reveal .slides .jp-OutputArea-output[data-mime-type="${mime}"]`)].map(e => e.textContent);
+  return {
+    prompts: [...document.querySelectorAll('.reveal .slides .jp-CodeCell .jp-InputArea .jp-InputPrompt')]
+      .map(e => e.textContent.trim()),
+    stderr: outputs('application/vnd.jupyter.stderr'),
+    text: outputs('text/plain'),
+  };
+}"""
+# The RISE panel's iframe holds a built slideshow (the iframe is same-origin).
+SLIDESHOW_BUILT = """() => [...document.querySelectorAll('iframe')].some(f => f.contentDocument &&
+  f.contentDocument.querySelector('.reveal .slides > section.present > section.present'))"""
+ANIMATIONS_DONE = "() => document.getAnimations().every(a => a.playState !== 'running')"
+# Per notebook: the presentation's steps, seconds and tallest slides (for review; see judge_presentation).
+SLIDESHOWS: dict[str, dict] = {}
+
+
+def present(page: Page, name: str, limit: int) -> dict:
+    """Present the notebook as an instructor does: select its title, press Alt+R (RISE's "Render as
+    Reveal Slideshow"), go full screen, press Space until the end (``limit`` presses at most).
+    Returns what the slideshow showed (see judge_presentation); saves ``<name>-slide.png``, the
+    first slide with a plot in sight."""
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").first.click()
+    page.keyboard.press("Escape")  # command mode: the slideshow starts at the selected cell
+    page.keyboard.press("Alt+r")
+    page.wait_for_function(SLIDESHOW_BUILT, timeout=PAGE_LOAD * 1000, polling=250)
+    frame: Frame = next(f for f in page.frames if "/rise/" in f.url)
+    page.get_by_title("Open the slideshow in full screen").click()  # also gives the slideshow the keys
+    frame.wait_for_function("() => document.fullscreenElement !== null")
+    state = {"steps": [], "tallest": {}, "shot": None, "ended": False}
+    now = frame.evaluate(PRESENTATION)
+    for _ in range(limit):
+        state["steps"].append(now["step"])
+        slide = now["step"].split(":")[0]
+        state["tallest"][slide] = max(state["tallest"].get(slide, 0), round(now["height"], 2))
+        if now["plot"] and state["shot"] is None:
+            frame.wait_for_function(ANIMATIONS_DONE)  # the slide in place, not on its way in
+            state["shot"] = str(SHOTS / f"{name}-slide.png")
+            page.screenshot(path=state["shot"])
+        if not now["next"]:
+            state["ended"] = True
+            break
+        page.keyboard.press("Space")
+        frame.wait_for_function(
+            f"(before) => {{ const s = ({PRESENTATION})(); return s !== null && s.step !== before; }}",
+            arg=now["step"],
+        )
+        now = frame.evaluate(PRESENTATION)
+    return state | frame.evaluate(SLIDESHOW_CELLS)
+
+
+STEP = re.compile(r"slide-(\d+)-(\d+):(\d+)")
+# A slide may be this many screens tall (1280x1000, full screen): RISE cuts what lies below the
+# screen, so a taller slide loses lines the hall cannot see (tag a cell 'subslide').
+TALLEST = 1.15
+
+
+def judge_presentation(state: dict, expected_steps: int) -> list[str]:
+    """What went wrong in a presentation (see present): it starts at the title slide, shows every
+    (sub)slide and fragment of the slide metadata once, in order, to the end, no slide much taller
+    than the screen, and the run's outputs without an error."""
+    steps, found = state["steps"], []
+    if not steps or steps[0] != "slide-0-0:0":
+        found.append(f"the slideshow did not start at the title slide: {steps[:1]}")
+    order = [tuple(map(int, m.groups())) if (m := STEP.fullmatch(s)) else None for s in steps]
+    if None in order or order != sorted(set(order)):
+        found.append(f"slides or fragments out of order, or twice: {steps}")
+    if not state["ended"] or len(steps) != expected_steps:
+        where = "to the end" if state["ended"] else "without reaching the end"
+        found.append(
+            f"{len(steps)} slides and fragments shown, {where}; the slide metadata makes {expected_steps}"
+        )
+    found += [
+        f"{slide} is {height:.2f} screens tall, more than {TALLEST}: tag a cell in it 'subslide'"
+        for slide, height in state["tallest"].items()
+        if height > TALLEST
+    ]
+    found += [f"error output in the slideshow:\n{t[-2000:]}" for t in state["stderr"] if TRACEBACK.search(t)]
+    unrun = [p for p in state["prompts"] if not re.fullmatch(r"\[\d+\]:", p)]
+    if unrun or not state["prompts"]:
+        found.append(f"the slideshow shows code cells without this run's outputs: prompts {unrun[:5]}")
+    return found
+
+
+def record_slideshow(name: str, state: dict, seconds: float) -> None:
+    """Write what a presentation showed to build/e2e/slides.json (for review, not asserted)."""
+    tallest = sorted(state["tallest"].items(), key=lambda kv: -kv[1])
+    SLIDESHOWS[name] = {
+        "steps": len(state["steps"]),
+        "seconds": round(seconds, 1),
+        "seconds_per_step": round(seconds / max(len(state["steps"]), 1), 2),
+        "tallest_slides_in_screen_heights": dict(tallest[:5]),
+        # jupyterlab-rise 0.43 loads no ipywidgets manager (jupyterlab-contrib/rise#119): a widget
+        # shows as text in the slideshow; it works in the notebook beside it.
+        "widgets_shown_as_text": sum(bool(WIDGET_REPR.search(t)) for t in state["text"]),
+    }
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    (SHOTS / "slides.json").write_text(json.dumps(SLIDESHOWS, indent=1))
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
 def test_notebook_runs_in_jupyterlab(lab: Lab, browser: Browser, notebook: Path):
-    sources = code_sources(notebook)
+    sources, hidden = code_sources(notebook), hidden_inputs(notebook)
+    shown = hidden.count(False)  # code cells with a prompt in the page
     digest = hashlib.sha256(notebook.read_bytes()).hexdigest()
+    served = lab.root / notebook.name
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     context.set_default_timeout(UI * 1000)
     page = context.new_page()
     problems: list[str] = []
     took = DURATIONS.setdefault(notebook.stem, {})
+    shot = None
     try:
         # A fresh workspace per notebook: only this notebook open, in its own page.
         path = f"/lab/workspaces/e2e-{notebook.stem}/tree/{notebook.name}"
         with stopwatch(took, "page_load"):
             page.goto(f"{lab.url}{path}?reset&token={lab.token}", timeout=PAGE_LOAD * 1000)
-            page.wait_for_function(RUN_FINISHED, arg=len(sources), timeout=PAGE_LOAD * 1000)  # kernel ready
+            page.wait_for_function(RUN_FINISHED, arg=shown, timeout=PAGE_LOAD * 1000)  # kernel ready
         with stopwatch(took, "run_all"):
-            run_all(page, len(sources))
-        problems += judge(page.evaluate(PAGE_STATE), sources)
+            run_all(page, shown)
+        problems += judge(page.evaluate(PAGE_STATE), sources, hidden)
         if not problems and page.locator(".widget-slider").count():
             with stopwatch(took, "widget_round_trip"):
                 failed = move_a_slider(page)
             if failed:
                 problems.append(failed)
             problems += [f"error output after moving a slider:\n{t[-2000:]}" for t in tracebacks(page)]
+        shot = screenshot(page, notebook.stem)
+        if hashlib.sha256(served.read_bytes()).hexdigest() != digest:
+            problems.append(
+                "the notebook changed on disk before the presentation (JupyterLab must not save it)"
+            )
+        if not problems:
+            expected = slides.steps(json.loads(notebook.read_text()))
+            with stopwatch(took, "presentation"):
+                state = present(page, notebook.stem, limit=2 * expected + 10)
+            record_slideshow(notebook.stem, state, took["presentation"])
+            problems += judge_presentation(state, expected)
+            problems += judge_saved(json.loads(served.read_text()))  # RISE saved it: collapsed cells too
+            shot = state["shot"] or shot
     finally:  # without masking the error that brought us here
-        shot = None
         with contextlib.suppress(Exception):
-            shot = screenshot(page, notebook.stem)
+            shot = shot or screenshot(page, notebook.stem)
         with contextlib.suppress(Exception):
             context.close()
         with contextlib.suppress(OSError):
             for k in lab.api("GET", "/api/kernels"):  # free its memory for the next notebook
                 lab.api("DELETE", f"/api/kernels/{k['id']}")
     if hashlib.sha256(notebook.read_bytes()).hexdigest() != digest:
-        problems.append("the notebook changed on disk during the test (JupyterLab must not save it)")
+        problems.append("the notebook in the repository changed during the test (only its copy is served)")
     assert not problems, f"{notebook.name} in JupyterLab (screenshot {shot}):\n" + "\n".join(problems)
 
 
@@ -426,6 +623,77 @@ AssertionError: """
 )  # fmt: skip
 def test_judge_catches(change, expected):
     found = judge({**GOOD, **change}, SOURCES)
+    if expected is None:
+        assert found == []
+    else:
+        assert any(expected in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    "prompts, ran",
+    [(["[1]:", "[3]:"], True), (["[1]:", "[2]:"], False), (["[1]:"], False), (["[2]:", "[4]:"], False)],
+    ids=["collapsed-ran", "collapsed-skipped", "last-unfinished", "not-a-fresh-kernel"],
+)
+def test_judge_reads_a_collapsed_cell_from_the_prompts_around_it(prompts, ran):
+    found = judge({**GOOD, "prompts": prompts}, SOURCES, hidden=[False, True, False])
+    assert (found == []) is ran, found
+
+
+def saved(counts: list, error: bool = False) -> dict:
+    code = [{"cell_type": "code", "execution_count": n, "outputs": []} for n in counts]
+    if error:
+        code[-1]["outputs"] = [
+            {"output_type": "error", "ename": "AssertionError", "evalue": "x", "traceback": []}
+        ]
+    return {"cells": [{"cell_type": "markdown", "source": "# 07"}, *code]}
+
+
+@pytest.mark.parametrize(
+    "nb, expected",
+    [
+        (saved([1, 2, 3]), None),
+        (saved([1, 2, None]), "not every cell ran once, in order"),
+        (saved([1, 3, 2]), "not every cell ran once, in order"),
+        (saved([1, 2, 3], error=True), "an error output: AssertionError: x"),
+    ],
+    ids=["good", "unrun", "out-of-order", "error"],
+)
+def test_judge_saved_catches(nb, expected):
+    found = judge_saved(nb)
+    assert found == [] if expected is None else any(expected in p for p in found), found
+
+
+# A presentation's judgement, on states made up to show that each check can fail.
+PRESENTED = {
+    "steps": ["slide-0-0:0", "slide-1-0:0", "slide-1-0:1", "slide-1-1:0", "slide-2-0:0"],
+    "ended": True,
+    "stderr": ["/x.py:3: UserWarning: a warning is not an error"],
+    "prompts": ["[1]:", "[2]:", "[3]:"],
+    "tallest": {"slide-0-0": 0.6, "slide-1-0": 1.0, "slide-1-1": 1.15, "slide-2-0": 0.2},
+}
+T, A, B, C, D = PRESENTED["steps"]  # the title, a slide, its fragment, a subslide, the last slide
+
+
+@pytest.mark.parametrize(
+    "change, expected_steps, expected",
+    [
+        ({}, 5, None),
+        ({"steps": PRESENTED["steps"][1:]}, 4, "did not start at the title slide"),
+        ({"steps": [T, B, A, C, D]}, 5, "out of order"),
+        ({"steps": [T, A, A, C, D]}, 5, "or twice"),
+        ({"steps": [T, "slide-1-0", B, C, D]}, 5, "out of order"),
+        ({"ended": False}, 5, "without reaching the end"),
+        ({}, 6, "5 slides and fragments shown, to the end; the slide metadata makes 6"),
+        ({"stderr": [ERROR]}, 5, "error output in the slideshow"),
+        ({"prompts": ["[1]:", "[ ]:", "[3]:"]}, 5, "without this run's outputs"),
+        ({"prompts": []}, 5, "without this run's outputs"),
+        ({"tallest": {"slide-0-0": 0.6, "slide-1-0": 1.3}}, 5, "slide-1-0 is 1.30 screens tall"),
+    ],
+    ids=["good", "not-at-title", "out-of-order", "twice", "unknown-step", "not-ended", "step-missing",
+         "traceback", "unrun-cell", "no-cells", "too-tall"],
+)  # fmt: skip
+def test_judge_presentation_catches(change, expected_steps, expected):
+    found = judge_presentation({**PRESENTED, **change}, expected_steps)
     if expected is None:
         assert found == []
     else:
