@@ -5,10 +5,18 @@ its no-build mode, which needs no Docker daemon. We check that recipe, and the f
 from, for what a student's session needs: the data set from the Debian/Ubuntu package, CPU-only
 PyTorch, d2l without its pins, this package, and the start script that caps thread pools. Each
 check is shown to fail on a copy of the repository with that piece broken.
+
+binder/requirements.txt pins the versions the tests run with (tools/binder_lock.py writes it from
+the venv): it must equal what the lock gives for the venv running these tests (``sys.prefix``).
+The lock's walk through the installed metadata is checked on a made-up environment.
+
+Every Binder link comes from one setting, site/_config.yml's ``repository`` (and
+``binderhub_url``): README.md's badge must be the one tools/site.py writes from it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -17,6 +25,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 REPO2DOCKER = Path(sys.executable).with_name("repo2docker")
@@ -26,6 +35,15 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # and running the start script each take about a second on a 2-core CPU, so these hold on a
 # machine a hundred times slower.
 RECIPE_TIMEOUT, SCRIPT_TIMEOUT = 120, 60
+
+_spec = importlib.util.spec_from_file_location("binder_lock", REPO / "tools" / "binder_lock.py")
+binder_lock = importlib.util.module_from_spec(_spec)
+sys.modules["binder_lock"] = binder_lock  # its dataclasses look their module up there
+_spec.loader.exec_module(binder_lock)
+_spec = importlib.util.spec_from_file_location("course_site", REPO / "tools" / "site.py")
+course_site = importlib.util.module_from_spec(_spec)
+sys.modules["course_site"] = course_site
+_spec.loader.exec_module(course_site)
 
 
 def recipe(repo: Path) -> str:
@@ -162,3 +180,162 @@ def test_binder_scripts_are_executable():
         path = REPO / "binder" / name
         assert os.access(path, os.X_OK), f"binder/{name} must be executable (chmod +x)"
         assert path.read_text().startswith("#!/bin/bash\n")
+
+
+# The pins: binder/requirements.txt against the venv running the tests.
+
+
+def test_pins_are_the_versions_the_tests_run_with():
+    text = (REPO / "binder" / "requirements.txt").read_text()
+    expected = binder_lock.expected_text(Path(sys.prefix))
+    drift = binder_lock.drift(binder_lock.pins_of(text), binder_lock.pins_of(expected))
+    assert not drift, (
+        f"binder/requirements.txt differs from {sys.prefix}; run `make binder-lock`:\n" + "\n".join(drift)
+    )
+    assert text == expected, "binder/requirements.txt was edited by hand; run `make binder-lock`"
+
+
+def test_pins_cover_pyproject_and_torch_from_the_cpu_index():
+    pins = binder_lock.pins_of((REPO / "binder" / "requirements.txt").read_text())
+    for req in binder_lock.declared():
+        assert req.specifier.contains(pins[req.name.lower()], prereleases=True), (req, pins[req.name.lower()])
+    # `torch==X` matches the CPU index's X+cpu only if X has no local label of its own.
+    assert "+" not in pins["torch"] and "+" not in pins["torchvision"]
+    assert not [name for name in pins if binder_lock.CUDA_ONLY.match(name)]
+
+
+def test_drift_names_each_difference():
+    pinned = {"numpy": "2.0.0", "torch": "2.14.1", "six": "1.0"}
+    expected = {"numpy": "2.1.0", "torch": "2.14.1", "scipy": "1.17.1"}
+    assert binder_lock.drift(pinned, expected) == [
+        "numpy is pinned at 2.0.0 but 2.1.0 is installed",
+        "scipy==1.17.1 is installed but not pinned",
+        "six==1.0 is pinned but not needed (or not installed)",
+    ]
+    assert binder_lock.drift(expected, expected) == []
+
+
+@pytest.mark.parametrize("line", ["torch>=2.2", "torch", "numpy==2.0; python_version<'3.12'", "a==1,<2"])
+def test_pins_of_refuses_anything_but_an_exact_pin(line):
+    with pytest.raises(binder_lock.LockError, match="not an exact pin"):
+        binder_lock.pins_of(f"--extra-index-url {CPU_INDEX}\n# a comment\n{line}\n")
+
+
+def make_env(prefix: Path, dists: dict[str, tuple[str, list[str]]]) -> Path:
+    """A made-up environment at ``prefix``: for each name, a .dist-info with its version and
+    Requires-Dist lines, where the lock looks for installed packages."""
+    site = Path(binder_lock.site_packages(prefix)[0])
+    for name, (version, requires) in dists.items():
+        info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+        info.mkdir(parents=True)
+        lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+        lines += [f"Requires-Dist: {r}" for r in requires]
+        (info / "METADATA").write_text("\n".join(lines) + "\n")
+    return prefix
+
+
+ENV = {
+    "torch": ("2.14.1", ["filelock", 'nvidia-cublas==13.1; platform_system == "Linux"', "triton~=3.8"]),
+    "filelock": ("4.3.1", []),
+    "nvidia-cublas": ("13.1", []),
+    "jupyterlab": ("4.6.6", ["jsonschema[format]>=4", 'old-backport; python_version < "3.0"', "d2l-ext"]),
+    "jsonschema": ("4.26.0", ["attrs", 'fqdn; extra == "format"', 'never-asked; extra == "other"']),
+    "attrs": ("26.1.0", []),
+    "fqdn": ("1.6.0", []),
+    "never-asked": ("1.0", []),
+    "d2l-ext": ("0.1.0", ["torch"]),
+}
+
+
+def test_closure_follows_markers_and_extras_and_leaves_out_cuda(tmp_path):
+    env = binder_lock.installed(make_env(tmp_path, ENV))
+    roots = [binder_lock.Requirement(r) for r in ("torch>=2.2", "jupyterlab>=4.0")]
+    versions, left_out = binder_lock.closure(roots, env)
+    # The extra asked for (jsonschema[format]) brings fqdn; the other extra, a marker that does not
+    # hold here and this package itself bring nothing; the CUDA-only packages are left out.
+    assert versions == {
+        "torch": "2.14.1",
+        "filelock": "4.3.1",
+        "jupyterlab": "4.6.6",
+        "jsonschema": "4.26.0",
+        "attrs": "26.1.0",
+        "fqdn": "1.6.0",
+    }
+    assert left_out == {"nvidia-cublas", "triton"}
+
+
+def test_closure_refuses_what_is_missing_or_out_of_range(tmp_path):
+    env = binder_lock.installed(make_env(tmp_path, ENV))
+    missing = [binder_lock.Requirement("jupyterlab"), binder_lock.Requirement("otter-grader>=7.0")]
+    with pytest.raises(
+        binder_lock.LockError, match=r"otter-grader.*pyproject.toml.*not installed.*make setup"
+    ):
+        binder_lock.closure(missing, env)
+    with pytest.raises(binder_lock.LockError, match=r"requires torch>=3.*2\.14\.1 is installed.*make setup"):
+        binder_lock.closure([binder_lock.Requirement("torch>=3")], env)
+
+
+def test_lock_refuses_a_python_other_than_binders(tmp_path, monkeypatch):
+    runtime = tmp_path / "runtime.txt"
+    runtime.write_text("python-3.9\n")
+    monkeypatch.setattr(binder_lock, "RUNTIME", runtime)
+    with pytest.raises(binder_lock.LockError, match=r"Binder runs Python 3\.9 .*make binder-lock"):
+        binder_lock.check_interpreter()
+    runtime.write_text("3.11\n")
+    with pytest.raises(binder_lock.LockError, match="python-X.Y"):
+        binder_lock.check_interpreter()
+
+
+# README.md's badge and the one setting (site/_config.yml).
+
+
+def test_readme_badge_is_the_one_the_setting_gives():
+    repo, first = course_site.repository(), course_site.chapters()[0]
+    assert course_site.badge_problems((REPO / "README.md").read_text(), repo, first) == []
+    # The badge opens the first notebook of the lecture in JupyterLab, on the setting's branch.
+    assert first == "notebooks/00_fashion_mnist.ipynb"
+    badge = course_site.BADGE.search((REPO / "README.md").read_text())[0]
+    assert f"/v2/gh/{repo.owner}/{repo.name}/{repo.branch}?urlpath=lab/tree/{first})" in badge
+
+
+def site_copy(tmp_path: Path, **repository) -> Path:
+    """site/ copied, with ``repository:`` settings replaced."""
+    site = Path(shutil.copytree(REPO / "site", tmp_path / "site"))
+    cfg = course_site.config(site)
+    cfg["repository"].update(repository)
+    (site / "_config.yml").write_text(yaml.safe_dump(cfg))
+    return site
+
+
+def test_badge_follows_the_setting(tmp_path):
+    site = site_copy(tmp_path, url="https://github.com/a-course/modern-cnns", branch="2027")
+    repo = course_site.repository(site)
+    first = "notebooks/00_fashion_mnist.ipynb"
+    assert repo.badge(first) == (
+        "[![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/a-course/modern-cnns/2027"
+        "?urlpath=lab/tree/notebooks/00_fashion_mnist.ipynb)"
+    )
+    # The committed README disagrees with this setting, and says what it should read; writing the
+    # badge makes them agree and changes nothing else.
+    readme = (REPO / "README.md").read_text()
+    found = course_site.badge_problems(readme, repo, first)
+    assert len(found) == 1 and "a-course/modern-cnns/2027" in found[0]
+    fixed = course_site.BADGE.sub(lambda _: repo.badge(first), readme)
+    assert course_site.badge_problems(fixed, repo, first) == []
+    assert fixed.splitlines()[3:] == readme.splitlines()[3:]
+    assert course_site.badge_problems(readme.replace(course_site.BADGE.search(readme)[0], ""), repo, first)
+
+
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ({"url": "https://gitlab.com/a/b"}, "not a GitHub repository"),
+        ({"url": "OWNER/REPO"}, "https://github.com/OWNER/NAME"),
+        ({"branch": ""}, "names no branch"),
+        ({"path_to_book": "site"}, "path_to_book must be empty"),
+    ],
+    ids=["gitlab", "no-url", "no-branch", "path-to-book"],
+)
+def test_a_bad_setting_says_what_to_set(tmp_path, setting, expected):
+    with pytest.raises(course_site.SiteError, match=re.escape(expected)):
+        course_site.repository(site_copy(tmp_path, **setting))
