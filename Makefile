@@ -10,12 +10,13 @@ export D2L_EXT_PRESET ?=
 # (D2L_EXT_RETRAIN=1) into a run cache of its own, never replaying what an earlier run stored.
 PYTEST := D2L_EXT_PRESET=ci D2L_EXT_RETRAIN=1 D2L_EXT_RUNS=$(CURDIR)/build/test-runs $(BIN)/pytest
 LINT := $(BIN)/ruff check . && $(BIN)/ruff format --check .
-CHECK := $(BIN)/python tools/export.py --check && $(BIN)/python tools/exercises.py --check
+CHECK := $(BIN)/python tools/export.py --check && $(BIN)/python tools/exercises.py --check && \
+	$(BIN)/python tools/slides.py --check
 
-.PHONY: help lab test setup venv unit notebooks browser binder lint format export check hooks bench gpu-check slides warm memory exercises clean
+.PHONY: help lab test setup venv unit notebooks browser binder site lint format export check hooks bench gpu-check slides warm memory exercises html binder-lock clean
 
 help:  ## list the targets
-	@awk -F ':.*## ' '/^[a-z]+:.*## /{printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk -F ':.*## ' '/^[a-z-]+:.*## /{printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 lab: setup  ## prepare everything and open JupyterLab on the notebooks
 	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/
@@ -44,6 +45,9 @@ browser: venv  ## the notebooks in JupyterLab in headless Chromium (tests/test_l
 binder: venv  ## the Binder recipe from the real repo2docker (tests/test_binder.py)
 	$(PYTEST) tests -m binder
 
+site: venv  ## the course website built in the ci preset and read in Chromium (tests/test_site.py)
+	$(PYTEST) tests -m site
+
 lint: venv  ## ruff check and format check, code and notebooks
 	$(LINT)
 
@@ -57,7 +61,7 @@ export: venv  ## regenerate d2l_ext's topic modules from the notebooks' #@save c
 exercises: venv  ## regenerate exercises/ (students' notebooks and checks) from solutions/
 	$(BIN)/python tools/exercises.py
 
-check: venv  ## fail when the topic modules or exercises/ differ from what their sources generate
+check: venv  ## fail when the topic modules, exercises/ or slide metadata differ from what their sources give
 	$(CHECK)
 
 hooks: venv  ## install the git pre-commit hook (.pre-commit-config.yaml) in this clone
@@ -70,11 +74,18 @@ gpu-check: setup  ## the full preset (the book's settings) of every lecture trai
 	$(BIN)/python benchmarks/full_preset.py
 
 slides: setup  ## the notebooks as static reveal.js slides, executed under the preset in force, in build/slides/
+	$(BIN)/python tools/slides.py --check
 	$(BIN)/jupyter nbconvert --to slides --execute --ExecutePreprocessor.timeout=3600 \
-		--output-dir build/slides notebooks/*.ipynb
+		--SlidesExporter.reveal_scroll=True --output-dir build/slides notebooks/[0-9][0-9]_*.ipynb
 
 warm: setup  ## before the lecture: train every run of the notebooks into the run cache (preset in force)
 	$(BIN)/python tools/warm.py
+
+html: setup  ## the course website (Jupyter Book): every notebook executed (demo preset), in build/html/
+	$(BIN)/python tools/site.py build
+
+binder-lock: venv  ## pin binder/requirements.txt to the versions installed in .venv (what the tests ran with)
+	$(BIN)/python tools/binder_lock.py
 
 memory: setup  ## peak memory and wall time of every notebook in the demo preset (Binder's limit)
 	$(BIN)/python tools/measure_memory.py
