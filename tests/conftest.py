@@ -11,7 +11,12 @@ from d2l_ext import data as fm
 
 # Tiers, registered as markers in pyproject.toml. A test's file decides its tier, so a new test
 # joins its file's tier without a decorator: `make unit` runs `pytest tests -m unit`.
-TIERS = {"test_lab_e2e.py": "browser", "test_exercises_lab.py": "browser", "test_binder.py": "binder"}
+TIERS = {
+    "test_lab_e2e.py": "browser",
+    "test_exercises_lab.py": "browser",
+    "test_binder.py": "binder",
+    "test_sections_run.py": "notebook",  # runs notebook 00 section by section, each in its own kernel
+}
 
 
 def pytest_collection_modifyitems(config, items):
