@@ -40,8 +40,8 @@ venv:
 unit: venv  ## the fast tier: d2l_ext, the exporter, the repository (under a minute)
 	$(PYTEST) tests -m unit
 
-notebooks: venv  ## every notebook, and the exercises' solutions, under nbval in the ci preset
-	$(PYTEST) notebooks $(wildcard solutions) --nbval-lax
+notebooks: venv  ## every notebook and the exercises' solutions under nbval (ci preset); 00's sections alone
+	$(PYTEST) notebooks $(wildcard solutions) tests/test_sections_run.py --nbval-lax
 
 browser: venv  ## the notebooks in JupyterLab in headless Chromium (tests/test_lab_e2e.py)
 	$(PYTEST) tests -m browser

@@ -14,7 +14,23 @@ import torch
 from d2l import torch as d2l
 from torch import nn
 
-__all__ = ["batch_norm", "BatchNorm", "BNLeNetScratch", "BNLeNet", "BNLeNetAfter", "layer_norm", "LayerNorm"]
+from d2l_ext import FashionMNIST, experiment, fit
+from d2l_ext.measure import eval_mode, ghost_batches, train_mode
+
+__all__ = [
+    "batch_norm",
+    "BatchNorm",
+    "book_batch_norm",
+    "BookBatchNorm",
+    "BNLeNetScratch",
+    "BNLeNet",
+    "unpadded_lenet",
+    "accuracy_with",
+    "ghost_batch_runs",
+    "BNLeNetAfter",
+    "layer_norm",
+    "LayerNorm",
+]
 
 
 # notebooks/01_batch_norm.ipynb, cell 6
@@ -126,6 +142,68 @@ class BatchNorm(nn.Module):
         return f"{self.num_features}, num_dims={self.num_dims}, eps={self.eps}, momentum={self.momentum}"
 
 
+# notebooks/01_batch_norm.ipynb, cell 15
+def book_batch_norm(X, gamma, beta, moving_mean, moving_var, eps, momentum):
+    # Use is_grad_enabled to determine whether we are in training mode
+    if not torch.is_grad_enabled():
+        # In prediction mode, use mean and variance obtained by moving average
+        X_hat = (X - moving_mean) / torch.sqrt(moving_var + eps)
+    else:
+        assert len(X.shape) in (2, 4)
+        if len(X.shape) == 2:
+            # When using a fully connected layer, calculate the mean and
+            # variance on the feature dimension
+            mean = X.mean(dim=0)
+            var = ((X - mean) ** 2).mean(dim=0)
+        else:
+            # When using a two-dimensional convolutional layer, calculate the
+            # mean and variance on the channel dimension (axis=1). Here we
+            # need to maintain the shape of X, so that the broadcasting
+            # operation can be carried out later
+            mean = X.mean(dim=(0, 2, 3), keepdim=True)
+            var = ((X - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
+        # In training mode, the current mean and variance are used
+        X_hat = (X - mean) / torch.sqrt(var + eps)
+        # Update the mean and variance using moving average
+        moving_mean = (1.0 - momentum) * moving_mean + momentum * mean
+        moving_var = (1.0 - momentum) * moving_var + momentum * var
+    Y = gamma * X_hat + beta  # Scale and shift
+    return Y, moving_mean.data, moving_var.data
+
+
+# notebooks/01_batch_norm.ipynb, cell 16
+class BookBatchNorm(nn.Module):
+    # num_features: the number of outputs for a fully connected layer or the
+    # number of output channels for a convolutional layer. num_dims: 2 for a
+    # fully connected layer and 4 for a convolutional layer
+    def __init__(self, num_features, num_dims):
+        super().__init__()
+        if num_dims == 2:
+            shape = (1, num_features)
+        else:
+            shape = (1, num_features, 1, 1)
+        # The scale parameter and the shift parameter (model parameters) are
+        # initialized to 1 and 0, respectively
+        self.gamma = nn.Parameter(torch.ones(shape))
+        self.beta = nn.Parameter(torch.zeros(shape))
+        # The variables that are not model parameters are initialized to 0 and
+        # 1
+        self.moving_mean = torch.zeros(shape)
+        self.moving_var = torch.ones(shape)
+
+    def forward(self, X):
+        # If X is not on the main memory, copy moving_mean and moving_var to
+        # the device where X is located
+        if self.moving_mean.device != X.device:
+            self.moving_mean = self.moving_mean.to(X.device)
+            self.moving_var = self.moving_var.to(X.device)
+        # Save the updated moving_mean and moving_var
+        Y, self.moving_mean, self.moving_var = book_batch_norm(
+            X, self.gamma, self.beta, self.moving_mean, self.moving_var, eps=1e-5, momentum=0.1
+        )
+        return Y
+
+
 # notebooks/01_batch_norm.ipynb, cell 32
 class BNLeNetScratch(d2l.Classifier):
     """LeNet with batch normalization (Ioffe & Szegedy, 2015) before each sigmoid; our BatchNorm.
@@ -168,7 +246,42 @@ class BNLeNet(d2l.Classifier):
         )  # fmt: skip
 
 
-# notebooks/01_batch_norm.ipynb, cell 107
+# notebooks/01_batch_norm.ipynb, cell 35
+def unpadded_lenet(**kwargs):
+    """The book's LeNet with its first convolution unpadded: BN-LeNet without its BN layers."""
+    net = d2l.LeNet(**kwargs)
+    net.net[0] = nn.LazyConv2d(6, kernel_size=5)  # the book's has padding=2
+    return net
+
+
+# notebooks/01_batch_norm.ipynb, cell 68
+def accuracy_with(net, loader, batch_statistics=False):
+    """Accuracy in eval mode, or in training mode (each batch normalized with its own statistics)."""
+    with (train_mode if batch_statistics else eval_mode)(net), torch.no_grad():
+        return sum((net(X).argmax(1) == y).sum().item() for X, y in loader) / len(loader.targets)
+
+
+# notebooks/01_batch_norm.ipynb, cell 69
+def ghost_batch_runs():
+    """BN-LeNet trained (or replayed) under the ``bn_ghost`` experiment once per ghost-batch size b
+    of the experiment, with BN's statistics over b examples, on a small class-balanced training
+    subset (so that it overfits). Per b: its accuracy in eval mode on that subset and on the test set."""
+    cfg = experiment("bn_ghost")
+    data = FashionMNIST(**cfg.data | {"train_subset": cfg.extra["train_subset"]})  # small: it overfits
+    ghost = {}
+    for b in cfg.extra["sizes"]:
+        model = BNLeNet(**cfg.model)
+        model(torch.zeros(2, 1, 28, 28))  # materialize the Lazy layers before wrapping them
+        trainer = fit(cfg, ghost_batches(model, b), data, plot=False)
+        ghost[b] = {
+            "train": accuracy_with(model.net, data.train_dataloader()),
+            "test": accuracy_with(model.net, data.val_dataloader()),
+        }
+        print(f"BN statistics over {b:3d} examples:", trainer.summary())
+    return ghost
+
+
+# notebooks/01_batch_norm.ipynb, cell 110
 class BNLeNetAfter(d2l.Classifier):
     """BN-LeNet with each batch normalization after its sigmoid instead of before it.
 
@@ -189,7 +302,7 @@ class BNLeNetAfter(d2l.Classifier):
         )  # fmt: skip
 
 
-# notebooks/01_batch_norm.ipynb, cell 112
+# notebooks/01_batch_norm.ipynb, cell 115
 def layer_norm(X, normalized_shape=None, weight=None, bias=None, eps=1e-5):
     """Layer normalization (Ba, Kiros & Hinton, 2016), with ``F.layer_norm``'s arguments.
 
@@ -214,7 +327,7 @@ def layer_norm(X, normalized_shape=None, weight=None, bias=None, eps=1e-5):
     return Y if bias is None else Y + bias
 
 
-# notebooks/01_batch_norm.ipynb, cell 113
+# notebooks/01_batch_norm.ipynb, cell 116
 def _to_shape(normalized_shape) -> tuple[int, ...]:
     """``normalized_shape`` (an int, or a tuple, list or torch.Size of ints) as a tuple of positive ints."""
     shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else normalized_shape
@@ -231,7 +344,7 @@ def _to_shape(normalized_shape) -> tuple[int, ...]:
     return tuple(int(n) for n in shape)
 
 
-# notebooks/01_batch_norm.ipynb, cell 114
+# notebooks/01_batch_norm.ipynb, cell 117
 class LayerNorm(nn.Module):
     """Layer normalization (Ba, Kiros & Hinton, 2016) from scratch; equals nn.LayerNorm.
 

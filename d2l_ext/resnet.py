@@ -188,7 +188,7 @@ class PlainNet(ResNet):
         return nn.Sequential(*[PlainBlock(num_channels, s) for s in strides])
 
 
-# notebooks/02_resnet.ipynb, cell 71
+# notebooks/02_resnet.ipynb, cell 72
 class PreActResidual(nn.Module):
     """The pre-activation block of He et al. (2016b): X + g(X), g = BN-ReLU-conv-BN-ReLU-conv.
 

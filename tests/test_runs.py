@@ -329,3 +329,22 @@ def test_make_warm_stores_the_runs_a_notebook_asks_for(runs, tmp_path, capsys, m
     assert warm.main([str(notebook), "--preset", "ci"]) == 0
     assert "runs replayed from the cache: 1" in capsys.readouterr().out and len(entries(runs)) == 1
     assert nbformat.read(notebook, as_version=4).cells[0].get("outputs") == []  # nothing written back
+
+
+def test_warm_sections_names_a_section_that_leans_on_an_earlier_one(runs, tmp_path, capsys):
+    import nbformat
+
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import warm
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    cells = [md("# 99 · Toy"), code("x = 1"), md("## One"), code("y = x + 1"), md("## Two"), code("y * 2")]
+    cells += [md("## Summary"), code("x, y")]  # a closing section may read every section's names
+    notebook = tmp_path / "99_toy.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), notebook)
+    assert warm.main([str(notebook), "--sections", "--timeout", "60"]) == 1
+    out, err = capsys.readouterr()
+    assert "One" in out and "99_toy.ipynb, section '## Two': it fails in a fresh kernel" in err
+    assert "NameError" in err and "Summary" not in out + err

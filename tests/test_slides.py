@@ -125,6 +125,10 @@ def retag(cell):
     cell.metadata.tags = ["check"]
 
 
+def tag(*names):
+    return lambda cell: cell.metadata.__setitem__("tags", list(names))
+
+
 def add_assert(cell):
     cell.source = "assert torch.ones(1).item() == 1"
 
@@ -157,13 +161,17 @@ def test_check_names_notebook_cell_and_difference(toy, capsys, index, change, me
     "index, change, message",
     [
         (2, lambda c: setattr(c, "source", "The claim.\n\n## A section"), "the heading '## A section'"),
-        (2, lambda c: c.metadata.__setitem__("tags", ["check"]), "tag 'check' on a markdown cell"),
-        (4, lambda c: c.metadata.__setitem__("tags", ["subslide"]), "tag 'subslide' on a cell whose place"),
-        (6, lambda c: c.metadata.__setitem__("tags", ["fragment"]), "tag 'fragment' on a cell whose place"),
-        (3, lambda c: c.metadata.__setitem__("tags", ["subslide", "fragment"]), "together: keep one"),
+        (2, tag("check"), "tag 'check' on a markdown cell"),
+        (4, tag("subslide"), "tag 'subslide' on a cell whose place"),
+        (6, tag("fragment"), "tag 'fragment' on a cell whose place"),
+        (3, tag("subslide", "fragment"), "together: keep one"),
+        (2, tag("restore"), "tag 'restore' on a markdown cell"),
+        (3, tag("restore", "subslide"), "tag 'subslide' on a cell whose place"),
+        (3, tag("restore", "fragment"), "tag 'fragment' on a cell whose place"),
     ],
-    ids=["heading-inside", "check-on-markdown", "subslide-on-check", "fragment-on-heading", "both"],
-)
+    ids=["heading-inside", "check-on-markdown", "subslide-on-check", "fragment-on-heading", "both",
+         "restore-on-markdown", "subslide-on-restore", "fragment-on-restore"],
+)  # fmt: skip
 def test_cells_the_rules_cannot_place_are_refused(toy, capsys, index, change, message):
     mutate(toy, index, change)
     before = toy.read_bytes()
@@ -172,6 +180,26 @@ def test_cells_the_rules_cannot_place_are_refused(toy, capsys, index, change, me
         err = capsys.readouterr().err
         assert message in err and f"cell {index + 1} (id " in err and "cannot place these cells" in err
     assert toy.read_bytes() == before  # nothing written
+
+
+RESTORE = """if "x" not in globals():  # after a restart: what the section before made
+    x = torch.ones(3)"""
+
+
+def test_a_restore_cell_is_skipped_and_collapsed_like_a_check(toy):
+    """A restore cell opens a section and re-creates, only when missing, what earlier sections made:
+    after a kernel restart the section runs on its own; in the slides it is one click away."""
+    nb = read(toy)
+    nb.cells.insert(3, nbformat.v4.new_code_cell(RESTORE, id="restore", metadata={"tags": ["restore"]}))
+    nbformat.write(nb, toy)
+    assert slides.main([str(toy)]) == 0
+    cell = read(toy).cells[3]  # right after the section's heading
+    assert slides.is_restore(cell) and slides.is_validation(cell)
+    assert slide_type(cell) == "skip" and hidden(cell) and cell.metadata.tags == ["restore", "hide-input"]
+    assert slides.steps(read(toy)) == 5  # the presentation is unchanged
+    assert slides.main(["--check", str(toy)]) == 0
+    mutate(toy, 3, untag("restore"))  # untagged, it is lecture code again
+    assert slides.main(["--check", str(toy)]) == 1
 
 
 def test_check_refuses_a_slide_too_long_to_read(toy, capsys):
@@ -266,10 +294,37 @@ def test_the_checks_still_run_where_they_did(nb):
             continue
         assert not re.search(r"^\s*#\s*assert\b", cell.source, re.M), f"{where}: an assert commented out"
         assert not cell.source.lstrip().startswith("%%"), f"{where}: a cell magic may keep it from running"
-        if slides.is_validation(cell):
+        if slides.is_validation(cell) and not slides.is_restore(cell):
             assert asserts(cell.source) or raises_or_defines(cell.source), f"{where}: it checks nothing"
             if asserts(cell.source):  # the checks of a result stand right after the code that makes it
                 assert cells[n - 1].cell_type == "code", f"{where}: a check after no code"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_restore_cells_open_their_section_and_change_nothing_in_a_run_from_the_top(nb):
+    """A restore cell stands at the top of its section, right after the ``##`` heading (or another
+    restore cell), and does its work only where a name is missing, or holds another section's value:
+    ``if "name" not in globals():``, optionally ``or`` a test of that value."""
+    cells = read(nb).cells
+    for n, cell in enumerate(cells):
+        if not slides.is_restore(cell):
+            continue
+        where = f"{nb.name}, cell {n + 1} (id {cell.id})"
+        before = cells[n - 1]
+        assert slides.is_restore(before) or slides.heading_level(before) == 2, (
+            f"{where}: not at a section's top"
+        )
+        body = ast.parse(cell.source).body
+        assert body and all(isinstance(node, ast.If) and guarded(node.test) for node in body), (
+            f'{where}: its code is not guarded by `if "name" not in globals():`'
+        )
+
+
+def guarded(test: ast.expr) -> bool:
+    """``"name" not in globals()``, alone or first in an ``or`` (the rest runs only when it exists)."""
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.Or):
+        test = test.values[0]
+    return re.fullmatch(r"""["']\w+["'] not in globals\(\)""", ast.unparse(test)) is not None
 
 
 def test_the_shipped_notebooks_keep_their_cell_ids_unique():

@@ -13,7 +13,11 @@ rules, the first that applies:
    together with what they need), or a code cell whose code is nothing but ``assert`` statements and
    ``assert_*(...)`` calls (``torch.testing.assert_close``). Its code still runs, in order, wherever
    the notebook runs (Run All, nbval, nbconvert); the slides show only the lecture's code and its
-   result, and the reader sees the checks one click away.
+   result, and the reader sees the checks one click away. A *restore cell*, a code cell tagged
+   ``restore``, is skipped and hidden the same way: it opens a section and, only when a name is
+   missing (after a kernel restart in the middle of the lecture), re-creates what earlier sections
+   made, replaying their trainings from the run cache, so that the section runs on its own; in a
+   run from the top it does nothing.
 2. The notebook's first cell (its title) and every markdown cell that opens with a ``##`` heading
    start a ``slide``; one that opens with a ``###`` heading, a ``subslide``.
 3. A cell tagged ``subslide`` starts a subslide (a long cell on its own, or a new step of an
@@ -22,9 +26,10 @@ rules, the first that applies:
 4. Every other cell continues the slide before it: ``-``.
 
 Every other cell has its source shown (no ``source_hidden``) and no ``hide-input`` tag. A level 1-3
-heading on a later line of a markdown cell, or a tag that contradicts the rules (``check`` on a markdown
-cell, ``subslide`` or ``fragment`` on a validation or heading cell), is an error: split the cell at
-the heading, or drop the tag. Nothing else in a notebook is touched.
+heading on a later line of a markdown cell, or a tag that contradicts the rules (``check`` or
+``restore`` on a markdown cell, ``subslide`` or ``fragment`` on a validation, restore or heading
+cell), is an error: split the cell at the heading, or drop the tag. Nothing else in a notebook is
+touched.
 
     python tools/slides.py           # write the metadata into notebooks/*.ipynb
     python tools/slides.py --check   # exit 1, naming notebook, cell and difference, if any differs
@@ -49,7 +54,8 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
-CHECK, SUBSLIDE, FRAGMENT, HIDE_INPUT = "check", "subslide", "fragment", "hide-input"
+CHECK, RESTORE, SUBSLIDE, FRAGMENT = "check", "restore", "subslide", "fragment"
+HIDE_INPUT = "hide-input"
 HEADING = re.compile(r"^(#{1,6})\s")
 MAX_LINES, WRAP = 60, 120
 
@@ -107,9 +113,16 @@ def _only_asserts(source: str) -> bool:
     return bool(body) and all(map(asserts, body))
 
 
+def is_restore(cell) -> bool:
+    """A restore cell (rule 1): a code cell tagged ``restore``."""
+    return cell["cell_type"] == "code" and RESTORE in tags(cell)
+
+
 def is_validation(cell) -> bool:
-    """Rule 1: a code cell tagged ``check``, or one that only asserts."""
-    return cell["cell_type"] == "code" and (CHECK in tags(cell) or _only_asserts(source(cell)))
+    """Rule 1: a code cell tagged ``check``, or one that only asserts; or a restore cell, skipped alike."""
+    return cell["cell_type"] == "code" and (
+        CHECK in tags(cell) or is_restore(cell) or _only_asserts(source(cell))
+    )
 
 
 def problems(cell) -> list[str]:
@@ -118,8 +131,8 @@ def problems(cell) -> list[str]:
     if cell["cell_type"] == "markdown":
         if later := later_headings(cell):
             found.append(f"the heading {later[0]!r} is not on the cell's first line: split the cell there")
-        if CHECK in tags(cell):
-            found.append("tag 'check' on a markdown cell: only code cells are validation cells")
+        for tag in sorted({CHECK, RESTORE} & set(tags(cell))):
+            found.append(f"tag {tag!r} on a markdown cell: only code cells are validation or restore cells")
     judged = {SUBSLIDE, FRAGMENT} & set(tags(cell))
     if judged and (is_validation(cell) or (heading_level(cell) or 9) <= 3):
         found.append(f"tag {sorted(judged)[0]!r} on a cell whose place the rules decide: drop the tag")

@@ -6,17 +6,27 @@ in the run cache (d2l_ext/runs.py) under exactly the key the lecture will ask fo
 lecture, the notebooks then replay those runs instead of training. Nothing is written back to the
 notebooks. A second ``make warm`` replays everything and shows how long each notebook then takes.
 
+With ``--sections`` it then checks that every section stands alone, as after a kernel restart in
+the middle of the lecture: each ``##`` section runs in a fresh kernel of its own, after the
+notebook's set-up cells (the code cells before the first ``##`` heading), with the warm cache. The
+closing sections, which collect every section's numbers, are left out. It prints the seconds each
+section takes, and exits 1 naming the first section that fails and its error.
+
     python tools/warm.py                  # every lecture notebook, the preset in force
     python tools/warm.py --preset full    # e.g. on a GPU machine, the book's settings
     python tools/warm.py notebooks/02_resnet.ipynb --retrain
+    python tools/warm.py --sections       # then every section on its own, in a fresh kernel
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
+import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -40,14 +50,56 @@ def replays(nb) -> int:
     )
 
 
-def warm(notebook: Path, timeout: int) -> tuple[float, int]:
-    nb = nbformat.read(notebook, as_version=4)
+def execute(nb, notebook: Path, timeout: int) -> float:
+    """Run ``nb`` in a fresh kernel started in ``notebook``'s folder; the seconds it took."""
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
     )
     start = time.perf_counter()
     client.execute()
-    return time.perf_counter() - start, replays(nb)
+    return time.perf_counter() - start
+
+
+def warm(notebook: Path, timeout: int) -> tuple[float, int]:
+    nb = nbformat.read(notebook, as_version=4)
+    return execute(nb, notebook, timeout), replays(nb)
+
+
+# The closing sections gather every section's numbers; they are not meant to run alone.
+CLOSING = re.compile(r"^## (Summary|This run's numbers|What this run measured)\b")
+
+
+def split_sections(nb) -> tuple[list, dict[str, list]]:
+    """The set-up cells (the code cells before the first ``##`` heading) and, per ``##`` section
+    that is not a closing one, its code cells."""
+    setup, parts, title = [], {}, None
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("## "):
+            title = cell.source.splitlines()[0]
+            parts[title] = []
+        elif cell.cell_type == "code":
+            (setup if title is None else parts[title]).append(cell)
+    return setup, {t: cells for t, cells in parts.items() if cells and not CLOSING.match(t)}
+
+
+def run_sections(notebook: Path, timeout: int) -> Iterator[tuple[str, float, int]]:
+    """Run each section of ``notebook`` in a fresh kernel after the set-up cells; yield, as each
+    ends, its title, seconds (kernel start and set-up included) and replayed runs. A failure raises
+    CellExecutionError, its message naming the section."""
+    nb = nbformat.read(notebook, as_version=4)
+    setup, parts = split_sections(nb)
+    for title, cells in parts.items():
+        alone = nbformat.v4.new_notebook(metadata=nb.metadata, cells=copy.deepcopy(setup + cells))
+        try:
+            seconds = execute(alone, notebook, timeout)
+        except CellExecutionError as e:
+            raise CellExecutionError(
+                f"{notebook.name}, section {title!r}: it fails in a fresh kernel after the set-up cells "
+                f"(what does it use that only an earlier section makes?)\n{e}",
+                e.ename,
+                e.evalue,
+            ) from None
+        yield title, seconds, replays(alone)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=PRESETS, help="default: $D2L_EXT_PRESET, else demo without a GPU")
     parser.add_argument("--retrain", action="store_true", help="train every run again and store it anew")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds one cell may take (a hang guard)")
+    parser.add_argument(
+        "--sections", action="store_true", help="then run each section alone, after the set-up cells"
+    )
     args = parser.parse_args(argv)
     if args.preset:
         os.environ["D2L_EXT_PRESET"] = args.preset
@@ -77,6 +132,20 @@ def main(argv: list[str] | None = None) -> int:
         total += seconds
         print(f"  {notebook.name:24s} {seconds:6.1f} s   runs replayed from the cache: {replayed}")
     print(f"Done in {total:.0f} s. In the lecture, with D2L_EXT_PRESET={preset}, these runs replay.")
+    if args.sections:
+        os.environ.pop("D2L_EXT_RETRAIN", None)  # the runs are stored now: the sections replay them
+        print(
+            "Each section alone, in a fresh kernel after the set-up cells (seconds, kernel start included):"
+        )
+        for notebook in notebooks:
+            print(f"  {notebook.name}")
+            try:
+                for title, seconds, replayed in run_sections(notebook, args.timeout):
+                    print(f"    {seconds:6.1f} s  {title[3:]:62.62s}  runs replayed: {replayed}")
+            except CellExecutionError as e:
+                print(str(e), file=sys.stderr)
+                return 1
+        print("Every section runs on its own.")
     return 0
 
 
