@@ -15,13 +15,8 @@ TIERS = {
     "test_lab_e2e.py": "browser",
     "test_exercises_lab.py": "browser",
     "test_binder.py": "binder",
-TIERS = {
-    "test_lab_e2e.py": "browser",
-    "test_exercises_lab.py": "browser",
-    "test_binder.py": "binder",
     "test_site.py": "site",
     "test_sections_run.py": "notebook",  # runs notebook 00 section by section, each in its own kernel
-}
 }
 
 
