@@ -326,8 +326,12 @@ def test_make_warm_stores_the_runs_a_notebook_asks_for(runs, tmp_path, capsys, m
     monkeypatch.setenv("D2L_EXT_PRESET", "ci")  # warm sets it for its kernels; restored after the test
     assert warm.main([str(notebook), "--preset", "ci"]) == 0
     assert "runs replayed from the cache: 0" in capsys.readouterr().out and len(entries(runs)) == 1
-    assert warm.main([str(notebook), "--preset", "ci"]) == 0
+    record = tmp_path / "record" / "warm.json"
+    assert warm.main([str(notebook), "--preset", "ci", "--record", str(record)]) == 0
     assert "runs replayed from the cache: 1" in capsys.readouterr().out and len(entries(runs)) == 1
+    written = json.loads(record.read_text())
+    assert written["preset"] == "ci" and written["notebooks"]["01_toy.ipynb"]["replayed"] == 1
+    assert 0 < written["notebooks"]["01_toy.ipynb"]["seconds"] and "cores" in written["machine"]
     assert nbformat.read(notebook, as_version=4).cells[0].get("outputs") == []  # nothing written back
 
 

@@ -16,12 +16,17 @@ section takes, and exits 1 naming the first section that fails and its error.
     python tools/warm.py --preset full    # e.g. on a GPU machine, the book's settings
     python tools/warm.py notebooks/02_resnet.ipynb --retrain
     python tools/warm.py --sections       # then every section on its own, in a fresh kernel
+    python tools/warm.py --record build/warm.json   # also write the times, machine and date as JSON
+
+The README's table of lecture times comes from such records, committed in benchmarks/results/.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import datetime
+import json
 import os
 import re
 import sys
@@ -37,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from d2l_ext.presets import PRESETS, current_preset  # noqa: E402
-from d2l_ext.runs import runs_dir  # noqa: E402
+from d2l_ext.runs import cpu_name, runs_dir  # noqa: E402
 
 
 def replays(nb) -> int:
@@ -111,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sections", action="store_true", help="then run each section alone, after the set-up cells"
     )
+    parser.add_argument(
+        "--record",
+        type=Path,
+        help="write the seconds and replays, with machine and date, to this JSON file",
+    )
     args = parser.parse_args(argv)
     if args.preset:
         os.environ["D2L_EXT_PRESET"] = args.preset
@@ -122,6 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     notebooks = args.notebooks or sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     print(f"Warming the run cache {folder} for the {preset!r} preset ({len(notebooks)} notebooks).")
+    record = {
+        "preset": preset,
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "notebooks": {},
+        "sections": {},
+    }
     total = 0.0
     for notebook in notebooks:
         try:
@@ -130,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{notebook.name}: a cell failed, so its later runs are not stored:\n{e}", file=sys.stderr)
             return 1
         total += seconds
+        record["notebooks"][notebook.name] = {"seconds": round(seconds, 1), "replayed": replayed}
         print(f"  {notebook.name:24s} {seconds:6.1f} s   runs replayed from the cache: {replayed}")
     print(f"Done in {total:.0f} s. In the lecture, with D2L_EXT_PRESET={preset}, these runs replay.")
     if args.sections:
@@ -141,11 +161,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {notebook.name}")
             try:
                 for title, seconds, replayed in run_sections(notebook, args.timeout):
+                    record["sections"].setdefault(notebook.name, {})[title[3:]] = round(seconds, 1)
                     print(f"    {seconds:6.1f} s  {title[3:]:62.62s}  runs replayed: {replayed}")
             except CellExecutionError as e:
                 print(str(e), file=sys.stderr)
                 return 1
         print("Every section runs on its own.")
+    if args.record:
+        record["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"Recorded in {args.record}")
     return 0
 
 
