@@ -1,28 +1,43 @@
 """The notebooks in a real JupyterLab, driven through Debian's Chromium like a student would, then
 presented with RISE like an instructor would.
 
-One JupyterLab server, started the way ``make lab`` starts it (the venv's ``jupyter lab
-<folder>``, here on loopback with a token and a free port, and the ``ci`` preset), and one
-headless Chromium (via Playwright). For every notebook: open it, Run > Run All Cells, wait until
-every code cell has an execution count and the kernel is idle, then check that no cell failed,
-that ipywidgets rendered as live widgets (a slider that moves and updates its output, not a text
-repr) and that plots rendered as images. Then present it: select the title cell, press Alt+R
-(jupyterlab-rise's "Render as Reveal Slideshow"), switch the slideshow to full screen and press
-Space until the last slide, checking that the presentation starts at the title, visits every
-(sub)slide and fragment that the notebook's slide metadata makes (``tools/slides.py``), once and in
-order, and that no cell in it shows an error. Screenshots per notebook go to ``build/e2e/``: the
-notebook after its run (``NN_topic.png``) and its first slide with a plot (``NN_topic-slide.png``);
-``build/e2e/slides.json`` records each presentation's steps and tallest slides.
+One JupyterLab server, started the way Binder starts it (``binder/start``, which caps the thread
+pools and puts ``binder/jupyter`` on the Jupyter config path, then the venv's ``jupyter lab
+<folder>``, the command of ``make lab``; here on loopback with a token and a free port, in the
+``ci`` preset), and one headless Chromium (via Playwright). For every notebook: open it, Run > Run
+All Cells, wait until every code cell has an execution count and the kernel is idle, then check
+that no cell failed, that ipywidgets rendered as live widgets (a slider that moves and updates its
+output, not a text repr) and that plots rendered as images. Then present it: select the title cell,
+press Alt+R (jupyterlab-rise's "Render as Reveal Slideshow"), switch the slideshow to full screen
+and press Space until the last slide, checking that the presentation starts at the title, visits
+every (sub)slide and fragment that the notebook's slide metadata makes (``tools/slides.py``), once
+and in order, and that no cell in it shows an error. Screenshots per notebook go to ``build/e2e/``:
+the notebook after its run (``NN_topic.png``) and its first slide with a plot
+(``NN_topic-slide.png``); ``build/e2e/slides.json`` records each presentation's steps and tallest
+slides.
 
 RISE saves a notebook before it renders it (the slideshow reads the saved file, outputs and all),
 so the server serves a copy of ``notebooks/``: the notebooks in the repository are never written,
 and the copy is checked to be unchanged until the presentation saves it (autosave is off). The
 server and its kernels are stopped whatever happens.
+
+The notebooks in file order are a student's walk through the lecture in one Binder session, and
+its memory is measured. The test shuts no kernel down: closing a notebook's browser context leaves
+its kernel running (a tab left open), and Binder's kernel manager (``binder/one_kernel.py``) must
+shut it down when the next notebook starts its kernel. Every run trains (``D2L_EXT_RETRAIN=1``),
+as in a fresh session. A thread samples every half second, for the whole module, the summed
+resident memory (RSS) of the server and all its descendants, less the resident pages of PyTorch's
+CUDA libraries (Binder installs the CPU-only build; ``tools/measure_memory.py``). After the walk,
+closing a notebook's tab must shut its kernel down (``binder/jupyter/labconfig``); the last test
+fails when the walk's peak went over 2,000 MB (MB = 10^6 bytes) or two kernels were alive at once,
+and writes the peak, each notebook's peak and the kernels seen to ``build/e2e/memory.json``.
+``E2E_PRESET=demo`` runs the same walk in the demo preset (the one Binder runs) instead of ``ci``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import importlib.util
 import json
@@ -34,6 +49,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -43,6 +59,7 @@ from pathlib import Path
 import psutil
 import pytest
 from playwright.sync_api import Browser, Frame, Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -50,8 +67,19 @@ _spec = importlib.util.spec_from_file_location("slides", REPO / "tools" / "slide
 slides = importlib.util.module_from_spec(_spec)
 sys.modules["slides"] = slides  # its dataclasses look their module up by name
 _spec.loader.exec_module(slides)
+_spec = importlib.util.spec_from_file_location("measure_memory", REPO / "tools" / "measure_memory.py")
+measure_memory = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(measure_memory)
 SHOTS = REPO / "build" / "e2e"
 CHROMIUM = Path(os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium"))
+START = REPO / "binder" / "start"  # Binder runs the server's command through it
+# The kernels' preset: ci, as `make test`; E2E_PRESET=demo measures the walk as Binder runs it.
+PRESET = os.environ.get("E2E_PRESET", "ci")
+if PRESET not in ("ci", "demo", "full"):
+    raise ValueError(f"E2E_PRESET={PRESET!r}: give ci, demo or full.")
+# A Binder session's memory for the server and all its kernels (MB = 10^6 bytes).
+MB, BINDER_LIMIT_MB = 1e6, 2000
+SAMPLE_EVERY = 0.5  # seconds between two samples of the walk's memory
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -111,6 +139,7 @@ class Lab:
     token: str
     process: subprocess.Popen
     root: Path = REPO / "notebooks"  # the folder the server serves
+    log: Path | None = None  # the server's log
 
     def api(self, method: str, path: str) -> object:
         req = urllib.request.Request(f"{self.url}{path}", method=method)
@@ -152,7 +181,8 @@ def stop(process: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def start_lab(home: Path, notebooks: str = "notebooks/") -> Iterator[Lab]:
-    """JupyterLab as `make lab` starts it, on loopback with a token; its files go under ``home``."""
+    """JupyterLab as Binder starts it (``binder/start``, then the command of `make lab`), on loopback
+    with a token; its files go under ``home``."""
     settings = home / "settings"
     for plugin, values in LAB_SETTINGS.items():
         path = settings / f"{plugin}.jupyterlab-settings"
@@ -161,6 +191,7 @@ def start_lab(home: Path, notebooks: str = "notebooks/") -> Iterator[Lab]:
     port, token = free_port(), secrets.token_hex(16)
     jupyter = Path(sys.executable).with_name("jupyter")  # the venv's, as `make lab` uses
     cmd = [
+        str(START),  # as Binder starts every session: thread caps, binder/jupyter's config
         str(jupyter), "lab", notebooks,  # the command of `make lab`, then:
         "--no-browser",
         "--ServerApp.ip=127.0.0.1",
@@ -174,10 +205,11 @@ def start_lab(home: Path, notebooks: str = "notebooks/") -> Iterator[Lab]:
     ]  # fmt: skip
     if os.geteuid() == 0:  # CI containers run as root, which jupyter refuses without this
         cmd.append("--allow-root")
-    # The user's Jupyter config and runtime files stay out of it; kernels run the ci preset.
-    env = dict(
-        os.environ,
-        D2L_EXT_PRESET="ci",
+    # The user's Jupyter config and runtime files stay out of it (binder/start adds Binder's); the
+    # kernels run the ci preset (or $E2E_PRESET) and train every run, as in a fresh Binder session.
+    env = {k: v for k, v in os.environ.items() if k != "JUPYTER_CONFIG_PATH"} | dict(
+        D2L_EXT_PRESET=PRESET,
+        D2L_EXT_RETRAIN="1",
         JUPYTER_CONFIG_DIR=str(home / "config"),
         JUPYTER_RUNTIME_DIR=str(home / "runtime"),
     )
@@ -185,7 +217,7 @@ def start_lab(home: Path, notebooks: str = "notebooks/") -> Iterator[Lab]:
     process = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
-    server = Lab(f"http://127.0.0.1:{port}", token, process)
+    server = Lab(f"http://127.0.0.1:{port}", token, process, log=home / "server.log")
     try:
         start = time.monotonic()
         deadline = start + SERVER_START
@@ -209,6 +241,58 @@ def start_lab(home: Path, notebooks: str = "notebooks/") -> Iterator[Lab]:
         log.close()
 
 
+def is_kernel(process: psutil.Process) -> bool:
+    return any("ipykernel" in part for part in process.cmdline())
+
+
+class Walk(threading.Thread):
+    """Samples, every ``every`` seconds until stopped, the summed RSS of the server process and all
+    its descendants (kernels, their data-loader workers) less the resident pages of PyTorch's CUDA
+    libraries in them, and which kernels are alive. Each sample belongs to the ``phase`` set last
+    (the notebook being walked)."""
+
+    def __init__(self, server: psutil.Process, every: float = SAMPLE_EVERY):
+        super().__init__(daemon=True)
+        self.server, self.every = server, every
+        self.phase = "server"
+        self.finished: list[str] = []  # the notebooks whose test ran to its end
+        self.samples: list[dict] = []
+        self.kernels_seen: set[int] = set()
+        self.done = threading.Event()
+
+    def sample(self) -> dict:
+        rss = cuda = 0
+        kernels = []
+        for process in [self.server, *self.server.children(recursive=True)]:
+            try:
+                with process.oneshot():
+                    if process.status() == psutil.STATUS_ZOMBIE:
+                        continue
+                    rss += process.memory_info().rss
+                    if is_kernel(process):
+                        kernels.append(process.pid)
+                cuda += measure_memory.cuda_library_rss(process.pid)
+            except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+                continue  # it ended while being read
+        return {"phase": self.phase, "rss": rss, "cuda_libs": cuda, "binder": rss - cuda, "kernels": kernels}
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self.done.is_set():
+            try:
+                sample = self.sample()
+            except psutil.NoSuchProcess:  # the server is gone
+                return
+            sample["t"] = round(time.monotonic() - start, 2)
+            self.samples.append(sample)
+            self.kernels_seen.update(sample["kernels"])
+            self.done.wait(self.every)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Iterator[Lab]:
     """The server on a copy of notebooks/ (RISE saves what it presents), named as in the repository."""
@@ -220,6 +304,17 @@ def lab(tmp_path_factory) -> Iterator[Lab]:
     with start_lab(home, str(served)) as server:
         server.root = served
         yield server
+
+
+@pytest.fixture(scope="module")
+def walk(lab: Lab) -> Iterator[Walk]:
+    """The memory of the server and its kernels, sampled from the server's start to the module's end."""
+    sampler = Walk(psutil.Process(lab.process.pid))
+    sampler.start()
+    try:
+        yield sampler
+    finally:
+        sampler.stop()
 
 
 @pytest.fixture(scope="module")
@@ -532,7 +627,8 @@ def record_slideshow(name: str, state: dict, seconds: float) -> None:
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
-def test_notebook_runs_in_jupyterlab(lab: Lab, browser: Browser, notebook: Path):
+def test_notebook_runs_in_jupyterlab(lab: Lab, walk: Walk, browser: Browser, notebook: Path):
+    walk.phase = notebook.stem
     sources, hidden = code_sources(notebook), hidden_inputs(notebook)
     shown = hidden.count(False)  # code cells with a prompt in the page
     digest = hashlib.sha256(notebook.read_bytes()).hexdigest()
@@ -575,13 +671,101 @@ def test_notebook_runs_in_jupyterlab(lab: Lab, browser: Browser, notebook: Path)
         with contextlib.suppress(Exception):
             shot = shot or screenshot(page, notebook.stem)
         with contextlib.suppress(Exception):
-            context.close()
-        with contextlib.suppress(OSError):
-            for k in lab.api("GET", "/api/kernels"):  # free its memory for the next notebook
-                lab.api("DELETE", f"/api/kernels/{k['id']}")
+            context.close()  # its kernel keeps running: the next notebook's start shuts it down
     if hashlib.sha256(notebook.read_bytes()).hexdigest() != digest:
         problems.append("the notebook in the repository changed during the test (only its copy is served)")
     assert not problems, f"{notebook.name} in JupyterLab (screenshot {shot}):\n" + "\n".join(problems)
+    walk.finished.append(notebook.stem)
+
+
+def running_kernels(lab: Lab) -> list[dict]:
+    return lab.api("GET", "/api/kernels")
+
+
+def test_closing_a_tab_shuts_its_kernel_down(lab: Lab, walk: Walk, browser: Browser):
+    """After the walk: the first notebook again, its kernel started (the last one's shut down), then
+    its tab closed: JupyterLab shuts the kernel down (binder/jupyter/labconfig sets kernelShutdown)."""
+    notebook = NOTEBOOKS[0]
+    walk.phase = f"{notebook.stem} again, tab closed"
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    context.set_default_timeout(UI * 1000)
+    page = context.new_page()
+    try:
+        page.goto(
+            f"{lab.url}/lab/workspaces/e2e-tab/tree/{notebook.name}?reset&token={lab.token}",
+            timeout=PAGE_LOAD * 1000,
+        )
+        page.wait_for_function(f"() => {KERNEL_IDLE}", timeout=PAGE_LOAD * 1000)
+        kernels = running_kernels(lab)
+        assert len(kernels) == 1, f"one kernel should run, the first notebook's: {kernels}"
+        tab = page.locator(".lm-TabBar-tab", has_text=notebook.name)
+        tab.locator(".lm-TabBar-tabCloseIcon").click()
+        discard = page.locator(".jp-Dialog").get_by_role("button", name="Discard")
+        with contextlib.suppress(PlaywrightTimeout):  # opening marks it changed: close without saving
+            discard.wait_for(timeout=5000 * SCALE)
+            discard.click()
+        tab.wait_for(state="detached")
+        deadline = time.monotonic() + API
+        while (kernels := running_kernels(lab)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert kernels == [], f"the notebook's tab is closed, but its kernel still runs: {kernels}"
+    finally:
+        with contextlib.suppress(Exception):
+            context.close()
+
+
+def one_kernel_lines(log: Path | None) -> list[str]:
+    """What binder/one_kernel.py logged: one line per kernel it shut down."""
+    text = log.read_text() if log and log.exists() else ""
+    return [line.split("] ", 1)[-1] for line in text.splitlines() if "One kernel at a time" in line]
+
+
+def test_the_walk_fits_in_a_binder_session(lab: Lab, walk: Walk):
+    """The walk's peak (server and kernels, less the CUDA libraries) within Binder's 2,000 MB, and
+    never two kernels at once. Runs last, after the notebooks (pytest keeps the file's order)."""
+    walked = [s for s in walk.samples if s["phase"] != "server"]
+    if not walked:
+        pytest.skip("no notebook was walked: run the whole file (the notebooks' tests come first)")
+    from d2l_ext.runs import cpu_name  # imports torch: only here
+
+    peak = max(walked, key=lambda s: s["binder"])
+    phases = list(dict.fromkeys(s["phase"] for s in walk.samples))
+    per_phase = {
+        phase: round(max(s["binder"] for s in walk.samples if s["phase"] == phase) / MB) for phase in phases
+    }
+    crowded = [s for s in walked if len(s["kernels"]) > 1]
+    record = {
+        "peak_mb": round(peak["binder"] / MB),
+        "peak_at": peak["phase"],
+        "limit_mb": BINDER_LIMIT_MB,
+        "peak_rss_with_cuda_libs_mb": round(max(s["rss"] for s in walked) / MB),
+        # Each notebook's from its opening to the next one's (so with the shutdown of the kernel
+        # before it); "server": before the first notebook; "... again, tab closed": the test after.
+        "peak_mb_by_step": per_phase,
+        "notebooks_finished": walk.finished,
+        "kernels_seen": len(walk.kernels_seen),
+        "most_kernels_at_once": max(len(s["kernels"]) for s in walked),
+        "kernels_shut_down_by_one_kernel": one_kernel_lines(lab.log),
+        "samples": len(walk.samples),
+        "sample_every_s": walk.every,
+        "preset": PRESET,
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        "date": datetime.date.today().isoformat(),
+    }
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    (SHOTS / "memory.json").write_text(json.dumps(record, indent=1) + "\n")
+    assert not crowded, (
+        f"{len(crowded)} samples with two kernels or more alive, first in {crowded[0]['phase']}: "
+        f"{crowded[0]['kernels']} (binder/one_kernel.py should have shut the earlier down)"
+    )
+    assert peak["binder"] <= BINDER_LIMIT_MB * MB, (
+        f"the walk took {peak['binder'] / MB:.0f} MB at its peak (in {peak['phase']}), over a Binder "
+        f"session's {BINDER_LIMIT_MB} MB; by step: {per_phase}"
+    )
+    missing = [nb.stem for nb in NOTEBOOKS if nb.stem not in walk.finished]
+    assert not missing, (
+        f"the walk did not finish {missing}: its peak ({record['peak_mb']} MB) is not the whole walk's"
+    )
 
 
 # The judgement itself, on page states made up to show that each check can fail.
