@@ -241,3 +241,16 @@ def test_no_measured_number_is_typed_into_the_notebooks_prose():
         + "\n".join(f"  {name}: {', '.join(hits)}" for name, hits in uncited.items())
     )
     assert sum(len(c) for _, c in found.values()) <= 5, "at most five figures cited from papers"
+
+
+@pytest.mark.parametrize("preset", ["ci", "demo"])
+def test_the_readme_shows_the_committed_binder_walk(preset):
+    """The memory table of README's "On Binder" is the record of a walk (tests/test_lab_e2e.py),
+    committed in benchmarks/results/, not typed."""
+    record = json.loads((ROOT / "benchmarks" / "results" / f"binder_walk_{preset}.json").read_text())
+    steps = record["peak_mb_by_step"]
+    per_notebook = " / ".join(f"{steps[nb.stem]:,}" for nb in sorted((ROOT / "notebooks").glob("*.ipynb")))
+    row = f"| {record['peak_mb']:,} MB | {per_notebook} MB | {record['date']}, {record['machine']} |"
+    assert record["preset"] == preset and record["peak_mb"] <= record["limit_mb"] == 2000
+    assert record["most_kernels_at_once"] == 1
+    assert row in (ROOT / "README.md").read_text(), f"README's Binder walk row for {preset} should end {row}"
