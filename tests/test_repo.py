@@ -254,3 +254,16 @@ def test_the_readme_shows_the_committed_binder_walk(preset):
     assert record["preset"] == preset and record["peak_mb"] <= record["limit_mb"] == 2000
     assert record["most_kernels_at_once"] == 1
     assert row in (ROOT / "README.md").read_text(), f"README's Binder walk row for {preset} should end {row}"
+
+
+def test_the_readme_shows_the_committed_lecture_times():
+    """README's table of lecture times (Teaching with these notebooks) is tools/warm.py's record,
+    committed in benchmarks/results/, not typed."""
+    record = json.loads((ROOT / "benchmarks" / "results" / "lecture_times_demo.json").read_text())
+    cold, warm = record["cold"], record["warm"]
+    assert cold["preset"] == warm["preset"] == "demo"
+    readme = (ROOT / "README.md").read_text()
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        c, w = cold["notebooks"][nb.name], warm["notebooks"][nb.name]
+        row = f"| {nb.stem} | {c['seconds']:.0f} s | {w['seconds']:.0f} s | {w['replayed']} |"
+        assert row in readme, f"README's lecture-times row for {nb.stem} should read {row}"
