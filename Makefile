@@ -57,7 +57,7 @@ lint: venv  ## ruff check and format check, code and notebooks
 
 format: venv  ## fix lint, format, and strip notebook outputs
 	$(BIN)/ruff check --fix . ; $(BIN)/ruff format .
-	$(BIN)/nbstripout notebooks/*.ipynb $(wildcard solutions/*.ipynb)
+	$(BIN)/nbstripout --keep-id notebooks/*.ipynb $(wildcard solutions/*.ipynb)
 
 export: venv  ## regenerate d2l_ext's topic modules from the notebooks' #@save cells
 	$(BIN)/python tools/export.py

@@ -158,7 +158,8 @@ def hooks() -> dict[str, dict]:
 
 def test_pre_commit_runs_ruff_nbstripout_and_the_export_check():
     found = hooks()
-    assert {"ruff-check", "ruff-format", "nbstripout", "export-check"} <= set(found)
+    assert {"ruff-check", "ruff-format", "nbstripout", "export-check", "slides-check"} <= set(found)
+    assert "--keep-id" in found["nbstripout"]["entry"]  # the cell ids name the cells: keep them
     assert found["export-check"]["entry"].endswith("tools/export.py --check")
     assert found["export-check"]["pass_filenames"] is False  # it checks every notebook, not the staged
     for hook in found.values():
@@ -171,7 +172,7 @@ def test_pre_commit_fixes_and_blocks_a_bad_commit(tmp_path):
     """The real hooks on a scratch repository: a notebook with outputs, unformatted code and a module
     out of sync are each caught; once fixed and exported, the same run passes."""
     assert PRE_COMMIT.exists(), f"{PRE_COMMIT} is missing: install the test tools with `make setup`"
-    for name in (".pre-commit-config.yaml", "pyproject.toml", "tools/export.py"):
+    for name in (".pre-commit-config.yaml", "pyproject.toml", "tools/export.py", "tools/slides.py"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
     (tmp_path / ".venv").symlink_to(sys.prefix)  # the hooks call .venv/bin/...: the tools running this
@@ -196,13 +197,14 @@ def test_pre_commit_fixes_and_blocks_a_bad_commit(tmp_path):
     run("git", "add", "-A")
     first = run(str(PRE_COMMIT), "run", "--all-files")
     assert first.returncode == 1
-    for hook in ("nbstripout", "ruff-check", "ruff-format", "export-check"):
+    for hook in ("nbstripout", "ruff-check", "ruff-format", "export-check", "slides-check"):
         assert f"hook id: {hook}" in first.stdout, f"{hook} did not fail:\n{first.stdout}"
     assert (tmp_path / "bad.py").read_text() == "x = 1\n"  # unused import removed, then formatted
     assert not any(
         c.get("outputs") for c in json.loads((tmp_path / "notebooks" / "07_toy.ipynb").read_text())["cells"]
     )
     assert run(sys.executable, "tools/export.py").returncode == 0
+    assert run(sys.executable, "tools/slides.py").returncode == 0  # writes the slide metadata
     run("git", "add", "-A")
     second = run(str(PRE_COMMIT), "run", "--all-files")
     assert second.returncode == 0, second.stdout
