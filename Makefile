@@ -28,7 +28,10 @@ test: setup  ## prepare everything, then lint, the export check and every tier (
 	$(LINT)
 	$(CHECK)
 	rm -rf $(TEST_RUNS)
-	$(PYTEST) tests notebooks $(wildcard solutions) --nbval-lax
+	@# The lecture notebooks run top to bottom in the browser tier (JupyterLab, every run trained,
+	@# any error output fails) and again in the site's build (replayed); nbval would be a third
+	@# run of the same cells, so here it runs the solutions only (make notebooks runs both).
+	$(PYTEST) tests $(wildcard solutions) --nbval-lax
 
 setup:  ## data set, .venv with torch, d2l (without its pins) and this package
 	PYTHON=$(PYTHON) VENV=$(VENV) bash tools/setup.sh
@@ -40,7 +43,7 @@ venv:
 unit: venv  ## the fast tier: d2l_ext, the exporter, the repository (under a minute)
 	$(PYTEST) tests -m unit
 
-notebooks: venv  ## every notebook and the exercises' solutions under nbval (ci preset); 00's sections alone
+notebooks: venv  ## every notebook and the exercises' solutions under nbval (ci preset); a section alone
 	$(PYTEST) notebooks $(wildcard solutions) tests/test_sections_run.py --nbval-lax
 
 browser: venv  ## the notebooks in JupyterLab in headless Chromium (tests/test_lab_e2e.py)

@@ -16,7 +16,7 @@ TIERS = {
     "test_exercises_lab.py": "browser",
     "test_binder.py": "binder",
     "test_site.py": "site",
-    "test_sections_run.py": "notebook",  # runs notebook 00 section by section, each in its own kernel
+    "test_sections_run.py": "notebook",  # a section of 01 alone, in a fresh kernel
 }
 
 
