@@ -24,13 +24,13 @@ help:  ## list the targets
 lab: setup  ## prepare everything and open JupyterLab on the notebooks
 	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/
 
+# In `make test` the lecture notebooks run top to bottom in the browser tier (JupyterLab, every run
+# trained, any error output fails) and again in the site's build (replayed); nbval would be a third
+# run of the same cells, so here it runs the solutions only (`make notebooks` runs both).
 test: setup  ## prepare everything, then lint, the export check and every tier (what CI runs)
 	$(LINT)
 	$(CHECK)
 	rm -rf $(TEST_RUNS)
-	@# The lecture notebooks run top to bottom in the browser tier (JupyterLab, every run trained,
-	@# any error output fails) and again in the site's build (replayed); nbval would be a third
-	@# run of the same cells, so here it runs the solutions only (make notebooks runs both).
 	$(PYTEST) tests $(wildcard solutions) --nbval-lax
 
 setup:  ## data set, .venv with torch, d2l (without its pins) and this package
