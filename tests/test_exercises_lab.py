@@ -21,13 +21,13 @@ import contextlib
 import hashlib
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Locator, Page
 from test_lab_e2e import KERNEL_IDLE, PAGE_LOAD, RUN_FINISHED, SCALE, SHOTS, UI, Lab, browser, start_lab
+from test_lab_e2e import stopwatch as e2e_stopwatch
 
 __all__ = ["browser"]  # the Chromium fixture of tests/test_lab_e2e.py, used here too
 
@@ -80,15 +80,8 @@ def hint() -> str:
     return next(k.value.value for k in deco.keywords if k.arg == "failure_message")
 
 
-@contextlib.contextmanager
-def stopwatch(step: str) -> Iterator[None]:
-    start = time.monotonic()
-    try:
-        yield
-    finally:
-        DURATIONS[step] = round(time.monotonic() - start, 1)
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        (SHOTS / "exercises-durations.json").write_text(json.dumps(DURATIONS, indent=1))
+def stopwatch(step: str):
+    return e2e_stopwatch(DURATIONS, step, DURATIONS, "exercises-durations.json")
 
 
 PROMPT = "(c) => c.querySelector('.jp-InputArea .jp-InputPrompt').innerText.trim()"

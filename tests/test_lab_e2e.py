@@ -435,15 +435,18 @@ def move_a_slider(page: Page) -> str | None:
 
 
 @contextlib.contextmanager
-def stopwatch(record: dict[str, float], step: str) -> Iterator[None]:
-    """Record the seconds ``step`` took (also when it fails) and write every record so far."""
+def stopwatch(
+    record: dict[str, float], step: str, everything: dict | None = None, name: str = "durations.json"
+) -> Iterator[None]:
+    """Record the seconds ``step`` took (also when it fails) and write every record so far
+    (``everything``, by default this module's) to ``build/e2e/<name>``."""
     start = time.monotonic()
     try:
         yield
     finally:
         record[step] = round(time.monotonic() - start, 1)
         SHOTS.mkdir(parents=True, exist_ok=True)
-        (SHOTS / "durations.json").write_text(json.dumps(DURATIONS, indent=1))
+        (SHOTS / name).write_text(json.dumps(DURATIONS if everything is None else everything, indent=1))
 
 
 def screenshot(page: Page, name: str) -> Path:
