@@ -80,6 +80,7 @@ if PRESET not in ("ci", "demo", "full"):
 # A Binder session's memory for the server and all its kernels (MB = 10^6 bytes).
 MB, BINDER_LIMIT_MB = 1e6, 2000
 SAMPLE_EVERY = 0.5  # seconds between two samples of the walk's memory
+CUDA_EVERY = 10.0  # seconds between two reads of a process's CUDA-library pages (see Walk.cuda_libs)
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -259,6 +260,7 @@ class Walk(threading.Thread):
         self.samples: list[dict] = []
         self.kernels_seen: set[int] = set()
         self.done = threading.Event()
+        self.cuda_cache: dict[int, tuple[float, int]] = {}  # pid -> (when read, CUDA libraries' bytes)
 
     def sample(self) -> dict:
         rss = cuda = 0
@@ -271,10 +273,21 @@ class Walk(threading.Thread):
                     rss += process.memory_info().rss
                     if is_kernel(process):
                         kernels.append(process.pid)
-                cuda += measure_memory.cuda_library_rss(process.pid)
+                cuda += self.cuda_libs(process.pid)
             except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
                 continue  # it ended while being read
         return {"phase": self.phase, "rss": rss, "cuda_libs": cuda, "binder": rss - cuda, "kernels": kernels}
+
+    def cuda_libs(self, pid: int) -> int:
+        """The resident bytes of CUDA libraries in ``pid``, read from its smaps at most every
+        ``CUDA_EVERY`` seconds: a kernel's smaps runs to ~100,000 lines, and parsing it twice a second
+        would take CPU from the training it measures. The libraries' pages, once loaded, barely move;
+        before they are (a kernel still importing torch), its smaps is short and read every time."""
+        now = time.monotonic()
+        cached = self.cuda_cache.get(pid)
+        if cached is None or not cached[1] or now - cached[0] > CUDA_EVERY:  # 0: not loaded yet
+            cached = self.cuda_cache[pid] = (now, measure_memory.cuda_library_rss(pid))
+        return cached[1]
 
     def run(self) -> None:
         start = time.monotonic()
