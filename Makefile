@@ -24,8 +24,8 @@ help:  ## list the targets
 lab: setup  ## prepare everything and open JupyterLab on the notebooks
 	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/
 
-# In `make test` the lecture notebooks run top to bottom in the browser tier (JupyterLab, every run
-# trained, any error output fails) and again in the site's build (replayed); nbval would be a third
+# In `make test` the lecture notebooks run top to bottom in the browser tier (JupyterLab, a fresh
+# session's empty run cache, any error output fails) and again in the site's build (replayed); nbval would be a third
 # run of the same cells, so here it runs the solutions only (`make notebooks` runs both).
 test: setup  ## prepare everything, then lint, the export check and every tier (what CI runs)
 	$(LINT)

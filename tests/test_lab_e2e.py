@@ -24,10 +24,13 @@ server and its kernels are stopped whatever happens.
 The notebooks in file order are a student's walk through the lecture in one Binder session, and
 its memory is measured. The test shuts no kernel down: closing a notebook's browser context leaves
 its kernel running (a tab left open), and Binder's kernel manager (``binder/one_kernel.py``) must
-shut it down when the next notebook starts its kernel. Every run trains (``D2L_EXT_RETRAIN=1``),
-as in a fresh session. A thread samples every half second, for the whole module, the summed
-resident memory (RSS) of the server and all its descendants, less the resident pages of PyTorch's
-CUDA libraries (Binder installs the CPU-only build; ``tools/measure_memory.py``). After the walk,
+shut it down when the next notebook starts its kernel. The kernels start with an empty run cache
+of the server's own, as a fresh Binder session does: each run trains once, and 03 and 04 replay
+the runs of 02 and 03 that the walk stored. When the server stops, its runs are copied into
+``$D2L_EXT_RUNS`` (``make test``'s), where the later tiers replay them. A thread samples every
+half second, for the whole module, the summed resident memory (RSS) of the server and all its
+descendants, less the resident pages of PyTorch's CUDA libraries (Binder installs the CPU-only
+build; ``tools/measure_memory.py``). After the walk,
 closing a notebook's tab must shut its kernel down (``binder/jupyter/labconfig``); the last test
 fails when the walk's peak went over 2,000 MB (MB = 10^6 bytes) or two kernels were alive at once,
 and writes the peak, each notebook's peak and the kernels seen to ``build/e2e/memory.json``.
@@ -207,10 +210,11 @@ def start_lab(home: Path, notebooks: str = "notebooks/") -> Iterator[Lab]:
     if os.geteuid() == 0:  # CI containers run as root, which jupyter refuses without this
         cmd.append("--allow-root")
     # The user's Jupyter config and runtime files stay out of it (binder/start adds Binder's); the
-    # kernels run the ci preset (or $E2E_PRESET) and train every run, as in a fresh Binder session.
-    env = {k: v for k, v in os.environ.items() if k != "JUPYTER_CONFIG_PATH"} | dict(
+    # kernels run the ci preset (or $E2E_PRESET) with an empty run cache, as a fresh Binder session.
+    runs = home / "runs"
+    env = {k: v for k, v in os.environ.items() if k not in ("JUPYTER_CONFIG_PATH", "D2L_EXT_RETRAIN")} | dict(
         D2L_EXT_PRESET=PRESET,
-        D2L_EXT_RETRAIN="1",
+        D2L_EXT_RUNS=str(runs),
         JUPYTER_CONFIG_DIR=str(home / "config"),
         JUPYTER_RUNTIME_DIR=str(home / "runtime"),
     )
@@ -240,6 +244,15 @@ def start_lab(home: Path, notebooks: str = "notebooks/") -> Iterator[Lab]:
     finally:
         stop(process)
         log.close()
+        share_runs(runs)
+
+
+def share_runs(runs: Path) -> None:
+    """Copy the server's run cache into ``$D2L_EXT_RUNS`` (``make test``'s), where later tiers replay
+    those runs; entries are whole files, each checked by its SHA-256 record when read."""
+    target = os.environ.get("D2L_EXT_RUNS", "")
+    if runs.is_dir() and target and target.lower() != "off":
+        shutil.copytree(runs, target, dirs_exist_ok=True)
 
 
 def is_kernel(process: psutil.Process) -> bool:
