@@ -53,9 +53,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"
 fi
-# --no-compile: Python compiles a module when it is first imported; compiling every file of torch
-# and the Jupyter stack at install time costs tens of seconds of `make setup` for files never run.
-PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile)
+PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 stamp="$VENV/.d2l_ext-$(cat pyproject.toml tools/setup.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   if [ -n "$TORCH_SPEC" ] && ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
