@@ -20,32 +20,29 @@ from __future__ import annotations
 
 import ast
 import builtins
-import json
-import re
 import symtable
+import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# Sections that gather the whole run's numbers: they may read what any section defined.
-CLOSING = re.compile(r"^## (Summary|This run's numbers|What this run measured)\b")
+sys.path.insert(0, str(REPO / "tools"))
+try:
+    import warm  # the section split that `tools/warm.py --sections` runs
+finally:
+    sys.path.remove(str(REPO / "tools"))
 IPYTHON = {"display", "get_ipython", "__class__"}  # __class__: what super() reads in a method
 COMPREHENSIONS = {"listcomp", "setcomp", "dictcomp", "genexpr"}  # they run where they stand
 
 
-def sections(notebook: Path) -> tuple[list[str], list[tuple[str, list[str]]]]:
-    """The set-up cells' code, and each ``##`` section's title and code cells, in order."""
-    setup: list[str] = []
-    found: list[tuple[str, list[str]]] = []
-    for cell in json.loads(notebook.read_text())["cells"]:
-        source = "".join(cell["source"])
-        if cell["cell_type"] == "markdown" and source.startswith("## "):
-            found.append((source.splitlines()[0], []))
-        elif cell["cell_type"] == "code":
-            (found[-1][1] if found else setup).append(source)
-    return setup, found
+def sections(notebook: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """The set-up cells' code and each ``##`` section's code, split as `tools/warm.py --sections`
+    runs them (the closing sections, which gather every section's numbers, left out)."""
+    setup, found = warm.split_sections(nbformat.read(notebook, as_version=4))
+    return [c.source for c in setup], {title: [c.source for c in cells] for title, cells in found.items()}
 
 
 def statements(cells: list[str]) -> list[ast.stmt]:
@@ -98,7 +95,7 @@ def missing_names(notebook: Path) -> dict[str, list[str]]:
     builtin = set(dir(builtins)) | IPYTHON
     available = builtin.union(*(names(s)[0] for s in statements(setup)))
     missing = {"set-up": lacking(setup, builtin)}
-    missing |= {title: lacking(cells, available) for title, cells in found if not CLOSING.match(title)}
+    missing |= {title: lacking(cells, available) for title, cells in found.items()}
     return {title: names for title, names in missing.items() if names}
 
 
@@ -130,7 +127,7 @@ def test_the_check_finds_a_section_that_leans_on_an_earlier_one(tmp_path):
         ("markdown", "## Summary"),
         ("code", "print(x, y, z)"),
     ]
-    nb = {"cells": [{"cell_type": t, "source": s, "metadata": {}} for t, s in cells]}
+    new = {"markdown": nbformat.v4.new_markdown_cell, "code": nbformat.v4.new_code_cell}
     path = tmp_path / "99_toy.ipynb"
-    path.write_text(json.dumps(nb))
+    nbformat.write(nbformat.v4.new_notebook(cells=[new[t](s) for t, s in cells]), path)
     assert missing_names(path) == {"## Two": ["w", "y"], "## Three": ["k", "n", "v"]}
