@@ -323,8 +323,9 @@ def _input_moments(model: nn.Module, bn: nn.Module, loader) -> list:
     return totals
 
 
-@torch.no_grad()
-def exact_bn_statistics(model: nn.Module, loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def exact_bn_statistics(
+    model: nn.Module, loader, *, recompute: bool | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Replace every BN layer's running estimates with the exact mean and variance of its input
     over all of ``loader``, layer by layer in eval mode; returns them as (mean, var) per layer.
 
@@ -334,8 +335,22 @@ def exact_bn_statistics(model: nn.Module, loader) -> list[tuple[torch.Tensor, to
     times float32's machine epsilon, so the two conventions differ measurably. If a pass fails or is
     interrupted, every running estimate is put back as it was, and every mode.
 
+    A pass per BN layer over the training set takes seconds on a laptop, so, like a training, the
+    result is kept in the run cache (`d2l_ext.runs.measure_once`), keyed by the model's code, every
+    weight and buffer, and the loader's data and order: the same call on the same weights replays
+    it, leaves the model exactly as computing would, and says so in one line. ``recompute=True``
+    (or ``D2L_EXT_RETRAIN=1``) computes afresh.
+
     Shapes: each mean and var (C,), float32, for a layer of C features or channels.
     """
+    from d2l_ext.runs import measure_once  # here, not above: d2l_ext.runs imports this module
+
+    return measure_once(_exact_bn_statistics, model, loader, name="exact_bn_statistics", recompute=recompute)
+
+
+@torch.no_grad()
+def _exact_bn_statistics(model: nn.Module, loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`exact_bn_statistics`, computed."""
     layers = bn_layers(model)
     before = [tuple(t.clone() for t in _running_stats(bn)) for bn in layers]
     stats = []

@@ -19,6 +19,10 @@ trees, so a comment or a moved cell does not count, and a changed line does). A 
 setting therefore misses the cache and trains; it can never replay a stale run. An entry is
 written atomically, its bytes are checked against the digest stored beside it, and one that is
 corrupt or partial is reported and retrained, never loaded.
+
+A long measurement of a trained model is kept the same way, by `measure_once`: the exact batch-norm
+statistics of a network over the training set (a pass per BN layer) are computed once per set of
+weights and then replayed, so a warm lecture never waits for them either.
 """
 
 from __future__ import annotations
@@ -48,7 +52,17 @@ from d2l_ext import training as _training
 from d2l_ext.presets import Experiment
 from d2l_ext.training import Callback, Trainer
 
-__all__ = ["RunCache", "RunCacheWarning", "code_digest", "cpu_name", "fit", "run_key", "runs_dir"]
+__all__ = [
+    "RunCache",
+    "RunCacheWarning",
+    "code_digest",
+    "cpu_name",
+    "fit",
+    "measure_once",
+    "measurement_key",
+    "run_key",
+    "runs_dir",
+]
 
 FORMAT = 1  # the layout of a stored run; a new layout makes old entries miss
 RUNS_ENV, RETRAIN_ENV = "D2L_EXT_RUNS", "D2L_EXT_RETRAIN"
@@ -263,18 +277,20 @@ def _module_objects(module) -> list:
 
 
 class RunCache:
-    """Runs on disk: ``<folder>/<experiment>/<preset>/<key>.pt`` (the run, `torch.save`) and
+    """Runs on disk: ``<folder>/<experiment>/<preset>/<key>.pt`` (the run, `torch.save`; a stored
+    measurement, `measure_once`: ``<folder>/measurements/<name>/<key>.pt``) and
     ``<key>.json`` (what it was and the SHA-256 of the ``.pt`` file), each written atomically, the
     ``.json`` last: an entry without it is partial, one whose bytes differ from it is corrupt."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
 
-    def paths(self, cfg: Experiment, key: str) -> tuple[Path, Path]:
-        where = self.folder / cfg.name / cfg.preset
+    def paths(self, cfg: Experiment | str, key: str) -> tuple[Path, Path]:
+        """The entry's two files; ``cfg`` is a run's experiment, or a folder of the cache (a str)."""
+        where = self.folder / (Path(cfg.name, cfg.preset) if isinstance(cfg, Experiment) else Path(cfg))
         return where / f"{key}.pt", where / f"{key}.json"
 
-    def load(self, cfg: Experiment, key: str) -> dict[str, Any] | None:
+    def load(self, cfg: Experiment | str, key: str) -> dict[str, Any] | None:
         """The stored run, or None when there is none; a bad entry is reported (`RunCacheWarning`)
         and ignored, so the run trains and replaces it."""
         pt, meta_path = self.paths(cfg, key)
@@ -303,7 +319,9 @@ class RunCache:
         run["meta"] = meta
         return run
 
-    def store(self, cfg: Experiment, key: str, run: dict[str, Any], meta: dict[str, Any]) -> Path | None:
+    def store(
+        self, cfg: Experiment | str, key: str, run: dict[str, Any], meta: dict[str, Any]
+    ) -> Path | None:
         """Write the run; on an error (read-only or full disk) warn and return None: the trained
         model is in memory either way."""
         pt, meta_path = self.paths(cfg, key)
@@ -327,7 +345,8 @@ class RunCache:
     @staticmethod
     def _bad(pt: Path, why: str) -> None:
         warnings.warn(
-            f"Run cache entry {pt} is {why}. It is not used: the run trains again and replaces it.",
+            f"Run cache entry {pt} is {why}. It is not used: the run trains again (a measurement "
+            "is computed again) and replaces it.",
             RunCacheWarning,
             stacklevel=4,
         )
@@ -491,3 +510,109 @@ def _replay(trainer: Trainer, model: nn.Module, data, run: dict[str, Any], recor
     generator = _loader_generator(data)
     if generator is not None and run["rng"]["loader"] is not None:
         generator.set_state(run["rng"]["loader"])
+
+
+# -- measurements of a trained model, stored and replayed --------------------------------------------
+
+MEASUREMENTS = "measurements"  # their folder in the run cache: <cache>/measurements/<name>/<key>.pt
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    """A tensor's values as bytes, whatever its device, dtype or memory layout."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _state_digest(model: nn.Module) -> str:
+    """A digest of every value of ``model``'s ``state_dict``: its weights and buffers."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+def measurement_key(fn, model: nn.Module, loader) -> tuple[str, dict[str, Any]] | None:
+    """The key of ``fn(model, loader)`` (hex digest) and what it was computed from, or None for a
+    loader that is not a d2l_ext `TensorLoader` (its data could change unseen, so it is not stored).
+
+    The model counts by its structure, the code of its modules' classes and the value of every
+    weight and buffer; the loader by its settings, the bytes of its images and labels and the state
+    of its generator (the order of its batches); ``fn`` by its code and the code it calls.
+    """
+    if type(loader) is not _data.TensorLoader:
+        return None
+    classes = sorted({type(m) for m in model.modules()}, key=lambda c: c.__qualname__)
+    data = hashlib.sha256()
+    for t in (loader.images, loader.targets, loader.generator.get_state()):
+        data.update(_tensor_bytes(t))
+    about = {
+        "format": FORMAT,
+        "measurement": fn.__qualname__,
+        "code": code_digest(fn, *classes, _data.TensorLoader),
+        "model": repr(model),
+        "modules": _module_settings(model),
+        "state": _state_digest(model),
+        "loader": _plain(
+            {k: getattr(loader, k) for k in ("batch_size", "shuffle", "resize", "normalize", "flip")}
+        ),
+        "data": data.hexdigest(),
+    }
+    text = json.dumps(about, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32], about
+
+
+def measure_once(fn, model: nn.Module, loader, *, name: str | None = None, recompute: bool | None = None):
+    """``fn(model, loader)``, or the stored result of that same call: for a pass over a data set that
+    measures a trained model and may set part of its state (`d2l_ext.measure.exact_bn_statistics`).
+
+    Like `fit` for a training: the first call computes and stores the result, the model's state after
+    the pass and the loader's generator state after it; a later call with the same key (see
+    `measurement_key`: the same code, weights, buffers and data) puts the model and the loader where
+    the computation left them, returns the stored result and prints one line that says so. Any
+    changed weight misses and computes. ``recompute=True`` or ``D2L_EXT_RETRAIN=1`` computes afresh
+    (and stores the new result); a loader other than a `TensorLoader` always computes.
+
+    The result must be made of tensors, numbers, strings, lists, tuples and dicts (what
+    ``torch.load(weights_only=True)`` reads). ``name`` (default: ``fn``'s) names it in the printed
+    line and in the cache's folders.
+    """
+    name = name or fn.__name__
+    folder = runs_dir()
+    found = None if folder is None else measurement_key(fn, model, loader)
+    if found is None:
+        return fn(model, loader)
+    key, about = found
+    cache, where = RunCache(folder), f"{MEASUREMENTS}/{name}"
+    recompute = _retrain_from_env() if recompute is None else recompute
+    stored = None if recompute else cache.load(where, key)
+    if stored is not None:
+        model.load_state_dict(stored["state"])
+        loader.generator.set_state(stored["loader"])
+        meta = stored["meta"]
+        print(
+            f"Replayed from the run cache: {name} of this model over {len(loader.targets):,} "
+            f"images, computed {meta['date']} on {meta['machine']} in {meta['seconds']:.1f} s. To "
+            f"compute it live: recompute=True, or {RETRAIN_ENV}=1 for every run."
+        )
+        return stored["result"]
+    start, when = time.perf_counter(), datetime.datetime.now()
+    result = fn(model, loader)
+    seconds = time.perf_counter() - start
+    entry = {
+        "format": FORMAT,
+        "key": key,
+        "result": result,
+        "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "loader": loader.generator.get_state(),
+    }
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    meta = {
+        "key": key,
+        "about": about,
+        "date": when.strftime("%Y-%m-%d %H:%M"),
+        "machine": _machine(device),
+        "seconds": seconds,
+        "versions": {"d2l_ext": _version(), "torch": torch.__version__, "python": platform.python_version()},
+    }
+    cache.store(where, key, entry, meta)
+    return result

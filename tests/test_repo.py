@@ -269,3 +269,12 @@ def test_the_readme_shows_the_committed_lecture_times():
         c, w = cold["notebooks"][nb.name], warm["notebooks"][nb.name]
         row = f"| {nb.stem} | {c['seconds']:.0f} s | {w['seconds']:.0f} s | {w['replayed']} |"
         assert row in readme, f"README's lecture-times row for {nb.stem} should read {row}"
+    # The same measurement of the notebooks before instructor mode, cold, for the claim that none
+    # is slower now.
+    before = record["before"]
+    assert before["preset"] == "demo" and before["machine"] == cold["machine"]
+    assert before["date"][:10] == cold["date"][:10]  # the same machine, the same day
+    for name, b in before["notebooks"].items():
+        said = f"{Path(name).stem} {b['seconds']:.0f} s"
+        assert said in readme, f"README should give {said} for the notebooks before instructor mode"
+        assert cold["notebooks"][name]["seconds"] <= 1.05 * b["seconds"], name  # no slower, within noise

@@ -3,6 +3,7 @@ replays a stale run, and a bad entry is reported and retrained, never loaded."""
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import linecache
@@ -325,10 +326,10 @@ def test_make_warm_stores_the_runs_a_notebook_asks_for(runs, tmp_path, capsys, m
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("D2L_EXT_PRESET", "ci")  # warm sets it for its kernels; restored after the test
     assert warm.main([str(notebook), "--preset", "ci"]) == 0
-    assert "runs replayed from the cache: 0" in capsys.readouterr().out and len(entries(runs)) == 1
+    assert "replayed (runs, measurements): 0" in capsys.readouterr().out and len(entries(runs)) == 1
     record = tmp_path / "record" / "warm.json"
     assert warm.main([str(notebook), "--preset", "ci", "--record", str(record)]) == 0
-    assert "runs replayed from the cache: 1" in capsys.readouterr().out and len(entries(runs)) == 1
+    assert "replayed (runs, measurements): 1" in capsys.readouterr().out and len(entries(runs)) == 1
     written = json.loads(record.read_text())
     assert written["preset"] == "ci" and written["notebooks"]["01_toy.ipynb"]["replayed"] == 1
     assert 0 < written["notebooks"]["01_toy.ipynb"]["seconds"] and "cores" in written["machine"]
@@ -352,3 +353,94 @@ def test_warm_sections_names_a_section_that_leans_on_an_earlier_one(runs, tmp_pa
     out, err = capsys.readouterr()
     assert "One" in out and "99_toy.ipynb, section '## Two': it fails in a fresh kernel" in err
     assert "NameError" in err and "Summary" not in out + err
+
+
+# -- a measurement of a trained model (exact BN statistics), stored and replayed ------------------
+
+
+def exact_pass(model, loader, at, **kwargs):
+    """`exact_bn_statistics` on a copy of ``model``, with ``loader``'s batches in the order ``at``
+    (a generator state); the statistics, the copy, and the loader's state afterwards."""
+    from d2l_ext.measure import exact_bn_statistics
+
+    net = copy.deepcopy(model)
+    loader.generator.set_state(at)
+    stats = exact_bn_statistics(net, loader, **kwargs)
+    return stats, net, loader.generator.get_state()
+
+
+@pytest.fixture
+def trained(runs, data):
+    model, *_ = train(data)  # BN's running estimates after six steps: far from the exact ones
+    loader = data.train_dataloader()
+    return model.net, loader, loader.generator.get_state()  # its layers, as notebook 01 measures
+
+
+def same_state(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_exact_statistics_replay_what_they_computed(runs, trained, capsys):
+    model, loader, at = trained
+    stats1, net1, after1 = exact_pass(model, loader, at)
+    assert "Replayed" not in capsys.readouterr().out
+    assert len(list((runs / "measurements" / "exact_bn_statistics").glob("*.pt"))) == 1
+    assert not same_state(net1, model)  # the pass replaced the running estimates
+    stats2, net2, after2 = exact_pass(model, loader, at)
+    out = capsys.readouterr().out
+    assert "Replayed from the run cache: exact_bn_statistics of this model over 640 images" in out
+    assert "recompute=True" in out and "D2L_EXT_RETRAIN=1" in out
+    assert len(stats2) == len(stats1) == 1 and all(
+        torch.equal(a, b) for s1, s2 in zip(stats1, stats2) for a, b in zip(s1, s2)
+    )
+    assert same_state(net2, net1) and torch.equal(after2, after1)  # what follows cannot tell
+
+
+def test_exact_statistics_of_other_weights_data_or_order_are_computed(runs, trained, data, capsys):
+    model, loader, at = trained
+    exact_pass(model, loader, at)
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed[0].weight[0, 0, 0, 0] += 1e-6  # one weight, barely
+    exact_pass(changed, loader, at)
+    exact_pass(model, loader, loader.generator.get_state())  # another order of the batches
+    other = FashionMNIST(batch_size=64, train_subset=320, val_subset=200, verbose=False)
+    other_loader = other.train_dataloader()
+    exact_pass(model, other_loader, other_loader.generator.get_state())  # other images
+    assert "Replayed" not in capsys.readouterr().out
+    assert len(list((runs / "measurements").rglob("*.pt"))) == 4
+
+
+def test_exact_statistics_recompute_by_argument_or_environment(runs, trained, capsys, monkeypatch):
+    model, loader, at = trained
+    exact_pass(model, loader, at)
+    exact_pass(model, loader, at, recompute=True)
+    monkeypatch.setenv("D2L_EXT_RETRAIN", "1")
+    exact_pass(model, loader, at)
+    assert "Replayed" not in capsys.readouterr().out
+
+
+def test_a_bad_measurement_entry_is_reported_and_computed_again(runs, trained, capsys):
+    model, loader, at = trained
+    stats1, net1, _ = exact_pass(model, loader, at)
+    (pt,) = (runs / "measurements").rglob("*.pt")
+    corrupt(pt)
+    with pytest.warns(RunCacheWarning, match="corrupt"):
+        stats2, net2, _ = exact_pass(model, loader, at)
+    assert "Replayed" not in capsys.readouterr().out and same_state(net2, net1)
+    exact_pass(model, loader, at)
+    assert "Replayed" in capsys.readouterr().out  # the entry is whole again
+
+
+def test_measurements_on_other_loaders_or_without_a_cache_are_not_stored(runs, trained, monkeypatch, capsys):
+    from d2l_ext.measure import exact_bn_statistics
+
+    model, loader, _ = trained
+    batches = [next(iter(loader))] * 2  # a plain list: its contents could change unseen
+    for _ in range(2):
+        exact_bn_statistics(copy.deepcopy(model), batches)
+    monkeypatch.setenv("D2L_EXT_RUNS", "off")
+    for _ in range(2):
+        exact_pass(model, loader, loader.generator.get_state())
+    assert "Replayed" not in capsys.readouterr().out and not (runs / "measurements").exists()

@@ -46,7 +46,7 @@ from d2l_ext.runs import cpu_name, runs_dir  # noqa: E402
 
 
 def replays(nb) -> int:
-    """How many cells' outputs say a run was replayed (one line per replayed run)."""
+    """How many cells' outputs say a run or a measurement was replayed (one line for each)."""
     return sum(
         out.get("text", "").count("Replayed from the run cache")
         for cell in nb.cells
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         total += seconds
         record["notebooks"][notebook.name] = {"seconds": round(seconds, 1), "replayed": replayed}
-        print(f"  {notebook.name:24s} {seconds:6.1f} s   runs replayed from the cache: {replayed}")
+        print(f"  {notebook.name:24s} {seconds:6.1f} s   replayed (runs, measurements): {replayed}")
     print(f"Done in {total:.0f} s. In the lecture, with D2L_EXT_PRESET={preset}, these runs replay.")
     if args.sections:
         os.environ.pop("D2L_EXT_RETRAIN", None)  # the runs are stored now: the sections replay them
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for title, seconds, replayed in run_sections(notebook, args.timeout):
                     record["sections"].setdefault(notebook.name, {})[title[3:]] = round(seconds, 1)
-                    print(f"    {seconds:6.1f} s  {title[3:]:62.62s}  runs replayed: {replayed}")
+                    print(f"    {seconds:6.1f} s  {title[3:]:62.62s}  replays: {replayed}")
             except CellExecutionError as e:
                 print(str(e), file=sys.stderr)
                 return 1
