@@ -315,6 +315,11 @@ class ProgressDisplay(Callback):
             board.xlim = None  # the number of epochs is not known in advance
         board.xlabel = "epoch"  # without one, d2l's ProgressBoard.draw reads a missing .x
         board.display = True
+        if board.fig is None:  # d2l's board makes its figure at its first point; make it here, with
+            # a dot at every point: a run validated only at its end has a single validation point,
+            # which a line alone does not show (its legend entry would stand for nothing).
+            board.fig = d2l.plt.figure(figsize=board.figsize)
+            board.fig.gca().set_prop_cycle(marker=["o"], markersize=[4])
 
     def after_batch(self, trainer):
         self.loss_sum += trainer.loss.detach()  # a tensor: no wait for the GPU until a point

@@ -310,6 +310,23 @@ def test_the_live_plot_gains_a_point_every_few_seconds_of_training(monkeypatch):
     assert drawn[1][1]["probe_acc"] == trainer.probes[1][1]
 
 
+def test_the_live_plot_shows_a_run_validated_only_at_its_end():
+    clock = FakeClock()
+    model = TimedCNN(clock)
+    trainer = Trainer(max_epochs=1000, time_budget=2.5, eval_every=0, clock=clock)  # plot=True
+    trainer.fit(model, small_data())
+    ax = model.board.fig.axes[0]
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["train_loss", "val_loss", "val_acc"]
+    # Each validation curve is one point: every point is drawn as a dot, and the legend shows the
+    # dot, so no entry stands for nothing.
+    newest = ax.lines[-3:]  # d2l's board plots every curve anew at each redraw
+    assert len(newest[0].get_xdata()) > 1 and [len(line.get_xdata()) for line in newest[1:]] == [1, 1]
+    assert all(line.get_marker() == "o" and line.get_markersize() > 0 for line in newest)
+    assert all(handle.get_marker() == "o" for handle in legend.legend_handles)
+    assert newest[2].get_ydata()[0] == trainer.history[-1]["val_acc"]
+
+
 def test_the_live_plot_refuses_a_bad_interval():
     with pytest.raises(ValueError, match="seconds"):
         ProgressDisplay(every=0)
