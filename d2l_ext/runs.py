@@ -233,7 +233,7 @@ def run_key(
     callbacks and recorders. The model counts by its structure (``repr``), its hyperparameters,
     every submodule's plain attributes and the code of the classes of all its submodules.
     """
-    classes = sorted({type(m) for m in model.modules()}, key=lambda c: c.__qualname__)
+    classes = _classes(model)
     about = {
         "format": FORMAT,
         "experiment": cfg.name,
@@ -249,8 +249,17 @@ def run_key(
         # The training loop and the data pipeline: a change there changes every run.
         "library": code_digest(*_module_objects(_training), *_module_objects(_data)),
     }
-    text = json.dumps(about, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:32], about
+    return _digest(about), about
+
+
+def _classes(model: nn.Module) -> list[type]:
+    """The classes of ``model``'s submodules, itself included, in a fixed order."""
+    return sorted({type(m) for m in model.modules()}, key=lambda c: c.__qualname__)
+
+
+def _digest(about: dict[str, Any]) -> str:
+    """The key (hex digest) of what a run or a measurement was computed from."""
+    return hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def _module_settings(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -428,25 +437,24 @@ def fit(
         meta = {
             "key": key,
             "about": about,
-            "date": when.strftime("%Y-%m-%d %H:%M"),
-            "machine": _machine(trainer.device),
+            **_provenance(when, trainer.device),
             "train_seconds": trainer.history[-1]["seconds"] if trainer.history else 0.0,
             "wall_seconds": wall,
-            "versions": {
-                "d2l_ext": _version(),
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-            },
         }
         cache.store(cfg, key, stored, meta)
     model._d2l_ext_run = key
     return trainer
 
 
-def _version() -> str:
+def _provenance(when: datetime.datetime, device: torch.device) -> dict[str, Any]:
+    """When and where a run trained or a measurement was computed, and with which libraries."""
     from d2l_ext import __version__
 
-    return __version__
+    return {
+        "date": when.strftime("%Y-%m-%d %H:%M"),
+        "machine": _machine(device),
+        "versions": {"d2l_ext": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
 
 
 def _stateful(pieces) -> dict[str, Any]:
@@ -541,7 +549,7 @@ def measurement_key(fn, model: nn.Module, loader) -> tuple[str, dict[str, Any]] 
     """
     if type(loader) is not _data.TensorLoader:
         return None
-    classes = sorted({type(m) for m in model.modules()}, key=lambda c: c.__qualname__)
+    classes = _classes(model)
     data = hashlib.sha256()
     for t in (loader.images, loader.targets, loader.generator.get_state()):
         data.update(_tensor_bytes(t))
@@ -557,8 +565,7 @@ def measurement_key(fn, model: nn.Module, loader) -> tuple[str, dict[str, Any]] 
         ),
         "data": data.hexdigest(),
     }
-    text = json.dumps(about, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:32], about
+    return _digest(about), about
 
 
 def measure_once(fn, model: nn.Module, loader, *, name: str | None = None, recompute: bool | None = None):
@@ -606,13 +613,6 @@ def measure_once(fn, model: nn.Module, loader, *, name: str | None = None, recom
         "loader": loader.generator.get_state(),
     }
     device = next(iter(model.parameters()), torch.empty(0)).device
-    meta = {
-        "key": key,
-        "about": about,
-        "date": when.strftime("%Y-%m-%d %H:%M"),
-        "machine": _machine(device),
-        "seconds": seconds,
-        "versions": {"d2l_ext": _version(), "torch": torch.__version__, "python": platform.python_version()},
-    }
+    meta = {"key": key, "about": about, **_provenance(when, device), "seconds": seconds}
     cache.store(where, key, entry, meta)
     return result

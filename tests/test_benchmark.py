@@ -2,11 +2,11 @@
 recipe's target. Nothing here times anything: the verdicts do not depend on the machine's speed."""
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from repo_scripts import script
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -18,11 +18,7 @@ from d2l_ext.resnet import ResNet
 from d2l_ext.resnext import ResNeXt
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "time_to_accuracy", REPO / "benchmarks" / "time_to_accuracy.py"
-)
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = script("benchmarks/time_to_accuracy.py")
 
 N, IN, HIDDEN, OUT = 8, 32, 64, 10
 

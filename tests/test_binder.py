@@ -16,7 +16,6 @@ Every Binder link comes from one setting, site/_config.yml's ``repository`` (and
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from repo_scripts import script
 
 REPO = Path(__file__).resolve().parents[1]
 REPO2DOCKER = Path(sys.executable).with_name("repo2docker")
@@ -36,14 +36,8 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # machine a hundred times slower.
 RECIPE_TIMEOUT, SCRIPT_TIMEOUT = 120, 60
 
-_spec = importlib.util.spec_from_file_location("binder_lock", REPO / "tools" / "binder_lock.py")
-binder_lock = importlib.util.module_from_spec(_spec)
-sys.modules["binder_lock"] = binder_lock  # its dataclasses look their module up there
-_spec.loader.exec_module(binder_lock)
-_spec = importlib.util.spec_from_file_location("course_site", REPO / "tools" / "site.py")
-course_site = importlib.util.module_from_spec(_spec)
-sys.modules["course_site"] = course_site
-_spec.loader.exec_module(course_site)
+binder_lock = script("tools/binder_lock.py")
+course_site = script("tools/site.py", "course_site")
 
 
 def recipe(repo: Path) -> str:

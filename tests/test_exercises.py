@@ -22,21 +22,17 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import importlib.util
 import io
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from repo_scripts import script
 
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("exercises_tool", ROOT / "tools" / "exercises.py")
-tool = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = tool  # its dataclass looks itself up there
-spec.loader.exec_module(tool)
+tool = script("tools/exercises.py", "exercises_tool")
 
 SOURCES = tool.sources()
 IDS = [p.stem for p in SOURCES]

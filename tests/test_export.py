@@ -11,11 +11,10 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
+from repo_scripts import script
 
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("export", ROOT / "tools" / "export.py")
-export = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(export)
+export = script("tools/export.py")
 
 CELLS = [
     ("markdown", "# 07 · Toy topic\nText."),

@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -63,16 +62,12 @@ import psutil
 import pytest
 from playwright.sync_api import Browser, Frame, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from repo_scripts import script
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-_spec = importlib.util.spec_from_file_location("slides", REPO / "tools" / "slides.py")
-slides = importlib.util.module_from_spec(_spec)
-sys.modules["slides"] = slides  # its dataclasses look their module up by name
-_spec.loader.exec_module(slides)
-_spec = importlib.util.spec_from_file_location("measure_memory", REPO / "tools" / "measure_memory.py")
-measure_memory = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(measure_memory)
+slides = script("tools/slides.py")
+measure_memory = script("tools/measure_memory.py")
 SHOTS = REPO / "build" / "e2e"
 CHROMIUM = Path(os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium"))
 START = REPO / "binder" / "start"  # Binder runs the server's command through it

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -20,13 +19,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from repo_scripts import script
 
 REPO = Path(__file__).resolve().parents[1]
 START = REPO / "binder" / "start"
 CONFIG = REPO / "binder" / "jupyter"
-_spec = importlib.util.spec_from_file_location("one_kernel", REPO / "binder" / "one_kernel.py")
-one_kernel = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(one_kernel)
+one_kernel = script("binder/one_kernel.py")
 # Timeouts (seconds) only guard against a hang: a kernel starts in a few seconds on a busy 2-core CPU.
 KERNEL_TIMEOUT, SCRIPT_TIMEOUT = 120, 120
 

@@ -17,12 +17,11 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from repo_scripts import script
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = sorted((ROOT / "d2l_ext").glob("*.py"))
-spec = importlib.util.spec_from_file_location("export", ROOT / "tools" / "export.py")
-export = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(export)
+export = script("tools/export.py")
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 LECTURE_ORDER = ["00_fashion_mnist", "01_batch_norm", "02_resnet", "03_resnext", "04_densenet"]
 CONDA_NAMES = {"pytorch": "torch"}  # conda-forge's name -> PyPI's

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from d2l import torch as d2l
+from repo_scripts import script
 from torch import nn
 
 import d2l_ext
@@ -306,11 +307,7 @@ def test_fit_takes_the_experiment_first(data):
 def test_make_warm_stores_the_runs_a_notebook_asks_for(runs, tmp_path, capsys, monkeypatch):
     import nbformat
 
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import warm
-    finally:
-        sys.path.remove(str(REPO / "tools"))
+    warm = script("tools/warm.py")
     notebook = tmp_path / "01_toy.ipynb"
     code = """
         from d2l_ext import FashionMNIST, experiment, fit
@@ -339,11 +336,7 @@ def test_make_warm_stores_the_runs_a_notebook_asks_for(runs, tmp_path, capsys, m
 def test_warm_sections_names_a_section_that_leans_on_an_earlier_one(runs, tmp_path, capsys):
     import nbformat
 
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import warm
-    finally:
-        sys.path.remove(str(REPO / "tools"))
+    warm = script("tools/warm.py")
     md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
     cells = [md("# 99 · Toy"), code("x = 1"), md("## One"), code("y = x + 1"), md("## Two"), code("y * 2")]
     cells += [md("## Summary"), code("x, y")]  # a closing section may read every section's names

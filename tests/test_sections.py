@@ -21,19 +21,15 @@ from __future__ import annotations
 import ast
 import builtins
 import symtable
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from repo_scripts import script
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-sys.path.insert(0, str(REPO / "tools"))
-try:
-    import warm  # the section split that `tools/warm.py --sections` runs
-finally:
-    sys.path.remove(str(REPO / "tools"))
+warm = script("tools/warm.py")  # the section split that `tools/warm.py --sections` runs
 IPYTHON = {"display", "get_ipython", "__class__"}  # __class__: what super() reads in a method
 COMPREHENSIONS = {"listcomp", "setcomp", "dictcomp", "genexpr"}  # they run where they stand
 

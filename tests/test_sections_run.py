@@ -7,20 +7,16 @@ static check of every section of every notebook is tests/test_sections.py; `pyth
 --sections` runs them all."""
 
 import os
-import sys
 from pathlib import Path
 
 import nbformat
+from repo_scripts import script
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "01_batch_norm.ipynb"
 SECTION = "## 6. Small batches are noisy"
 
-sys.path.insert(0, str(REPO / "tools"))
-try:
-    import warm
-finally:
-    sys.path.remove(str(REPO / "tools"))
+warm = script("tools/warm.py")
 
 
 def test_a_section_that_needs_earlier_trainings_runs_alone_after_the_set_up_cells(monkeypatch):

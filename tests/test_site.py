@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import html.parser
-import importlib.util
 import json
 import os
 import re
@@ -33,13 +32,11 @@ from pathlib import Path
 import nbformat
 import pytest
 from playwright.sync_api import Browser, Page
+from repo_scripts import script
 from test_lab_e2e import TRACEBACK, WIDGET_REPR, browser  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("course_site", REPO / "tools" / "site.py")
-course_site = importlib.util.module_from_spec(_spec)
-sys.modules["course_site"] = course_site
-_spec.loader.exec_module(course_site)
+course_site = script("tools/site.py", "course_site")
 
 # Timeouts (seconds) only guard against a hang. Building the site in the ci preset took 399 to
 # 593 s (about 210 s of CPU, mostly executing the notebooks) on a 2-core CPU loaded with other work

@@ -3,7 +3,6 @@ cell skipped and collapsed, every other cell shown, and the checks still where t
 
 import ast
 import copy
-import importlib.util
 import re
 import subprocess
 import sys
@@ -11,12 +10,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from repo_scripts import script
 
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("slides", ROOT / "tools" / "slides.py")
-slides = importlib.util.module_from_spec(spec)
-sys.modules["slides"] = slides  # its dataclasses look their module up by name
-spec.loader.exec_module(slides)
+slides = script("tools/slides.py")
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # Tags with which a runner would not run a cell, or a site would drop its code: none may hide a check.
 NOT_RUN = {"nbval-skip", "skip-execution", "remove-cell", "remove-input", "raises-exception"}
