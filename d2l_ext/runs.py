@@ -58,6 +58,7 @@ __all__ = [
     "code_digest",
     "cpu_name",
     "fit",
+    "machine_name",
     "measure_once",
     "measurement_key",
     "run_key",
@@ -372,10 +373,15 @@ def cpu_name() -> str:
     return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), fallback)
 
 
+def machine_name() -> str:
+    """The CPU's name and its number of cores, e.g. ``AMD EPYC, 2 cores``: where a record was made."""
+    return f"{cpu_name()}, {os.cpu_count()} cores"
+
+
 def _machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{machine_name()}, {torch.get_num_threads()} torch threads"
 
 
 def _loader_generator(data):

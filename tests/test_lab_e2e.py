@@ -750,7 +750,7 @@ def test_the_walk_fits_in_a_binder_session(lab: Lab, walk: Walk):
     walked = [s for s in walk.samples if s["phase"] != "server"]
     if not walked:
         pytest.skip("no notebook was walked: run the whole file (the notebooks' tests come first)")
-    from d2l_ext.runs import cpu_name  # imports torch: only here
+    from d2l_ext.runs import machine_name  # imports torch: only here
 
     peak = max(walked, key=lambda s: s["binder"])
     phases = list(dict.fromkeys(s["phase"] for s in walk.samples))
@@ -773,7 +773,7 @@ def test_the_walk_fits_in_a_binder_session(lab: Lab, walk: Walk):
         "samples": len(walk.samples),
         "sample_every_s": walk.every,
         "preset": PRESET,
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        "machine": machine_name(),
         "date": datetime.date.today().isoformat(),
     }
     SHOTS.mkdir(parents=True, exist_ok=True)

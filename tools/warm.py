@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from d2l_ext.presets import PRESETS, current_preset  # noqa: E402
-from d2l_ext.runs import cpu_name, runs_dir  # noqa: E402
+from d2l_ext.runs import machine_name, runs_dir  # noqa: E402
 
 
 def replays(nb) -> int:
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Warming the run cache {folder} for the {preset!r} preset ({len(notebooks)} notebooks).")
     record = {
         "preset": preset,
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        "machine": machine_name(),
         "threads": os.environ.get("OMP_NUM_THREADS", "default"),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
