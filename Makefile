@@ -16,7 +16,7 @@ LINT := $(BIN)/ruff check . && $(BIN)/ruff format --check .
 CHECK := $(BIN)/python tools/export.py --check && $(BIN)/python tools/exercises.py --check && \
 	$(BIN)/python tools/slides.py --check
 
-.PHONY: help lab test setup venv unit notebooks browser binder site lint format export check hooks bench gpu-check slides warm memory exercises html binder-lock clean
+.PHONY: help lab test setup venv unit notebooks browser binder site lint format export check hooks bench gpu-check slides warm memory exercises html lock clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## /{printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,7 +33,7 @@ test: setup  ## prepare everything, then lint, the export check and every tier (
 	rm -rf $(TEST_RUNS)
 	$(PYTEST) tests $(wildcard solutions) --nbval-lax
 
-setup:  ## data set, .venv with torch, d2l (without its pins) and this package
+setup:  ## data set, .venv with exactly the lock (requirements.txt), d2l without its pins, this package
 	PYTHON=$(PYTHON) VENV=$(VENV) bash tools/setup.sh
 
 venv:
@@ -91,8 +91,8 @@ warm: setup  ## before the lecture: train every run of the notebooks into the ru
 html: setup  ## the course website (Jupyter Book): every notebook executed (demo preset), in build/html/
 	$(BIN)/python tools/site.py build
 
-binder-lock: venv  ## pin binder/requirements.txt to the versions installed in .venv (what the tests ran with)
-	$(BIN)/python tools/binder_lock.py
+lock: venv  ## resolve pyproject.toml anew (uv): requirements.txt and binder/requirements.txt; then `make setup`
+	$(BIN)/python tools/lock.py
 
 memory: setup  ## peak memory and wall time of every notebook in the demo preset (Binder's limit)
 	$(BIN)/python tools/measure_memory.py

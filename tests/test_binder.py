@@ -6,9 +6,9 @@ from, for what a student's session needs: the data set from the Debian/Ubuntu pa
 PyTorch, d2l without its pins, this package, and the start script that caps thread pools. Each
 check is shown to fail on a copy of the repository with that piece broken.
 
-binder/requirements.txt pins the versions the tests run with (tools/binder_lock.py writes it from
-the venv): it must equal what the lock gives for the venv running these tests (``sys.prefix``).
-The lock's walk through the installed metadata is checked on a made-up environment.
+binder/requirements.txt is the lock's share for Binder (tools/lock.py; tests/test_lock.py checks it
+against requirements.txt). Here uv resolves it together with what Binder's image already holds,
+repo2docker's base environment: pip would leave a package of that base broken with only a warning.
 
 Every Binder link comes from one setting, site/_config.yml's ``repository`` (and
 ``binderhub_url``): README.md's badge must be the one tools/site.py writes from it.
@@ -36,7 +36,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # machine a hundred times slower.
 RECIPE_TIMEOUT, SCRIPT_TIMEOUT = 120, 60
 
-binder_lock = script("tools/binder_lock.py")
+lock = script("tools/lock.py")
 course_site = script("tools/site.py", "course_site")
 
 
@@ -176,108 +176,26 @@ def test_binder_scripts_are_executable():
         assert path.read_text().startswith("#!/bin/bash\n")
 
 
-# The pins: binder/requirements.txt against the venv running the tests.
+# Binder's file against Binder's base environment (uv asks the registry for the packages' metadata;
+# with every version pinned and the lock's date, a later release cannot change the verdict).
 
 
-def test_pins_are_the_versions_the_tests_run_with():
-    text = (REPO / "binder" / "requirements.txt").read_text()
-    expected = binder_lock.expected_text(Path(sys.prefix))
-    drift = binder_lock.drift(binder_lock.pins_of(text), binder_lock.pins_of(expected))
-    assert not drift, (
-        f"binder/requirements.txt differs from {sys.prefix}; run `make binder-lock`:\n" + "\n".join(drift)
-    )
-    assert text == expected, "binder/requirements.txt was edited by hand; run `make binder-lock`"
+def test_binder_base_environment_accepts_the_lock():
+    assert lock.binder_base()["notebook"], "repo2docker's base environment holds notebook"
+    assert lock.binder_conflicts(lock.BINDER.read_text(), lock.locked_at()) == ""
 
 
-def test_pins_cover_pyproject_and_torch_from_the_cpu_index():
-    pins = binder_lock.pins_of((REPO / "binder" / "requirements.txt").read_text())
-    for req in binder_lock.declared():
-        assert req.specifier.contains(pins[req.name.lower()], prereleases=True), (req, pins[req.name.lower()])
-    # `torch==X` matches the CPU index's X+cpu only if X has no local label of its own.
-    assert "+" not in pins["torch"] and "+" not in pins["torchvision"]
-    assert not [name for name in pins if binder_lock.CUDA_ONLY.match(name)]
-
-
-def test_drift_names_each_difference():
-    pinned = {"numpy": "2.0.0", "torch": "2.14.1", "six": "1.0"}
-    expected = {"numpy": "2.1.0", "torch": "2.14.1", "scipy": "1.17.1"}
-    assert binder_lock.drift(pinned, expected) == [
-        "numpy is pinned at 2.0.0 but 2.1.0 is installed",
-        "scipy==1.17.1 is installed but not pinned",
-        "six==1.0 is pinned but not needed (or not installed)",
-    ]
-    assert binder_lock.drift(expected, expected) == []
-
-
-@pytest.mark.parametrize("line", ["torch>=2.2", "torch", "numpy==2.0; python_version<'3.12'", "a==1,<2"])
-def test_pins_of_refuses_anything_but_an_exact_pin(line):
-    with pytest.raises(binder_lock.LockError, match="not an exact pin"):
-        binder_lock.pins_of(f"--extra-index-url {CPU_INDEX}\n# a comment\n{line}\n")
-
-
-def make_env(prefix: Path, dists: dict[str, tuple[str, list[str]]]) -> Path:
-    """A made-up environment at ``prefix``: for each name, a .dist-info with its version and
-    Requires-Dist lines, where the lock looks for installed packages."""
-    site = Path(binder_lock.site_packages(prefix)[0])
-    for name, (version, requires) in dists.items():
-        info = site / f"{name.replace('-', '_')}-{version}.dist-info"
-        info.mkdir(parents=True)
-        lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
-        lines += [f"Requires-Dist: {r}" for r in requires]
-        (info / "METADATA").write_text("\n".join(lines) + "\n")
-    return prefix
-
-
-ENV = {
-    "torch": ("2.14.1", ["filelock", 'nvidia-cublas==13.1; platform_system == "Linux"', "triton~=3.8"]),
-    "filelock": ("4.3.1", []),
-    "nvidia-cublas": ("13.1", []),
-    "jupyterlab": ("4.6.6", ["jsonschema[format]>=4", 'old-backport; python_version < "3.0"', "d2l-ext"]),
-    "jsonschema": ("4.26.0", ["attrs", 'fqdn; extra == "format"', 'never-asked; extra == "other"']),
-    "attrs": ("26.1.0", []),
-    "fqdn": ("1.6.0", []),
-    "never-asked": ("1.0", []),
-    "d2l-ext": ("0.1.0", ["torch"]),
-}
-
-
-def test_closure_follows_markers_and_extras_and_leaves_out_cuda(tmp_path):
-    env = binder_lock.installed(make_env(tmp_path, ENV))
-    roots = [binder_lock.Requirement(r) for r in ("torch>=2.2", "jupyterlab>=4.0")]
-    versions, left_out = binder_lock.closure(roots, env)
-    # The extra asked for (jsonschema[format]) brings fqdn; the other extra, a marker that does not
-    # hold here and this package itself bring nothing; the CUDA-only packages are left out.
-    assert versions == {
-        "torch": "2.14.1",
-        "filelock": "4.3.1",
-        "jupyterlab": "4.6.6",
-        "jsonschema": "4.26.0",
-        "attrs": "26.1.0",
-        "fqdn": "1.6.0",
-    }
-    assert left_out == {"nvidia-cublas", "triton"}
-
-
-def test_closure_refuses_what_is_missing_or_out_of_range(tmp_path):
-    env = binder_lock.installed(make_env(tmp_path, ENV))
-    missing = [binder_lock.Requirement("jupyterlab"), binder_lock.Requirement("otter-grader>=7.0")]
-    with pytest.raises(
-        binder_lock.LockError, match=r"otter-grader.*pyproject.toml.*not installed.*make setup"
-    ):
-        binder_lock.closure(missing, env)
-    with pytest.raises(binder_lock.LockError, match=r"requires torch>=3.*2\.14\.1 is installed.*make setup"):
-        binder_lock.closure([binder_lock.Requirement("torch>=3")], env)
-
-
-def test_lock_refuses_a_python_other_than_binders(tmp_path, monkeypatch):
-    runtime = tmp_path / "runtime.txt"
-    runtime.write_text("python-3.9\n")
-    monkeypatch.setattr(binder_lock, "RUNTIME", runtime)
-    with pytest.raises(binder_lock.LockError, match=r"Binder runs Python 3\.9 .*make binder-lock"):
-        binder_lock.check_interpreter()
-    runtime.write_text("3.11\n")
-    with pytest.raises(binder_lock.LockError, match="python-X.Y"):
-        binder_lock.check_interpreter()
+@pytest.mark.parametrize(
+    "package, expected",
+    [
+        ("notebook", r"notebook==7\.4\.7 depends on jupyterlab>=4\.4\.9,<4\.5"),
+        ("kiwisolver", "kiwisolver is needed but not pinned"),
+    ],
+    ids=["base-notebook-refuses-the-lab", "a-dependency-unpinned"],
+)
+def test_binder_conflict_is_found(package, expected):
+    text = re.sub(rf"(?m)^{package}==.*\n", "", lock.BINDER.read_text())
+    assert re.search(expected, lock.binder_conflicts(text, lock.locked_at()))
 
 
 # README.md's badge and the one setting (site/_config.yml).

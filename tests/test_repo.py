@@ -74,37 +74,6 @@ def test_conda_environment_names_the_same_dependencies():
     assert any(d.startswith("pytorch") and "cpu" in d for d in conda)  # the CPU build
 
 
-def test_binder_names_the_same_dependencies():
-    """binder/requirements.txt pins every package exactly (name==version), each dependency that
-    pyproject.toml declares (the lab extra too) at a version its range allows; the rest is what they
-    need (tests/test_binder.py checks all of it against the venv the tests run in)."""
-    from packaging.requirements import Requirement
-    from packaging.version import Version
-
-    binder = ROOT / "binder"
-    pins = {}
-    for line in (binder / "requirements.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if not line or line.startswith("-"):
-            continue
-        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line)
-        assert m, f"binder/requirements.txt: {line!r} is not an exact pin; run `make binder-lock`"
-        pins[names([m[1]]).pop()] = Version(m[2])
-    project = pyproject()
-    for req in map(Requirement, project["dependencies"] + project["optional-dependencies"]["lab"]):
-        name = names([req.name]).pop()
-        assert name in pins, f"binder/requirements.txt does not pin {name}; run `make binder-lock`"
-        assert req.specifier.contains(pins[name], prereleases=True), (
-            f"binder/requirements.txt pins {name}=={pins[name]}, outside pyproject.toml's {req}: "
-            "`make setup`, then `make binder-lock`"
-        )
-    # CPU-only PyTorch needs no CUDA packages; postBuild installs d2l and this package.
-    cuda = [n for n in pins if re.match(r"nvidia-|cuda-|triton$", n)]
-    assert not cuda, f"binder/requirements.txt pins CUDA-only packages {cuda}; run `make binder-lock`"
-    assert not pins.keys() & {"d2l", "d2l-ext"}, "binder/postBuild installs d2l and d2l-ext"
-    assert "dataset-fashion-mnist" in (binder / "apt.txt").read_text().split()
-
-
 def test_d2l_is_installed_without_its_pins_everywhere():
     assert "d2l" not in names(pyproject()["dependencies"])
     assert "--no-deps d2l==1.0.3" in (ROOT / "README.md").read_text()

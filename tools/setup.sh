@@ -2,16 +2,15 @@
 # Prepare everything the notebooks and tests need, idempotently:
 #   1. the data set: Debian's package dataset-fashion-mnist where apt-get and root are available
 #      (elsewhere d2l_ext downloads it into ~/.cache/d2l_ext on first use);
-#   2. a virtual environment in $VENV (default .venv) with PyTorch, d2l without its exact pins,
-#      and this package with its notebook, test and site tools;
+#   2. a virtual environment in $VENV (default .venv) with exactly the versions of the lock,
+#      requirements.txt (`make lock` writes it with uv), then d2l and this package without their
+#      dependencies (d2l's exact pins break Python 3.12; what it imports is in the lock);
 #   3. a first, verified load of the data set.
-# Environment: PYTHON (interpreter, default python3), VENV, TORCH_SPEC (the torch and torchvision
-# requirements; e.g. set it empty after installing CPU wheels yourself).
+# Environment: PYTHON (interpreter, default python3), VENV.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-TORCH_SPEC=${TORCH_SPEC-torch==2.14.1 torchvision==0.29.1}
 D2L_SPEC="d2l==1.0.3"
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -48,23 +47,20 @@ if [ ! -x /usr/bin/chromium ] && [ -z "${E2E_CHROMIUM:-}" ]; then
 fi
 # --- end of the browser block ----------------------------------------------------------------------
 
-# 2. Virtual environment and packages; a stamp of the inputs skips this when nothing changed.
+# 2. Virtual environment: the lock, whatever has been released since; a stamp of the inputs skips
+#    this when nothing changed.
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"
 fi
-PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
-stamp="$VENV/.d2l_ext-$(cat pyproject.toml tools/setup.sh | sha256sum | cut -c1-16)"
+PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps)
+stamp="$VENV/.d2l_ext-$(cat requirements.txt pyproject.toml tools/setup.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  if [ -n "$TORCH_SPEC" ] && ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
-    say "installing $TORCH_SPEC"
-    # shellcheck disable=SC2086  # TORCH_SPEC is a list of requirements
-    "${PIP[@]}" $TORCH_SPEC
-  fi
-  say "installing $D2L_SPEC without its pins, and d2l_ext with its lab, test and site tools"
-  "${PIP[@]}" --no-deps "$D2L_SPEC"
-  # pip then reports that d2l's exact pins are not met: that is the point, so keep that report out.
-  "${PIP[@]}" -e ".[lab,test,site]" 2> >(grep -v -e "^d2l 1.0.3 requires" -e "dependency resolver does not" >&2)
+  say "installing requirements.txt (the lock), then $D2L_SPEC and d2l_ext without dependencies"
+  "${PIP[@]}" -r requirements.txt
+  "${PIP[@]}" "$D2L_SPEC" -e .
+  # What an older lock installed and this one does not name goes; then the venv must be the lock.
+  "$VENV/bin/python" tools/lock.py --sync
   rm -f "$VENV"/.d2l_ext-*
   touch "$stamp"
 fi
