@@ -13,12 +13,15 @@ else ``~/.cache/d2l_ext``); ``D2L_EXT_RUNS=off`` turns it off. ``fit(..., retrai
 ``D2L_EXT_RETRAIN=1`` trains afresh (and stores the new run).
 
 A run is found by its key, a digest of everything that decides its result: the experiment and
-preset, the trainer's and the data's settings, the model's structure and hyperparameters, and the
-code of every class and function the model, the pieces and the training loop run (their syntax
-trees, so a comment or a moved cell does not count, and a changed line does). A changed model or
-setting therefore misses the cache and trains; it can never replay a stale run. An entry is
-written atomically, its bytes are checked against the digest stored beside it, and one that is
-corrupt or partial is reported and retrained, never loaded.
+preset, the trainer's settings, the data's settings and content (the bytes of its tensors), the
+model's structure, hyperparameters and state when training starts (a model that trained already,
+or was interrupted, starts elsewhere than a new one), the extra pieces' classes and settings, and
+the code of every class and function the model, the pieces and the training loop run (their syntax
+trees, so a comment or a moved cell does not count, and a changed line does), with the plain
+values of the globals that code reads. A changed model or setting therefore misses the cache and
+trains; it never replays a stale run. An entry is written atomically, its bytes are checked against
+the digest stored beside it, and one that is corrupt, partial, or whose content does not fit the
+model is reported and retrained, never loaded; a store that fails warns and keeps the trained model.
 
 A long measurement of a trained model is kept the same way, by `measure_once`: the exact batch-norm
 statistics of a network over the training set (a pass per BN layer) are computed once per set of
@@ -36,6 +39,7 @@ import json
 import os
 import platform
 import random
+import re
 import sys
 import textwrap
 import time
@@ -78,7 +82,7 @@ class RunCacheWarning(UserWarning):
 def runs_dir() -> Path | None:
     """The run cache's folder: ``$D2L_EXT_RUNS``, else ``<d2l_ext cache>/runs``; None when it is ``off``."""
     setting = os.environ.get(RUNS_ENV, "").strip()
-    if setting.lower() in ("off", "0", "none"):
+    if setting.lower() in ("off", "0", "none", "false", "no"):
         return None
     return Path(setting).expanduser() if setting else _data.cache_dir() / "runs"
 
@@ -197,6 +201,8 @@ def code_digest(*objects) -> str:
             target = fn.__globals__.get(name)
             if inspect.isclass(target) or inspect.isfunction(target):
                 walk(target)
+            elif isinstance(target, (*_PLAIN, torch.Tensor)):  # e.g. a notebook's SCALE = 2 read in forward
+                parts.append(f"global {name} = {_value_text(target)}")
         for cell in fn.__closure__ or ():
             try:
                 value = cell.cell_contents
@@ -208,6 +214,16 @@ def code_digest(*objects) -> str:
     for obj in objects:
         walk(obj if inspect.isclass(obj) or inspect.isfunction(obj) else type(obj))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _value_text(value) -> str:
+    """A global's value as text for the key: a tensor by its dtype, shape and bytes."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor {value.dtype} {tuple(value.shape)} {hashlib.sha256(_tensor_bytes(value)).hexdigest()}"
+    return repr(value)
 
 
 def _plain(value) -> Any:
@@ -227,13 +243,18 @@ def run_key(
     data,
     settings: dict[str, Any],
     pieces: Sequence[object] = (),
-) -> tuple[str, dict[str, Any]]:
-    """The key of a run (hex digest) and what it was computed from.
+) -> tuple[str, dict[str, Any]] | None:
+    """The key of a run (hex digest) and what it was computed from, or None for data whose content
+    cannot be read (`_data_digest`): its run is not stored.
 
     ``settings`` are the trainer's (``cfg.trainer`` with any overrides), ``pieces`` the extra
-    callbacks and recorders. The model counts by its structure (``repr``), its hyperparameters,
-    every submodule's plain attributes and the code of the classes of all its submodules.
+    callbacks and recorders (their classes and plain settings). The model counts by its structure
+    (``repr``), its hyperparameters, every submodule's plain attributes, every weight and buffer it
+    holds now (a Lazy layer not built yet counts as such) and the code of its submodules' classes.
     """
+    data_digest = _data_digest(data)
+    if data_digest is None:
+        return None
     classes = _classes(model)
     about = {
         "format": FORMAT,
@@ -245,7 +266,9 @@ def run_key(
         "model": repr(model),
         "modules": _module_settings(model),
         "model_hparams": _plain(getattr(model, "hparams", {})),
-        "pieces": [type(p).__qualname__ for p in pieces],
+        "start": _state_digest(model),
+        "data_content": data_digest,
+        "pieces": [[type(p).__qualname__, _attributes(p)] for p in pieces],
         "code": code_digest(*classes, *pieces),
         # The training loop and the data pipeline: a change there changes every run.
         "library": code_digest(*_module_objects(_training), *_module_objects(_data)),
@@ -263,20 +286,45 @@ def _digest(about: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def _attributes(obj) -> dict[str, Any]:
+    """``obj``'s plain public attributes (numbers, strings, flags, tuples of them)."""
+    plain = {
+        k: _plain(v)
+        for k, v in vars(obj).items()
+        if not k.startswith("_")
+        and (isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(isinstance(x, _PLAIN) for x in v)))
+    }
+    return dict(sorted(plain.items()))
+
+
 def _module_settings(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Each submodule's plain attributes (numbers, strings, flags, tuples of them; e.g. a BN layer's
-    eps, a wrapper's group size, a frozen layer's ``training``), which ``repr`` need not show."""
-    plain = (bool, int, float, str, type(None))
-    settings = {}
-    for name, module in model.named_modules():
-        values = {
-            k: _plain(v)
-            for k, v in vars(module).items()
-            if not k.startswith("_")
-            and (isinstance(v, plain) or (isinstance(v, tuple) and all(isinstance(x, plain) for x in v)))
-        }
-        settings[name or "(model)"] = dict(sorted(values.items()))
-    return settings
+    """Each submodule's plain attributes (e.g. a BN layer's eps, a wrapper's group size, a frozen
+    layer's ``training``), which ``repr`` need not show."""
+    return {name or "(model)": _attributes(module) for name, module in model.named_modules()}
+
+
+def _data_digest(data) -> str | None:
+    """A digest of the tensors that ``data`` holds (its attributes, and theirs, two levels down: a
+    data set's images and labels), or None when it holds none (its data could change unseen)."""
+    h, seen, tensors = hashlib.sha256(), set(), 0
+
+    def add(value, depth: int) -> None:
+        nonlocal tensors
+        if id(value) in seen or isinstance(value, nn.Module):
+            return
+        seen.add(id(value))
+        if isinstance(value, torch.Tensor):
+            h.update(f"{value.dtype} {tuple(value.shape)}".encode() + _tensor_bytes(value))
+            tensors += 1
+        elif depth and isinstance(value, list | tuple):
+            for item in value:
+                add(item, depth - 1)
+        elif depth and hasattr(value, "__dict__"):
+            for _, item in sorted(vars(value).items()):
+                add(item, depth - 1)
+
+    add(data, 3)
+    return h.hexdigest() if tensors else None
 
 
 def _module_objects(module) -> list:
@@ -300,49 +348,62 @@ class RunCache:
         where = self.folder / (Path(cfg.name, cfg.preset) if isinstance(cfg, Experiment) else Path(cfg))
         return where / f"{key}.pt", where / f"{key}.json"
 
-    def load(self, cfg: Experiment | str, key: str) -> dict[str, Any] | None:
+    def outside(self, path: Path) -> bool:
+        """Whether ``path`` leads out of the cache's folder (a planted link): never read or written."""
+        return not path.resolve().is_relative_to(self.folder.resolve())
+
+    def load(self, cfg: Experiment | str, key: str, fits=lambda run: "") -> dict[str, Any] | None:
         """The stored run, or None when there is none; a bad entry is reported (`RunCacheWarning`)
-        and ignored, so the run trains and replaces it."""
+        and ignored, so the run trains and replaces it. ``fits(run)`` says why a whole entry's
+        content cannot be used ("" where it can)."""
         pt, meta_path = self.paths(cfg, key)
+        if self.outside(pt):
+            self.bad(pt, f"outside the run cache {self.folder} (a link?)")
+            return None
         if not meta_path.exists():
             if pt.exists():
-                self._bad(pt, "partial: its .json record is missing (was the writer interrupted?)")
+                self.bad(pt, "partial: its .json record is missing (was the writer interrupted?)")
             return None
         try:
             meta = json.loads(meta_path.read_text())
             raw = pt.read_bytes()
         except (OSError, ValueError) as e:
-            self._bad(pt, f"unreadable: {e}")
+            self.bad(pt, f"unreadable: {e}")
             return None
-        if hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
-            self._bad(pt, "corrupt: its bytes do not match the SHA-256 in its .json record")
+        if not isinstance(meta, dict) or hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
+            self.bad(pt, "corrupt: its bytes do not match the SHA-256 in its .json record")
             return None
         try:
             with open(pt, "rb") as f:
                 run = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any failure to unpickle means: do not use it
-            self._bad(pt, f"unloadable: {type(e).__name__}: {e}")
+            self.bad(pt, f"unloadable: {type(e).__name__}: {e}")
             return None
         if not isinstance(run, dict) or run.get("key") != key or run.get("format") != FORMAT:
-            self._bad(pt, "not this run (another key or format)")
+            self.bad(pt, "not this run (another key or format)")
             return None
         run["meta"] = meta
+        if why := fits(run):
+            self.bad(pt, f"not usable: {why}")
+            return None
         return run
 
     def store(
         self, cfg: Experiment | str, key: str, run: dict[str, Any], meta: dict[str, Any]
     ) -> Path | None:
-        """Write the run; on an error (read-only or full disk) warn and return None: the trained
-        model is in memory either way."""
+        """Write the run; on any error (a read-only or full disk, a file-size limit, a link out of
+        the cache) warn and return None: the trained model is in memory either way."""
         pt, meta_path = self.paths(cfg, key)
         try:
+            if self.outside(pt):
+                raise OSError(f"{pt.parent} leads outside the cache (a link?)")
             pt.parent.mkdir(parents=True, exist_ok=True)
             _data.write_atomic(pt, lambda f: torch.save(run, f))
             with open(pt, "rb") as f:
                 digest = hashlib.file_digest(f, "sha256").hexdigest()
             record = json.dumps({**meta, "sha256": digest}, indent=1, sort_keys=True).encode()
             _data.write_atomic(meta_path, lambda f: f.write(record))
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - torch.save raises RuntimeError for a full disk
             warnings.warn(
                 f"The run could not be stored in the run cache {self.folder} ({e}); it will train "
                 f"again next time. Set {RUNS_ENV} to a writable folder, or {RUNS_ENV}=off.",
@@ -353,7 +414,7 @@ class RunCache:
         return pt
 
     @staticmethod
-    def _bad(pt: Path, why: str) -> None:
+    def bad(pt: Path, why: str) -> None:
         warnings.warn(
             f"Run cache entry {pt} is {why}. It is not used: the run trains again (a measurement "
             "is computed again) and replaces it.",
@@ -417,23 +478,38 @@ def fit(
     """
     if not isinstance(cfg, Experiment):
         raise TypeError(f"fit takes the experiment first, cfg = experiment('resnet'); got {cfg!r}.")
+    if retrain and getattr(model, "_d2l_ext_run", None) is not None:
+        raise ValueError(
+            "This model holds the weights of a finished run, so retrain=True would continue from "
+            "them instead of training afresh: make the model anew (e.g. model = ResNet(**cfg.model)), "
+            "then fit(cfg, model, data, retrain=True)."
+        )
     settings = {**cfg.trainer, **settings}
     trainer = Trainer(**settings, callbacks=callbacks)
     folder = runs_dir()
     retrain = _retrain_from_env() if retrain is None else retrain
-    if folder is None or getattr(model, "_d2l_ext_run", None) is not None:
+    found = None if folder is None else run_key(cfg, model, data, settings, [*callbacks, *records])
+    if found is None:
         trainer.fit(model, data)
+        model._d2l_ext_run = "not stored"
         return trainer
-    cache = RunCache(folder)
-    key, about = run_key(cfg, model, data, settings, [*callbacks, *records])
-    run = None if retrain else cache.load(cfg, key)
+    cache, (key, about) = RunCache(folder), found
+    run = None if retrain else cache.load(cfg, key, lambda run: _whole(run, records))
+    if run is not None:  # built as a training starts (seeded and initialized) to check its weights
+        trainer.prepare_data(data)
+        trainer.prepare_model(model)
+        if why := _fits(run["state"], model):
+            cache.bad(cache.paths(cfg, key)[0], f"not usable: {why}")
+            trainer.extra_callbacks.insert(0, _RandomState(data))
+            run = None
     if run is not None:
         _replay(trainer, model, data, run, records)
         meta = run["meta"]
         print(
             f"Replayed from the run cache: {cfg.name!r} ({cfg.preset} preset), trained "
             f"{meta['date']} on {meta['machine']}, {meta['train_seconds']:.0f} s of training. "
-            f"To train it live: fit(..., retrain=True), or {RETRAIN_ENV}=1 for every run."
+            f"To train it live: make the model anew and fit(..., retrain=True), or {RETRAIN_ENV}=1 "
+            "for every run."
         )
     else:
         start, when = time.perf_counter(), datetime.datetime.now()
@@ -501,10 +577,46 @@ def _plain_random_state():
     return [version, list(internal), gauss]
 
 
+def _whole(run: dict[str, Any], records) -> str:
+    """Why a stored run lacks what a replay reads ("" where it has it all)."""
+    meta, rng = run["meta"], run.get("rng")
+    if not (isinstance(meta.get("date"), str) and isinstance(meta.get("machine"), str)):
+        return "its .json record has no date or machine"
+    if not isinstance(meta.get("train_seconds"), int | float):
+        return "its .json record has no train_seconds"
+    parts = {"state": dict, "history": list, "trainer": dict, "callbacks": dict, "records": list, "rng": dict}
+    if any(not isinstance(run.get(k), t) for k, t in parts.items()) or len(run["records"]) != len(records):
+        return "its body lacks part of a run (state, history, trainer, callbacks, records, rng)"
+    if not (isinstance(rng.get("torch"), torch.Tensor) and isinstance(rng.get("python"), list)):
+        return "its random states are missing"
+    return ""
+
+
+def _fits(state: dict[str, Any], model: nn.Module) -> str:
+    """Why weights ``state`` cannot be loaded into ``model`` ("" where they can), before any is."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()}
+    return "" if want == have else "its weights have other names or shapes than this model's"
+
+
+class _RandomState(Callback):
+    """Puts torch's and the loader's generators where a fresh run's would be when training starts:
+    after a bad entry was found, the model was built and initialized already (which draws from
+    both), so the loop's own start, which reseeds them, does not draw again."""
+
+    def __init__(self, data):
+        self.generator = _loader_generator(data)
+        self.states = torch.get_rng_state(), self.generator and self.generator.get_state()
+
+    def before_fit(self, trainer):
+        torch.set_rng_state(self.states[0])
+        if self.generator is not None:
+            self.generator.set_state(self.states[1])
+
+
 def _replay(trainer: Trainer, model: nn.Module, data, run: dict[str, Any], records) -> None:
-    """Put ``trainer``, ``model``, the recorders and the random generators where the stored run left them."""
-    trainer.prepare_data(data)
-    trainer.prepare_model(model)  # seeds, materializes Lazy layers, moves the model to the device
+    """Put ``trainer``, ``model`` (prepared by the trainer), the recorders and the random generators
+    where the stored run left them."""
     model.load_state_dict(run["state"])
     if trainer.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -540,6 +652,9 @@ def _state_digest(model: nn.Module) -> str:
     """A digest of every value of ``model``'s ``state_dict``: its weights and buffers."""
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
+        if isinstance(t, nn.parameter.UninitializedTensorMixin):  # a Lazy layer not built yet
+            h.update(f"{name} not built\n".encode())
+            continue
         h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
         h.update(_tensor_bytes(t))
     return h.hexdigest()
@@ -566,12 +681,23 @@ def measurement_key(fn, model: nn.Module, loader) -> tuple[str, dict[str, Any]] 
         "model": repr(model),
         "modules": _module_settings(model),
         "state": _state_digest(model),
-        "loader": _plain(
-            {k: getattr(loader, k) for k in ("batch_size", "shuffle", "resize", "normalize", "flip")}
-        ),
+        "loader": _plain({k: getattr(loader, k) for k in ("batch_size", "shuffle", "resize", "normalize")}),
         "data": data.hexdigest(),
     }
     return _digest(about), about
+
+
+def _fits_measurement(entry: dict[str, Any], model: nn.Module) -> str:
+    """Why a stored measurement cannot be replayed into ``model`` ("" where it can)."""
+    if not isinstance(entry["meta"].get("date"), str) or not isinstance(
+        entry["meta"].get("seconds"), int | float
+    ):
+        return "its .json record has no date or seconds"
+    if not (isinstance(entry.get("state"), dict) and isinstance(entry.get("loader"), torch.Tensor)):
+        return "its body has no model state or loader state"
+    return (
+        "" if "result" in entry and not _fits(entry["state"], model) else "its weights do not fit the model"
+    )
 
 
 def measure_once(fn, model: nn.Module, loader, *, name: str | None = None, recompute: bool | None = None):
@@ -590,6 +716,10 @@ def measure_once(fn, model: nn.Module, loader, *, name: str | None = None, recom
     line and in the cache's folders.
     """
     name = name or fn.__name__
+    if not re.fullmatch(r"\w[\w.-]*", name) or ".." in name:
+        raise ValueError(
+            f"measure_once: name={name!r} must be a plain name (letters, digits, _ . -), no path."
+        )
     folder = runs_dir()
     found = None if folder is None else measurement_key(fn, model, loader)
     if found is None:
@@ -597,7 +727,7 @@ def measure_once(fn, model: nn.Module, loader, *, name: str | None = None, recom
     key, about = found
     cache, where = RunCache(folder), f"{MEASUREMENTS}/{name}"
     recompute = _retrain_from_env() if recompute is None else recompute
-    stored = None if recompute else cache.load(where, key)
+    stored = None if recompute else cache.load(where, key, lambda entry: _fits_measurement(entry, model))
     if stored is not None:
         model.load_state_dict(stored["state"])
         loader.generator.set_state(stored["loader"])

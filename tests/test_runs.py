@@ -4,9 +4,11 @@ replays a stale run, and a bad entry is reported and retrained, never loaded."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import json
 import linecache
+import resource
 import sys
 import textwrap
 import warnings
@@ -21,7 +23,7 @@ from torch import nn
 import d2l_ext
 from d2l_ext import FashionMNIST, StepLosses, experiment, fit
 from d2l_ext.measure import ActivationRecorder
-from d2l_ext.runs import RunCache, RunCacheWarning, code_digest, run_key
+from d2l_ext.runs import RunCache, RunCacheWarning, code_digest, measure_once, run_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -264,6 +266,76 @@ def test_a_bad_entry_is_reported_retrained_and_replaced(runs, data, capsys, dama
     assert "Replayed" in capsys.readouterr().out
 
 
+def rewrite(pt: Path, edit_run=None, edit_record=None) -> None:
+    """Change an entry's body or record, with a matching checksum: whole, but wrong inside."""
+    if edit_run is not None:
+        run = torch.load(pt, weights_only=True)
+        torch.save(edit_run(run), pt)
+    record = json.loads(pt.with_suffix(".json").read_text())
+    record["sha256"] = hashlib.sha256(pt.read_bytes()).hexdigest()
+    pt.with_suffix(".json").write_text(json.dumps(edit_record(record) if edit_record else record))
+
+
+def other_weights(run):
+    wider = Tiny(width=5)
+    wider(torch.zeros(2, 1, 28, 28))  # built: weights of the same names, other shapes
+    run["state"] = wider.state_dict()
+    return run
+
+
+@pytest.mark.parametrize(
+    "edit_run, edit_record",
+    [
+        (other_weights, None),
+        (lambda run: {k: v for k, v in run.items() if k != "rng"}, None),
+        (None, lambda record: {k: v for k, v in record.items() if k != "date"}),
+        (None, lambda record: [record]),
+    ],
+    ids=["weights-of-another-shape", "no-rng", "record-without-date", "record-is-a-list"],
+)
+def test_a_whole_entry_with_a_bad_body_is_reported_and_retrained(runs, data, capsys, edit_run, edit_record):
+    fresh, *_ = train(data)
+    (pt,) = entries(runs)
+    rewrite(pt, edit_run, edit_record)
+    with pytest.warns(RunCacheWarning, match="not usable|unreadable|corrupt"):
+        model, trainer, *_ = train(data)
+    assert "Replayed" not in capsys.readouterr().out and trainer.history[-1]["steps"] == 6
+    assert same_state(model, fresh)  # trained as a fresh run would, from the same start
+    train(data)
+    assert "Replayed" in capsys.readouterr().out  # the entry is whole again
+
+
+def test_a_store_that_fails_keeps_the_trained_model(runs, data):
+    # A file-size limit: torch.save raises RuntimeError, not OSError (Python ignores SIGXFSZ).
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16_384, hard))
+    try:
+        with pytest.warns(RunCacheWarning, match="could not be stored"):
+            model, trainer, *_ = train(data)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert trainer.history[-1]["steps"] == 6 and not list(runs.rglob("*.json"))
+    again, *_ = train(data)  # it trains again, and is stored this time
+    assert same_state(again, model) and len(entries(runs)) == 1
+
+
+def test_the_cache_stays_in_its_folder(runs, data, tmp_path, monkeypatch, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (runs / "bn_lenet").mkdir(parents=True)
+    (runs / "bn_lenet" / "ci").symlink_to(elsewhere)  # a planted link
+    with pytest.warns(RunCacheWarning, match="outside"):
+        train(data)
+    assert not list(elsewhere.iterdir())
+    with pytest.raises(ValueError, match="plain name"):
+        measure_once(lambda m, loader: 0, Tiny(), data.train_dataloader(), name="../escape")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("D2L_EXT_RUNS", "false")  # off, like D2L_EXT_RETRAIN=false
+    train(data)
+    train(data)
+    assert "Replayed" not in capsys.readouterr().out and not (tmp_path / "false").exists()
+
+
 def test_retrain_by_argument_or_environment(runs, data, capsys, monkeypatch):
     train(data)
     train(data, retrain=True)
@@ -293,10 +365,93 @@ def test_an_unwritable_cache_warns_and_keeps_the_trained_model(tmp_path, data, m
     assert trainer.history[-1]["steps"] == 6
 
 
-def test_a_model_that_trained_already_trains_on_unstored(runs, data):
+class StopAt(d2l_ext.Callback):
+    """Ctrl-C at a given step, as an instructor interrupts a training."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def after_batch(self, trainer):
+        if trainer.train_batch_idx == self.step:
+            raise KeyboardInterrupt
+
+
+def test_a_continued_or_interrupted_training_is_stored_apart_from_the_fresh_run(runs, data, capsys, tmp_path):
+    fresh, *_ = train(data)
+    fit(CFG, fresh, data, **SHORT)  # d2l: fitting again continues from the trained weights ...
+    assert len(entries(runs)) == 2  # ... a run of its own, since it starts from other weights
+    interrupted = Tiny()
+    with pytest.raises(KeyboardInterrupt):
+        d2l_ext.set_seed(0)
+        fit(CFG, interrupted, data, callbacks=[StopAt(3)], **SHORT)
+    train(data, model=interrupted)  # the same cell run again on the half-trained model
+    assert len(entries(runs)) == 3 and "Replayed" not in capsys.readouterr().out
+    model, *_ = train(data)  # a new model replays the fresh run, not a continued one
+    assert "Replayed" in capsys.readouterr().out
+    reference = tmp_path / "reference"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("D2L_EXT_RUNS", str(reference))
+        trained, *_ = train(data)
+    assert same_state(model, trained) and not same_state(model, interrupted)
+
+
+def test_retrain_on_a_replayed_model_says_to_make_it_anew(runs, data, capsys):
+    train(data)
     model, *_ = train(data)
-    fit(CFG, model, data, **SHORT)  # d2l: fitting again continues from the trained weights
-    assert len(entries(runs)) == 1
+    assert "make the model anew and fit(..., retrain=True)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"continue from them.*make the model anew"):
+        fit(CFG, model, data, retrain=True, **SHORT)
+
+
+class Toy(d2l.DataModule):
+    """A course's own data module: real Fashion-MNIST images, held as tensors of its own."""
+
+    def __init__(self, X, y, batch_size=64):
+        super().__init__()
+        self.save_hyperparameters()
+
+    def get_dataloader(self, train):
+        return self.get_tensorloader((self.X, self.y), train)
+
+
+class Scaled(d2l_ext.Callback):
+    """A callback that changes the run: the loss times ``factor``."""
+
+    def __init__(self, factor: float):
+        self.factor = factor
+
+    def after_loss(self, trainer):
+        trainer.loss = trainer.loss * self.factor
+
+
+GLOBAL_MODEL = """
+    from d2l import torch as d2l
+    from torch import nn
+
+    SCALE = {scale}
+
+
+    class Global(d2l.Classifier):
+        def __init__(self, lr=0.1):
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = nn.Sequential(nn.LazyConv2d(4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+
+        def forward(self, X):
+            return self.net(X) * SCALE
+"""
+
+
+def test_what_changes_a_run_misses_the_cache(runs, data, tmp_path, capsys):
+    images, labels = data.train.images[:256].float() / 255, data.train.targets[:256]
+    for X in (images[:, None], images.flip(-1)[:, None]):  # the same class, other tensors
+        fit(CFG, Tiny(), Toy(X, labels), **SHORT)
+    for factor in (1.0, 2.0):  # another setting of an extra callback
+        fit(CFG, Tiny(), data, callbacks=[Scaled(factor)], **SHORT)
+    for scale in (1, 2):  # a notebook global that forward reads
+        module = load(tmp_path, GLOBAL_MODEL.format(scale=scale), f"scale{scale}")
+        fit(CFG, module.Global(), data, **SHORT)
+    assert "Replayed" not in capsys.readouterr().out and len(entries(runs)) == 6
 
 
 def test_fit_takes_the_experiment_first(data):
