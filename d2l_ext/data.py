@@ -422,18 +422,17 @@ class TensorLoader:
         resize: tuple[int, int],
         normalize: bool,
         seed: int = 0,
-        flip: bool = False,
     ):
         self.images, self.targets = images, targets
         self.batch_size, self.shuffle, self.resize = batch_size, shuffle, resize
-        self.normalize, self.flip = normalize, flip
+        self.normalize = normalize
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return -(-len(self.targets) // self.batch_size)
 
     def reseed(self, seed: int) -> None:
-        """Restart shuffling and flips from ``seed``: the next epoch then depends on the seed alone."""
+        """Restart shuffling from ``seed``: the next epoch then depends on the seed alone."""
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise DataError(f"reseed takes an int seed, got {seed!r}.")
         self.generator.manual_seed(seed)
@@ -456,11 +455,7 @@ class TensorLoader:
         order = torch.randperm(n, generator=self.generator).to(self.targets.device) if self.shuffle else None
         for i in range(0, n, self.batch_size):
             idx = order[i : i + self.batch_size] if order is not None else slice(i, i + self.batch_size)
-            X = self.transform(self.images[idx])
-            if self.flip:  # random horizontal flip: clothes are left-right symmetric
-                mask = torch.rand(len(X), generator=self.generator).to(X.device) < 0.5
-                X = torch.where(mask[:, None, None, None], X.flip(-1), X)
-            yield X, self.targets[idx]
+            yield self.transform(self.images[idx]), self.targets[idx]
 
 
 class _Split(torch.utils.data.Dataset):
@@ -485,7 +480,6 @@ class FashionMNIST(d2l.FashionMNIST):
         root: a folder with the four idx files (plain or gzipped), tried before anything else.
         normalize: standardize with the training set's mean and std (0.2860, 0.3530).
         train_subset, val_subset: sizes of deterministic, class-balanced subsets (None: all).
-        flip: randomly flip training images left-right (augmentation).
         seed: seeds the subsets and the shuffling.
         download: allow a download into the cache as the last resort.
     """
@@ -498,13 +492,15 @@ class FashionMNIST(d2l.FashionMNIST):
         normalize: bool = False,
         train_subset: int | None = None,
         val_subset: int | None = None,
-        flip: bool = False,
         seed: int = 0,
         download: bool = True,
         verbose: bool = True,
     ):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise DataError(f"batch_size must be a positive int, got {batch_size!r}.")
+        # bool is an int in Python: batch_size=True would be batches of one
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise DataError(f"batch_size must be a positive int, e.g. 64; got batch_size={batch_size!r}.")
+        if not isinstance(seed, int) or isinstance(seed, bool):  # torch's generators take ints only
+            raise DataError(f"seed must be an int, e.g. 0; got seed={seed!r}.")
         self.save_hyperparameters(ignore=["root", "verbose"])
         self.resize = _check_resize(resize)
         found = _find(root, download)
@@ -523,7 +519,6 @@ class FashionMNIST(d2l.FashionMNIST):
                 resize=self.resize,
                 normalize=normalize,
                 seed=seed,
-                flip=flip and train,
             )
             splits[train] = _Split(images, targets, loader)
         self.train, self.val = splits[True], splits[False]

@@ -50,11 +50,15 @@ PRESETS = ("ci", "demo", "full")
 
 def current_preset() -> str:
     """The preset in force: ``$D2L_EXT_PRESET``, else ``full`` with a CUDA GPU and ``demo`` without."""
-    name = os.environ.get("D2L_EXT_PRESET", "").strip().lower()
+    given = os.environ.get("D2L_EXT_PRESET", "")
+    name = given.strip().lower()
     if not name:
         return "full" if torch.cuda.is_available() else "demo"
     if name not in PRESETS:
-        raise ValueError(f"D2L_EXT_PRESET={name!r} is not a preset; use one of {', '.join(PRESETS)}.")
+        raise ValueError(
+            f"D2L_EXT_PRESET={given!r} is not a preset; use one of {', '.join(PRESETS)}, "
+            "or unset it for the default (full with a CUDA GPU, demo without)."
+        )
     return name
 
 

@@ -65,13 +65,11 @@ def set_seed(seed: int) -> None:
 def evaluate(
     model: nn.Module,
     loader,
-    tta_flip: bool = False,
     device: torch.device | None = None,
     channels_last: bool = False,
 ) -> dict[str, float]:
     """Mean cross-entropy and accuracy of ``model`` in eval mode over ``loader``.
 
-    ``tta_flip`` averages the logits of each image and its mirror image (test-time augmentation).
     Every submodule gets its own mode back afterwards, also when the model raises or on Ctrl-C.
     """
     total_loss, correct, n = 0.0, 0, 0
@@ -82,8 +80,6 @@ def evaluate(
             if channels_last:
                 X = X.contiguous(memory_format=torch.channels_last)
             logits = model(X).float()  # (N, num_classes)
-            if tta_flip:
-                logits = (logits + model(X.flip(-1)).float()) / 2
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
             n += len(y)
@@ -425,8 +421,18 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "warmup": (lambda v: _is_number(v) and 0 <= v < 1, "a fraction of the run in [0, 1)"),
     "label_smoothing": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "gradient_clip_val": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: off)"),
+    # torch's SGD checks only the arguments it is built with, with `<`: a string fails deep inside
+    # it, and the weight decay that make_optimizer puts in the parameter groups is not checked.
+    "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1), e.g. 0.9 (0: plain SGD)"),
+    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0, e.g. 5e-4 (0: off)"),
+    # The model's, checked by fit. NaN and inf pass: the divergence check stops such a run and
+    # names the rate.
+    "lr": (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and not v <= 0,
+        "a positive number, the model's learning rate, e.g. 0.1",
+    ),
     "schedule": (lambda v: v in ("constant", "onecycle"), "'constant' or 'onecycle'"),
-    "optimizer": (lambda v: v in (None, "sgd", "adam", "adamw"), "None, 'sgd', 'adam' or 'adamw'"),
+    "optimizer": (lambda v: v in (None, "sgd"), "None (the model's own) or 'sgd'"),
     "seed": (_is_int, "an int"),
     "clock": (callable, "a function that returns seconds, such as time.perf_counter"),
 }
@@ -465,7 +471,8 @@ def _steps_per_epoch(data, num_batches: int) -> int:
 def make_optimizer(
     model: nn.Module, name: str, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
-    """SGD (``name='sgd'``), Adam or AdamW at ``model.lr``, with ``weight_decay`` on the weights only.
+    """SGD at ``model.lr`` (``name='sgd'``, the one optimizer the recipes use), with ``weight_decay``
+    on the weights only.
 
     Biases and BN's scale and shift (the 1-D parameters) get no weight decay: the "no bias decay"
     of He et al. (2019), "Bag of tricks for image classification with CNNs", section 3.1.
@@ -473,9 +480,7 @@ def make_optimizer(
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=model.lr, momentum=momentum, nesterov=nesterov)
-    return (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(groups, lr=model.lr)
+    return torch.optim.SGD(groups, lr=model.lr, momentum=momentum, nesterov=nesterov)
 
 
 # -- the loop and the trainer ------------------------------------------------------------------------
@@ -548,6 +553,8 @@ class Loop(d2l.Trainer):
         return model.configure_optimizers()
 
     def fit(self, model, data) -> list[dict[str, float]]:
+        if hasattr(model, "lr"):  # the book's models take it unchecked; optimizers need a number
+            _check_settings({"lr": model.lr})
         self.prepare_data(data)
         self.prepare_model(model)
         self.optim = self.configure_optimizer(model)
@@ -571,6 +578,12 @@ class Loop(d2l.Trainer):
         for i, batch in enumerate(self.train_dataloader):
             if i == self.steps_per_epoch:  # a last batch of one example (see _steps_per_epoch)
                 break
+            if len(batch[-1]) == 0:  # its mean loss, 0 / 0, would read as a diverged run
+                raise ValueError(
+                    f"The training data's batch {i + 1} of epoch {self.epoch + 1} is empty: the data "
+                    "module's training loader must yield batches of at least one example. Leave "
+                    "empty batches out of its get_dataloader."
+                )
             self.batch = self.prepare_batch(batch)
             self.run("before_batch")
             self.step()
@@ -635,12 +648,11 @@ class Trainer(Loop):
         time_budget: stop after this many seconds of training (None: no limit); `Budget`.
         max_steps: stop after this many optimizer steps (None: no limit); `Budget`.
         optimizer: None uses ``model.configure_optimizers()`` (the book: plain SGD at ``model.lr``);
-            ``'sgd'`` (with ``momentum``, ``nesterov``), ``'adam'`` or ``'adamw'``: `make_optimizer`.
+            ``'sgd'`` (with ``momentum``, ``nesterov``): `make_optimizer`.
         schedule: ``'constant'`` or ``'onecycle'`` (`OneCycle`, with ``warmup``).
         label_smoothing: passed to cross-entropy during training.
         channels_last: NHWC memory format (`ChannelsLast`).
         amp: bfloat16 autocast on CUDA, ignored on the CPU (`MixedPrecision`).
-        tta_flip: average predictions over each image and its mirror image when evaluating.
         plot: animate the book's progress board (`ProgressDisplay`).
         probe_every, probe_size: accuracy probes every this many seconds of training (`Probes`).
     """
@@ -663,7 +675,6 @@ class Trainer(Loop):
         channels_last: bool = False,
         amp: bool = False,
         eval_every: int = 1,
-        tta_flip: bool = False,
         seed: int = 0,
         plot: bool = True,
         probe_every: float | None = None,
@@ -706,7 +717,7 @@ class Trainer(Loop):
         return self.model.loss(Y_hat, y)
 
     def measure(self, loader) -> dict[str, float]:
-        return evaluate(self.model, loader, self.tta_flip, self.device, self.channels_last)
+        return evaluate(self.model, loader, self.device, self.channels_last)
 
     @property
     def total_steps(self) -> int | float:
@@ -719,10 +730,6 @@ class Trainer(Loop):
         if self.time_budget is not None:
             p = max(p, self.train_seconds / self.time_budget)
         return min(p, 1.0)
-
-    def lr_factor(self, p: float) -> float:
-        """Factor of the peak learning rate at fraction ``p`` of the run."""
-        return OneCycle(self.warmup).factor(p) if self.schedule == "onecycle" else 1.0
 
     def summary(self) -> str:
         """One line: epochs, steps, seconds, images/s and the final validation numbers."""

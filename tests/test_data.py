@@ -99,11 +99,6 @@ def test_balanced_subset_is_fixed_and_balanced():
         FashionMNIST(train_subset=1005, verbose=False)
 
 
-def test_flip_augments_training_batches_only():
-    data = FashionMNIST(batch_size=256, flip=True, seed=0, verbose=False)
-    assert data.train_dataloader().flip and not data.val_dataloader().flip
-
-
 def test_found_in_order_root_env_debian(isolated, gz_copy, monkeypatch, capsys):
     data = FashionMNIST(root=gz_copy, verbose=True)
     assert "root argument" in data.source and "checksums verified" in capsys.readouterr().out
@@ -234,6 +229,20 @@ def test_impossible_resize_is_refused_with_the_reason(resize, reason):
 def test_bad_batch_size_is_refused():
     with pytest.raises(DataError, match="batch_size must be a positive int"):
         FashionMNIST(batch_size=0, verbose=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"batch_size": True}, r"batch_size must be a positive int, e\.g\. 64; got batch_size=True"),
+        ({"seed": 1.5}, r"seed must be an int, e\.g\. 0; got seed=1\.5"),
+    ],
+)
+def test_a_bool_batch_size_or_a_float_seed_is_refused(kwargs, match):
+    # batch_size=True used to be taken as batches of one; seed=1.5 failed inside torch with
+    # "manual_seed expected a long, but got float".
+    with pytest.raises(DataError, match=match):
+        FashionMNIST(verbose=False, **kwargs)
 
 
 def test_never_writes_into_the_working_directory(tmp_path, monkeypatch):
@@ -475,14 +484,14 @@ def test_swapped_label_files_are_named_not_called_corrupt(isolated, gz_copy):
 
 
 def test_reseed_makes_the_next_epoch_a_function_of_the_seed():
-    data = FashionMNIST(batch_size=500, train_subset=2000, flip=True, seed=3, verbose=False)
+    data = FashionMNIST(batch_size=500, train_subset=2000, seed=3, verbose=False)
     loader = data.train_dataloader()
     next(iter(loader))  # the generator has moved on from seed 3
     epochs = []
     for _ in range(2):
         loader.reseed(3)
         epochs.append(list(loader))
-    fresh = FashionMNIST(batch_size=500, train_subset=2000, flip=True, seed=3, verbose=False)
+    fresh = FashionMNIST(batch_size=500, train_subset=2000, seed=3, verbose=False)
     epochs.append(list(fresh.train_dataloader()))
     for other in epochs[1:]:
         assert all(torch.equal(X, Xo) and torch.equal(y, yo) for (X, y), (Xo, yo) in zip(epochs[0], other))

@@ -38,6 +38,12 @@ def test_unknown_preset_says_what_exists(monkeypatch):
         current_preset()
 
 
+def test_unknown_preset_names_the_value_as_given_and_how_to_get_the_default(monkeypatch):
+    monkeypatch.setenv("D2L_EXT_PRESET", " Fast")
+    with pytest.raises(ValueError, match=r"D2L_EXT_PRESET=' Fast' is not a preset; .*or unset it"):
+        current_preset()
+
+
 def test_unknown_experiment_lists_known():
     with pytest.raises(KeyError, match="resnet"):
         experiment("resnet19")

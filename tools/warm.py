@@ -65,6 +65,21 @@ def execute(nb, notebook: Path, timeout: int) -> float:
     return time.perf_counter() - start
 
 
+def check_notebook(path: Path) -> None:
+    """Raise a ValueError, one line that says what to pass instead, unless ``path`` reads as a notebook."""
+    try:
+        nbformat.read(path, as_version=4)
+    # nbformat raises OSError for a file it cannot open, ValueError for bytes that are not JSON (or
+    # an unknown format version), AttributeError for JSON that is not an object, and
+    # ValidationError for an object that is not a notebook.
+    except (OSError, ValueError, AttributeError, nbformat.ValidationError) as e:
+        why = (e.strerror or e) if isinstance(e, OSError) else f"not a notebook ({str(e).splitlines()[0]})"
+        raise ValueError(
+            f"{path}: {why}; pass the path of a notebook, e.g. notebooks/02_resnet.ipynb, or none "
+            "to warm every notebook in notebooks/."
+        ) from None
+
+
 def warm(notebook: Path, timeout: int) -> tuple[float, int]:
     nb = nbformat.read(notebook, as_version=4)
     return execute(nb, notebook, timeout), replays(nb)
@@ -126,11 +141,20 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["D2L_EXT_PRESET"] = args.preset
     if args.retrain:
         os.environ["D2L_EXT_RETRAIN"] = "1"
-    preset, folder = current_preset(), runs_dir()
+    notebooks = args.notebooks or sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    # A bad $D2L_EXT_PRESET or notebook is refused in one line before anything runs, not in a
+    # traceback after the notebooks before it have run.
+    try:
+        preset = current_preset()
+        for notebook in notebooks:
+            check_notebook(notebook)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    folder = runs_dir()
     if folder is None:
         print("D2L_EXT_RUNS=off: there is no run cache to warm; unset it first.", file=sys.stderr)
         return 2
-    notebooks = args.notebooks or sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     print(f"Warming the run cache {folder} for the {preset!r} preset ({len(notebooks)} notebooks).")
     record = {
         "preset": preset,
