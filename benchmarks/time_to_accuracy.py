@@ -12,22 +12,25 @@ pipeline with worker processes). Prints a table and writes it as JSON:
 
 Columns: images/s, epochs, test accuracy at the budget, seconds to reach ``--target`` on a
 1,000-image probe (measured every budget/6 s, not counted as training), the whole training cell's
-wall time (data, training, final evaluation), and the training's fp32 throughput as a fraction of
-this machine's measured matrix-multiply peak:
+wall time (data, training, final evaluation), and the training's fp32 throughput, printed below
+this machine's measured matrix-multiply throughput:
 
-    fraction = (training FLOPs per image) x (images/s) / (measured peak FLOP/s)
+    GFLOP/s = (training FLOPs per image) x (images/s)
 
 * training FLOPs per image: `torch.utils.flop_counter.FlopCounterMode` over one real training step
   (forward, loss, backward) of the trained model on 16 images; the backward is counted, not
   assumed to be twice the forward (the first layer computes no input gradient). Only matrix
   products and convolutions count, so BN, ReLU, pooling and the optimizer are left out.
-* measured peak: the fastest of several 4096x4096 fp32 matrix products, at the thread count the
+* measured matmul: the fastest of several 4096x4096 fp32 matrix products, at the thread count the
   training runs with. Beside it the script states a theoretical peak, an estimate from
   ``/proc/cpuinfo``: vector lanes (16 fp32 with avx512f, 8 with avx2 and fma) x 2 FMA units per
   core (assumed, as on modern x86) x 2 FLOPs per FMA x cores used x clock.
 
-A fraction above 100% would mean that the peak or the FLOP count is wrong (e.g. the peak measured
-while other programs ran): the script then stops with the numbers rather than print it.
+The matmul is a yardstick, not a ceiling, so no fraction of it is printed: on a 2-core AMD EPYC
+with AVX-512 (2026-12-07) the book's ResNet trained at 262 GFLOP/s against a matmul of 209, though
+its convolutions are all direct (``ONEDNN_VERBOSE=1``: ``alg:convolution_direct``, no Winograd) and
+counted as torch counts them. Convolutions run in oneDNN and matrix products in MKL, which choose
+their kernels each in its own way; which of them left that machine's speed unused was not measured.
 The demo's accuracy target is the recipe's (``experiment(name, "demo").target``).
 """
 
@@ -54,14 +57,10 @@ from d2l_ext.presets import EXPERIMENTS
 from d2l_ext.runs import cpu_name
 
 RESULTS = Path(__file__).parent / "results" / "time_to_accuracy.json"
-MATMUL_N, MATMUL_TRIES = 4096, 5  # the peak: the fastest of MATMUL_TRIES products of this size
+MATMUL_N, MATMUL_TRIES = 4096, 5  # the fastest of MATMUL_TRIES products of this size
 # The experiments with a demo target, in the lecture's order.
 MODELS = [name for name, recipe in EXPERIMENTS.items() if recipe.demo.target is not None]
 FLOP_COUNT = "FlopCounterMode over one training step (forward, loss, backward), grouped-conv fix"
-
-
-class ImpossibleMeasurement(RuntimeError):
-    """A measured fraction of the peak above 100%: the peak or the FLOP count is wrong."""
 
 
 # -- FLOPs ------------------------------------------------------------------------------------
@@ -160,22 +159,8 @@ def theoretical_peak(threads: int, cpuinfo: str, max_khz: str | None = None) -> 
     return {"gflops": gflops, "basis": basis}
 
 
-def fraction_of_peak(train_flops_per_image: float, images_per_s: float, peak: float) -> float:
-    """Training FLOP/s over the measured peak; refuses a fraction above 1, which cannot be."""
-    achieved = train_flops_per_image * images_per_s
-    fraction = achieved / peak
-    if fraction > 1:
-        raise ImpossibleMeasurement(
-            f"{train_flops_per_image / 1e6:,.1f} MFLOP per image x {images_per_s:,.1f} images/s = "
-            f"{achieved / 1e9:,.1f} GFLOP/s, {fraction:.0%} of the measured fp32 matmul peak "
-            f"{peak / 1e9:,.1f} GFLOP/s. Above 100%, the peak or the FLOP count is wrong: was the "
-            "machine busy while the peak was measured? Rerun on a quiet machine."
-        )
-    return fraction
-
-
 def machine_info() -> dict:
-    """The machine, the thread count the training runs with, and its measured and estimated peak."""
+    """The machine, the thread count the training runs with, its measured matmul and estimated peak."""
     threads = torch.get_num_threads()
     info = Path("/proc/cpuinfo")
     max_freq = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
@@ -212,7 +197,7 @@ def model_class(name: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-def run(name: str, setting: str, budget: float, peak: float, target: float) -> dict:
+def run(name: str, setting: str, budget: float, target: float) -> dict:
     Model = model_class(name)
     cfg = experiment(name, "full" if setting == "book" else "demo", verbose=False)
     if setting == "book":  # the book's loop: plain SGD at the model's lr, evaluated at the end
@@ -242,7 +227,6 @@ def run(name: str, setting: str, budget: float, peak: float, target: float) -> d
         "cell_s": cell,
         "test_acc": trainer.history[-1]["val_acc"],
         "seconds_to_target": reached,
-        "fraction_of_peak": fraction_of_peak(train, ips, peak),
         "forward_mflops_per_image": forward / 1e6,
         "train_mflops_per_image": train / 1e6,
         "probes": trainer.probes,
@@ -274,7 +258,7 @@ def describe_machine(results: dict) -> str:
     text = (
         f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} on {m['torch_threads']} threads"
         f"{', ' + m['date'] if 'date' in m else ''}; {results['budget_s']:.0f} s of training per run\n"
-        f"fp32 matmul peak, measured: {m['fp32_matmul_peak_gflops']:.0f} GFLOP/s "
+        f"fp32 matmul, measured: {m['fp32_matmul_peak_gflops']:.0f} GFLOP/s "
         f"(the fastest of {MATMUL_TRIES} {MATMUL_N}x{MATMUL_N} products on {m['torch_threads']} threads)"
     )
     if est := m.get("fp32_theoretical_peak"):
@@ -287,17 +271,18 @@ def describe_machine(results: dict) -> str:
 def header(results: dict) -> str:
     return (
         "| model | setting | input | images/s | epochs | test acc "
-        f"| s to {results['target']:.0%} | cell s | of peak |\n|---|---|---|---:|---:|---:|---:|---:|---:|"
+        f"| s to {results['target']:.0%} | cell s | GFLOP/s |\n|---|---|---|---:|---:|---:|---:|---:|---:|"
     )
 
 
 def fmt_row(r: dict) -> str:
     tt = f"{r['seconds_to_target']:.0f}" if r["seconds_to_target"] is not None else "-"
     # Files written before the training step was counted hold 3x the forward count: not shown.
-    peak = f"{r['fraction_of_peak']:.1%}" if "train_mflops_per_image" in r else "-"
+    mflops = r.get("train_mflops_per_image")
+    gflops = f"{mflops * r['images_per_s'] / 1e3:,.1f}" if mflops is not None else "-"
     return (
         f"| {r['model']} | {r['setting']} | {r['input']} | {r['images_per_s']:,.0f} | {r['epochs']:.2f} "
-        f"| {r['test_acc']:.2%} | {tt} | {r['cell_s']:.0f} | {peak} |"
+        f"| {r['test_acc']:.2%} | {tt} | {r['cell_s']:.0f} | {gflops} |"
     )
 
 
@@ -322,9 +307,7 @@ def fmt_summary(results: dict) -> str:
             parts.append(f"demo target {s['demo_target']:.0%}: {verdict_}")
         lines.append(f"  {name:9s} " + "; ".join(parts))
     if "flop_count" not in results:
-        lines.append(
-            "(written before training FLOPs were counted per step: rerun `make bench` for 'of peak')"
-        )
+        lines.append("(written before training FLOPs were counted per step: rerun `make bench` for GFLOP/s)")
     return "\n".join(lines)
 
 
@@ -359,11 +342,10 @@ def main() -> None:
     results = {"machine": machine_info(), "budget_s": args.budget, "target": args.target}
     results["flop_count"] = FLOP_COUNT
     print(f"{describe_machine(results)}\n\n{header(results)}", flush=True)
-    peak = results["machine"]["fp32_matmul_peak_gflops"] * 1e9
     rows = results["rows"] = []
     for name in args.models:
         for setting in args.settings:
-            rows.append(run(name, setting, args.budget, peak, args.target))
+            rows.append(run(name, setting, args.budget, args.target))
             print(fmt_row(rows[-1]), flush=True)
     results["summary"] = summarize(rows)
     print(f"\n{fmt_summary(results)}")
