@@ -1,9 +1,10 @@
 """Binder's one-kernel-at-a-time kernel manager (``binder/one_kernel.py``), with real ipykernel
 kernels, and the start script that configures it (``binder/start``, ``binder/jupyter/``).
 
-The manager shuts every other kernel down when it starts a new one; a reconnect to a running
-kernel and a restart shut nothing down, and two starts at once leave one kernel. The walk through
-all the notebooks in JupyterLab, with the memory it takes, is in tests/test_lab_e2e.py.
+The manager shuts every other kernel down once a new one has started, and none when the start
+fails; a reconnect to a running kernel and a restart shut nothing down, and two starts at once
+leave one kernel. The walk through all the notebooks in JupyterLab, with the memory it takes, is in
+tests/test_lab_e2e.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from jupyter_client.kernelspec import NoSuchKernel
 from repo_scripts import script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +50,8 @@ def manager(tmp_path, caplog):
     made = []
 
     def make():
-        km = one_kernel.OneKernelManager(root_dir=str(tmp_path))
+        # Connection files in the test's folder: a failed start leaves its file behind (jupyter_client).
+        km = one_kernel.OneKernelManager(root_dir=str(tmp_path), connection_dir=str(tmp_path))
         km.log = logging.getLogger("one_kernel_test")
         made.append(km)
         return km
@@ -60,10 +63,19 @@ def manager(tmp_path, caplog):
     for km in made:
         pids = [km.get_kernel(k).provisioner.pid for k in km.list_kernel_ids()]
         with contextlib.suppress(Exception):
-            asyncio.run(asyncio.wait_for(km.shutdown_all(now=True), KERNEL_TIMEOUT))
+            asyncio.run(asyncio.wait_for(shut_down(km), KERNEL_TIMEOUT))
         for pid in pids:  # whatever survived a failed test
             with contextlib.suppress(Exception):
                 psutil.Process(pid).kill()
+
+
+async def shut_down(km) -> None:
+    """Every listed kernel. Not shutdown_all: jupyter_client keeps a failed start's id among its pending
+    kernels, and shutdown_all fails on it and leaves the running kernel, whose open sockets then hang
+    the manager's garbage collection at the end of the session."""
+    await asyncio.gather(
+        *(km.shutdown_kernel(k, now=True) for k in km.list_kernel_ids()), return_exceptions=True
+    )
 
 
 def session(km, notebook: str) -> dict[str, str]:
@@ -89,6 +101,22 @@ def test_a_new_kernel_shuts_the_other_down(manager, caplog):
     assert said == [
         f"One kernel at a time: shutting down kernel {first} (a/00.ipynb) to start one for b/01.ipynb"
     ]
+
+
+def test_a_failed_start_keeps_the_running_kernel(manager, caplog):
+    async def walk():
+        km = manager()
+        first = await km.start_kernel(kernel_name="python3", path="a", env=session(km, "a/00.ipynb"))
+        pid = km.get_kernel(first).provisioner.pid
+        with pytest.raises(NoSuchKernel):
+            await km.start_kernel(kernel_name="no-such-kernel", path="b", env=session(km, "b/01.ipynb"))
+        return km, first, pid
+
+    km, first, pid = run(walk())
+    assert km.list_kernel_ids() == [first] and alive(km, first)
+    assert km.get_kernel(first).provisioner.pid == pid  # the same process: the notebook's state is kept
+    assert km._started_for == {first: "a/00.ipynb"}
+    assert not [r for r in caplog.records if "One kernel at a time" in r.getMessage()]
 
 
 def test_a_reconnect_and_a_restart_keep_the_kernel(manager, caplog):
