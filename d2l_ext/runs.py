@@ -558,8 +558,6 @@ def _record(trainer: Trainer, model: nn.Module, data, key: str, records) -> dict
                 "images_seen",
                 "train_seconds",
                 "paused_seconds",
-                "probes",
-                "probe_seconds",
             )  # fmt: skip
         },
         "callbacks": {name: cb.state_dict() for name, cb in _stateful(trainer.callbacks).items()},

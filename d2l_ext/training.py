@@ -1,26 +1,25 @@
-"""d2l's Trainer, shaped for the machine it runs on, and composed from small pieces.
+"""d2l's Trainer, shaped for the machine it runs on, with its extras as small pieces.
 
-`Loop` is the book's training loop (`d2l.Trainer`) with hooks: ``before_fit``, ``before_epoch``,
+`Trainer` is the book's training loop (`d2l.Trainer`) with hooks: ``before_fit``, ``before_epoch``,
 ``before_batch``, ``after_loss``, ``after_batch``, ``after_epoch``, ``after_fit`` (and
 ``after_replay``, when `d2l_ext.runs.fit` replays a stored run instead of training). Everything this
 bundle adds is a `Callback`, a small class that fills in some of these hooks, as in fastai's
 ``Learner``. `Trainer` keeps the book's API (``Trainer(max_epochs, num_gpus).fit(model, data)``, the
-model's ``loss`` and ``configure_optimizers``) and builds its pieces from its settings: a step or
-time budget, a one-cycle schedule, channels-last, mixed precision, accuracy probes, the progress
-board, the divergence check and the per-epoch ``history``; ``Trainer(..., callbacks=[...])`` adds
-more. With its defaults it trains exactly as `d2l.Trainer` does on the CPU; it differs in taking a
-GPU where there is one and in leaving out a last training batch of a single example.
+model's ``loss`` and ``configure_optimizers``) and builds the pieces its settings ask for: a step or
+time budget, a one-cycle schedule, channels-last, mixed precision, the progress board, the
+divergence check and the per-epoch ``history``; ``Trainer(..., callbacks=[...])`` adds more. With
+its defaults it trains exactly as `d2l.Trainer` does on the CPU; it differs in taking a GPU where
+there is one and in leaving out a last training batch of a single example.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -28,7 +27,6 @@ from d2l import torch as d2l
 from torch import nn
 from torch.nn import functional as F
 
-from d2l_ext.data import balanced_subset
 from d2l_ext.measure import eval_mode, has_lazy, train_mode
 
 __all__ = [
@@ -37,10 +35,8 @@ __all__ = [
     "ChannelsLast",
     "DivergenceCheck",
     "History",
-    "Loop",
     "MixedPrecision",
     "OneCycle",
-    "Probes",
     "ProgressDisplay",
     "StepLosses",
     "Trainer",
@@ -103,14 +99,14 @@ class Callback:
     replays the run, loads it and calls ``after_replay`` (e.g. to draw the stored curve).
     """
 
-    def before_fit(self, trainer: Loop) -> None: ...
-    def before_epoch(self, trainer: Loop) -> None: ...
-    def before_batch(self, trainer: Loop) -> None: ...
-    def after_loss(self, trainer: Loop) -> None: ...
-    def after_batch(self, trainer: Loop) -> None: ...
-    def after_epoch(self, trainer: Loop) -> None: ...
-    def after_fit(self, trainer: Loop) -> None: ...
-    def after_replay(self, trainer: Loop) -> None: ...
+    def before_fit(self, trainer: Trainer) -> None: ...
+    def before_epoch(self, trainer: Trainer) -> None: ...
+    def before_batch(self, trainer: Trainer) -> None: ...
+    def after_loss(self, trainer: Trainer) -> None: ...
+    def after_batch(self, trainer: Trainer) -> None: ...
+    def after_epoch(self, trainer: Trainer) -> None: ...
+    def after_fit(self, trainer: Trainer) -> None: ...
+    def after_replay(self, trainer: Trainer) -> None: ...
 
 
 class DivergenceCheck(Callback):
@@ -250,44 +246,10 @@ class MixedPrecision(Callback):
             trainer.autocast = torch.autocast("cuda", dtype=torch.bfloat16)
 
 
-class Probes(Callback):
-    """Accuracy on ``size`` class-balanced validation images every ``every`` seconds of training.
-
-    Recorded in ``trainer.probes`` as (seconds, accuracy), for accuracy-against-time curves and
-    time to accuracy. The trainer's clock is paused while probing, so probes do not count as
-    training time; their own time adds up in ``trainer.probe_seconds``.
-    """
-
-    def __init__(self, every: float, size: int = 2000):
-        self.every, self.size = every, size
-
-    def before_fit(self, trainer):
-        val = trainer.val_dataloader
-        if val is None or not hasattr(val, "targets"):
-            raise ValueError(
-                "probe_every needs validation data held in memory (d2l_ext's FashionMNIST); "
-                "this data module has none. Leave probe_every=None."
-            )
-        idx = balanced_subset(val.targets.cpu(), min(self.size, len(val.targets))).to(val.targets.device)
-        trainer.probe_loader = copy.copy(val)  # the validation loader's settings, fewer images
-        trainer.probe_loader.images, trainer.probe_loader.targets = val.images[idx], val.targets[idx]
-        trainer.probes, trainer.probe_seconds, self.next = [], 0.0, self.every
-
-    def after_batch(self, trainer):
-        if trainer.train_seconds < self.next:
-            return
-        before = trainer.paused_seconds
-        with trainer.paused():
-            acc = trainer.measure(trainer.probe_loader)["acc"]
-        trainer.probe_seconds += trainer.paused_seconds - before
-        trainer.probes.append((trainer.train_seconds, acc))
-        self.next += self.every
-
-
 class ProgressDisplay(Callback):
     """Draws the run live on the book's board (``model.board``), x in epochs (fractions included):
-    the mean training loss every ``every`` seconds of training, each accuracy probe as it comes,
-    and the validation loss and accuracy when an epoch is validated.
+    the mean training loss every ``every`` seconds of training, and the validation loss and
+    accuracy when an epoch is validated.
 
     d2l's board renders the whole figure anew at every redraw, so a point per step would spend
     much of a timed demo on drawing; a point every few seconds draws a curve the hall can follow
@@ -301,7 +263,7 @@ class ProgressDisplay(Callback):
 
     def before_fit(self, trainer):
         self.prepare_board(trainer)
-        self.loss_sum, self.steps, self.last, self.probes_drawn = 0.0, 0, 0.0, 0
+        self.loss_sum, self.steps, self.last = 0.0, 0, 0.0
         self.points: list[tuple[float, dict[str, float]]] = []  # what was drawn, for a replay
 
     @staticmethod
@@ -328,14 +290,11 @@ class ProgressDisplay(Callback):
         self.flush(trainer, {k: record[k] for k in ("val_loss", "val_acc") if k in record})
 
     def flush(self, trainer, values: dict[str, float] | None = None) -> None:
-        """Draw the loss of the steps since the last point, new probes, and ``values``, at the x of now."""
+        """Draw the loss of the steps since the last point and ``values``, at the x of now."""
         points = {}
         if self.steps:
             points["train_loss"] = float(self.loss_sum) / self.steps
             self.loss_sum, self.steps = 0.0, 0
-        probes = getattr(trainer, "probes", [])
-        if len(probes) > self.probes_drawn:
-            points["probe_acc"], self.probes_drawn = probes[-1][1], len(probes)
         points.update(values or {})
         if points:
             n = getattr(trainer, "num_train_examples", 0)
@@ -412,11 +371,6 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v is None or _is_number(v) and v > 0,
         "None (no limit) or a positive number of seconds",
     ),
-    "probe_every": (
-        lambda v: v is None or _is_number(v) and v > 0,
-        "None (no probes) or a positive number of seconds",
-    ),
-    "probe_size": (lambda v: _is_int(v) and v >= 1, "a positive int"),
     "eval_every": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0: only at the end)"),
     "warmup": (lambda v: _is_number(v) and 0 <= v < 1, "a fraction of the run in [0, 1)"),
     "label_smoothing": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
@@ -486,20 +440,31 @@ def make_optimizer(
 # -- the loop and the trainer ------------------------------------------------------------------------
 
 
-class Loop(d2l.Trainer):
-    """The book's training loop (`d2l.Trainer`) with hooks where `Callback` pieces plug in.
+class Trainer(d2l.Trainer):
+    """The book's training loop (`d2l.Trainer`) with hooks where `Callback` pieces plug in, and the
+    pieces the run presets use built from its settings.
 
     The steps are the book's: per batch, forward, loss, backward, optional gradient clipping, an
     optimizer step; per epoch, validation. Around them the loop calls its pieces' hooks, keeps the
-    training time on ``clock`` (paused while pieces measure, see `paused`), and validates every
-    ``eval_every`` epochs and at the end. A piece ends the run by setting ``should_stop``.
+    training time on ``clock`` (less ``paused_seconds``, time a piece spent measuring) and validates
+    every ``eval_every`` epochs and at the end. A piece ends the run by setting ``should_stop``.
 
     Args:
         max_epochs, num_gpus, gradient_clip_val: as in the book; ``num_gpus=None`` takes one GPU
             if CUDA has one.
+        time_budget: stop after this many seconds of training (None: no limit); `Budget`.
+        max_steps: stop after this many optimizer steps (None: no limit); `Budget`.
+        optimizer: None uses ``model.configure_optimizers()`` (the book: plain SGD at ``model.lr``);
+            ``'sgd'`` (with ``momentum``, ``nesterov``, ``weight_decay``): `make_optimizer`.
+        schedule: ``'constant'`` or ``'onecycle'`` (`OneCycle`, with ``warmup``).
+        label_smoothing: passed to cross-entropy during training.
+        channels_last: NHWC memory format (`ChannelsLast`).
+        amp: bfloat16 autocast on CUDA, ignored on the CPU (`MixedPrecision`).
         eval_every: validate every this many epochs and at the end (0: only at the end).
         seed: seeds initialization and, for a loader with ``reseed``, the data order.
-        callbacks: more pieces, run after the loop's own (`default_callbacks`).
+        plot: animate the book's progress board (`ProgressDisplay`).
+        callbacks: more pieces, run after those the settings ask for (`default_callbacks`), e.g.
+            ``callbacks=[StepLosses()]`` records the loss of every step.
         clock: what every time measurement reads (a test passes a fake one).
     """
 
@@ -509,8 +474,20 @@ class Loop(d2l.Trainer):
         num_gpus: int | None = None,
         gradient_clip_val: float = 0,
         *,
+        time_budget: float | None = None,
+        max_steps: int | None = None,
+        optimizer: str | None = None,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        schedule: str = "constant",
+        warmup: float = 0.2,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        amp: bool = False,
         eval_every: int = 1,
         seed: int = 0,
+        plot: bool = True,
         callbacks: Sequence[Callback] = (),
         clock: Callable[[], float] = time.perf_counter,
     ):
@@ -527,8 +504,19 @@ class Loop(d2l.Trainer):
         return self.gpus[0] if self.gpus else torch.device("cpu")
 
     def default_callbacks(self) -> list[Callback]:
-        """The pieces every run has: the divergence check and the per-epoch history."""
-        return [DivergenceCheck(), History()]
+        """The divergence check and the per-epoch history, then the pieces the settings ask for."""
+        cbs = [DivergenceCheck(), History()]
+        if self.max_steps is not None or self.time_budget is not None:
+            cbs.append(Budget(self.max_steps, self.time_budget))
+        if self.schedule == "onecycle":
+            cbs.append(OneCycle(self.warmup))
+        if self.channels_last:
+            cbs.append(ChannelsLast())
+        if self.amp:
+            cbs.append(MixedPrecision())
+        if self.plot:
+            cbs.append(ProgressDisplay())
+        return cbs
 
     def prepare_data(self, data) -> None:
         super().prepare_data(data)
@@ -550,7 +538,9 @@ class Loop(d2l.Trainer):
         super().prepare_model(model)
 
     def configure_optimizer(self, model) -> torch.optim.Optimizer:
-        return model.configure_optimizers()
+        if self.optimizer is None:
+            return model.configure_optimizers()
+        return make_optimizer(model, self.optimizer, self.momentum, self.nesterov, self.weight_decay)
 
     def fit(self, model, data) -> list[dict[str, float]]:
         if hasattr(model, "lr"):  # the book's models take it unchecked; optimizers need a number
@@ -610,6 +600,8 @@ class Loop(d2l.Trainer):
         self.images_seen += len(y)
 
     def training_loss(self, Y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.label_smoothing:
+            return F.cross_entropy(Y_hat, y, label_smoothing=self.label_smoothing)
         return self.model.loss(Y_hat, y)
 
     def validate(self) -> None:
@@ -623,101 +615,11 @@ class Loop(d2l.Trainer):
 
     def measure(self, loader) -> dict[str, float]:
         """Loss and accuracy of the model on ``loader`` (`evaluate`), as validation measures them."""
-        return evaluate(self.model, loader, device=self.device)
+        return evaluate(self.model, loader, self.device, self.channels_last)
 
     def run(self, hook: str) -> None:
         for cb in self.callbacks:
             getattr(cb, hook)(self)
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Time spent inside does not count as training time (probes, measurements)."""
-        start = self.clock()
-        try:
-            yield
-        finally:
-            self.paused_seconds += self.clock() - start
-
-
-class Trainer(Loop):
-    """`d2l.Trainer` with budgets, schedules and the speed-ups of the run presets, each a piece.
-
-    Args:
-        max_epochs, num_gpus, gradient_clip_val, eval_every, seed, callbacks, clock: as in `Loop`
-            (e.g. ``callbacks=[StepLosses()]`` records the loss of every step).
-        time_budget: stop after this many seconds of training (None: no limit); `Budget`.
-        max_steps: stop after this many optimizer steps (None: no limit); `Budget`.
-        optimizer: None uses ``model.configure_optimizers()`` (the book: plain SGD at ``model.lr``);
-            ``'sgd'`` (with ``momentum``, ``nesterov``): `make_optimizer`.
-        schedule: ``'constant'`` or ``'onecycle'`` (`OneCycle`, with ``warmup``).
-        label_smoothing: passed to cross-entropy during training.
-        channels_last: NHWC memory format (`ChannelsLast`).
-        amp: bfloat16 autocast on CUDA, ignored on the CPU (`MixedPrecision`).
-        plot: animate the book's progress board (`ProgressDisplay`).
-        probe_every, probe_size: accuracy probes every this many seconds of training (`Probes`).
-    """
-
-    def __init__(
-        self,
-        max_epochs: int = 10,
-        num_gpus: int | None = None,
-        gradient_clip_val: float = 0,
-        *,
-        time_budget: float | None = None,
-        max_steps: int | None = None,
-        optimizer: str | None = None,
-        momentum: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
-        schedule: str = "constant",
-        warmup: float = 0.2,
-        label_smoothing: float = 0.0,
-        channels_last: bool = False,
-        amp: bool = False,
-        eval_every: int = 1,
-        seed: int = 0,
-        plot: bool = True,
-        probe_every: float | None = None,
-        probe_size: int = 2000,
-        callbacks: Sequence[Callback] = (),
-        clock: Callable[[], float] = time.perf_counter,
-    ):
-        loop = dict(eval_every=eval_every, seed=seed, callbacks=callbacks, clock=clock)
-        super().__init__(max_epochs, num_gpus, gradient_clip_val, **loop)
-        self.save_hyperparameters(ignore=["callbacks", "num_gpus", "loop"])
-        _check_settings(self.hparams)
-        self.probes: list[tuple[float, float]] = []
-        self.probe_seconds, self.probe_loader = 0.0, None
-
-    def default_callbacks(self) -> list[Callback]:
-        """The loop's pieces, then those the settings ask for, in the order they run."""
-        cbs = super().default_callbacks()
-        if self.max_steps is not None or self.time_budget is not None:
-            cbs.append(Budget(self.max_steps, self.time_budget))
-        if self.schedule == "onecycle":
-            cbs.append(OneCycle(self.warmup))
-        if self.channels_last:
-            cbs.append(ChannelsLast())
-        if self.amp:
-            cbs.append(MixedPrecision())
-        if self.probe_every is not None:
-            cbs.append(Probes(self.probe_every, self.probe_size))
-        if self.plot:
-            cbs.append(ProgressDisplay())
-        return cbs
-
-    def configure_optimizer(self, model) -> torch.optim.Optimizer:
-        if self.optimizer is None:
-            return model.configure_optimizers()
-        return make_optimizer(model, self.optimizer, self.momentum, self.nesterov, self.weight_decay)
-
-    def training_loss(self, Y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.label_smoothing:
-            return F.cross_entropy(Y_hat, y, label_smoothing=self.label_smoothing)
-        return self.model.loss(Y_hat, y)
-
-    def measure(self, loader) -> dict[str, float]:
-        return evaluate(self.model, loader, self.device, self.channels_last)
 
     @property
     def total_steps(self) -> int | float:

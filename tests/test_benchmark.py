@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from repo_scripts import script
+from test_training import FakeClock, TimedCNN, small_data
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from d2l_ext import Trainer
 from d2l_ext.batch_norm import BNLeNet
 from d2l_ext.densenet import DenseNet
 from d2l_ext.presets import EXPERIMENTS
@@ -99,20 +101,20 @@ class FakeData:
 class FakeTrainer:
     """A Trainer whose fit trains nothing and reports 6,000 images in 2 s, 85% reached at 1 s."""
 
-    device, channels_last, probe_seconds = torch.device("cpu"), False, 0.0
-    images_seen, train_seconds, probes, history = 6000, 2.0, [(1.0, 0.85)], [{"val_acc": 0.9}]
+    device, channels_last = torch.device("cpu"), False
+    images_seen, train_seconds, history = 6000, 2.0, [{"val_acc": 0.9}]
 
-    def __init__(self, **settings):
-        pass
+    def __init__(self, callbacks=(), **settings):
+        self.callbacks = callbacks
 
     def fit(self, model, data):
-        pass
+        for probes in self.callbacks:  # the benchmark's probes: 85% at 1 s, taking no time
+            probes.probes, probes.seconds = [(1.0, 0.85)], 0.0
 
 
 def test_a_row_above_the_measured_matmul_is_measured_written_and_printed(monkeypatch, tmp_path, capsys):
-    # The book's ResNet once trained at 125% of the measured matmul (on an AMD CPU with AVX-512,
-    # which oneDNN's convolutions use and MKL's matmul does not), and a check that refused it
-    # cost every later row.
+    # The book's ResNet once trained at 125% of the measured matmul (a 2-core AMD EPYC with
+    # AVX-512), and a check that refused it cost every later row.
     monkeypatch.setattr(bench, "matmul_peak", lambda: 1e9)  # 1 GFLOP/s: every row is above it
     monkeypatch.setattr(bench, "FashionMNIST", FakeData)
     monkeypatch.setattr(bench, "Trainer", FakeTrainer)
@@ -237,3 +239,17 @@ def test_the_loss_in_a_training_step_is_cross_entropy():
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(net(X), y, label_smoothing=0.1).backward()
     assert counter.get_total_flops() == bench.train_step_flops(net, X, y)
+
+
+def test_probes_land_at_their_times_and_do_not_count_as_training_time():
+    clock, probes = FakeClock(), bench.Probes(every=0.5, size=200)
+    trainer = Trainer(
+        max_epochs=1000, time_budget=2.5, eval_every=0, plot=False, clock=clock, callbacks=[probes]
+    )
+    trainer.fit(TimedCNN(clock), small_data())
+    # A probe every 4 steps of 0.125 s; each takes 4 forward passes (200 images in batches of 64),
+    # 0.5 s that neither delay the next probe nor eat the budget.
+    assert [t for t, _ in probes.probes] == [0.5, 1.0, 1.5, 2.0, 2.5] and trainer.train_batch_idx == 20
+    assert probes.seconds == trainer.paused_seconds == 5 * 0.5 and trainer.train_seconds == 2.5
+    assert all(0.0 <= acc <= 1.0 for _, acc in probes.probes)
+    assert len(probes.loader.targets) == 200 and (torch.bincount(probes.loader.targets) == 20).all()

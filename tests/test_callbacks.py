@@ -14,7 +14,6 @@ from d2l_ext.training import (
     ChannelsLast,
     DivergenceCheck,
     History,
-    Loop,
     MixedPrecision,
     OneCycle,
     ProgressDisplay,
@@ -182,7 +181,7 @@ class Log(Callback):
 
 def test_the_loop_calls_each_hook_in_its_place():
     log = Log()
-    Loop(max_epochs=2, callbacks=[log]).fit(Linear(), toy_data(batches=2))
+    Trainer(max_epochs=2, plot=False, callbacks=[log]).fit(Linear(), toy_data(batches=2))
     epoch = lambda k: [  # noqa: E731
         ("before_epoch", k), ("before_batch", k), ("after_loss", k), ("after_batch", k + 1),
         ("before_batch", k + 1), ("after_loss", k + 1), ("after_batch", k + 2), ("after_epoch", k + 2),
@@ -213,7 +212,7 @@ def test_a_piece_class_instead_of_an_instance_is_refused():
 def test_the_default_pieces_follow_the_settings():
     names = lambda t: [type(cb).__name__ for cb in t.default_callbacks()]  # noqa: E731
     assert names(Trainer()) == ["DivergenceCheck", "History", "ProgressDisplay"]
-    everything = dict(schedule="onecycle", channels_last=True, amp=True, probe_every=1.0, plot=False)
+    everything = dict(schedule="onecycle", channels_last=True, amp=True, plot=False)
     assert names(Trainer(max_steps=5, **everything)) == [
-        "DivergenceCheck", "History", "Budget", "OneCycle", "ChannelsLast", "MixedPrecision", "Probes",
+        "DivergenceCheck", "History", "Budget", "OneCycle", "ChannelsLast", "MixedPrecision",
     ]  # fmt: skip

@@ -82,29 +82,6 @@ def test_time_budget_stops_at_the_step_that_reaches_it_whatever_the_speed():
     assert "val_acc" in history[-1] and "val_acc" not in history[0]
 
 
-def test_probes_land_at_their_times_and_do_not_count_as_training_time():
-    clock = FakeClock()
-    trainer = Trainer(
-        max_epochs=1000,
-        time_budget=2.5,
-        probe_every=0.5,
-        probe_size=200,
-        eval_every=0,
-        plot=False,
-        clock=clock,
-    )
-    trainer.fit(TimedCNN(clock), small_data())
-    # A probe every 4 steps of 0.125 s; each takes 4 forward passes (200 images in batches of 64),
-    # 0.5 s that neither delay the next probe nor eat the budget.
-    assert [t for t, _ in trainer.probes] == [0.5, 1.0, 1.5, 2.0, 2.5] and trainer.train_batch_idx == 20
-    assert trainer.probe_seconds == 5 * 0.5 and trainer.train_seconds == 2.5
-    assert all(0.0 <= acc <= 1.0 for _, acc in trainer.probes)
-    assert (
-        len(trainer.probe_loader.targets) == 200
-        and (torch.bincount(trainer.probe_loader.targets) == 20).all()
-    )
-
-
 def test_onecycle_factor_warms_up_then_decays_to_zero():
     factor = OneCycle(warmup=0.2).factor
     assert factor(0.0) == pytest.approx(0.04) and factor(0.2) == pytest.approx(1.0)
@@ -276,7 +253,6 @@ def test_step_losses_records_the_loss_of_every_step():
         ({"max_steps": -5}, "max_steps"),
         ({"time_budget": 0}, "time_budget must be None .* or a positive number"),
         ({"time_budget": -1.0}, "time_budget"),
-        ({"probe_every": 0}, "probe_every"),
         ({"eval_every": -1}, "eval_every"),
         ({"warmup": 1.0}, "warmup"),
     ],
@@ -338,19 +314,19 @@ def test_the_live_plot_gains_a_point_every_few_seconds_of_training(monkeypatch):
     monkeypatch.setattr(ProgressDisplay, "draw", record)
     clock = FakeClock()
     live = ProgressDisplay(every=1.0)
-    trainer = Trainer(max_epochs=1000, time_budget=2.5, probe_every=1.0, probe_size=200, eval_every=0,
-                      plot=False, clock=clock, callbacks=[live])  # fmt: skip
+    trainer = Trainer(
+        max_epochs=1000, time_budget=2.5, eval_every=0, plot=False, clock=clock, callbacks=[live]
+    )
     trainer.fit(TimedCNN(clock), small_data())
-    # 20 steps of 0.125 s, 64 images each, 1,000 per epoch: a loss point every 8 steps (1 s) with
-    # the probe taken then, and at the end the last 4 steps' loss with the validation numbers.
+    # 20 steps of 0.125 s, 64 images each, 1,000 per epoch: a loss point every 8 steps (1 s), and at
+    # the end the last 4 steps' loss with the validation numbers.
     assert [x for x, _ in drawn] == [512 / 1000, 1000 / 1000, 1256 / 1000]
     assert [sorted(v) for _, v in drawn] == [
-        ["probe_acc", "train_loss"],
-        ["probe_acc", "train_loss"],
+        ["train_loss"],
+        ["train_loss"],
         ["train_loss", "val_acc", "val_loss"],
     ]
     assert drawn[-1][1]["val_acc"] == trainer.history[-1]["val_acc"]
-    assert drawn[1][1]["probe_acc"] == trainer.probes[1][1]
 
 
 def test_the_live_plot_shows_a_run_validated_only_at_its_end():
