@@ -13,7 +13,7 @@ experiment by name, ``cfg = experiment('resnet')``, which prints the preset in f
 the expected time and accuracy; it then builds ``FashionMNIST(**cfg.data)``, the model from
 ``cfg.model`` and ``Trainer(**cfg.trainer)``, and asserts ``val_acc >= cfg.floor``.
 
-Each experiment is one `Recipe` in `EXPERIMENTS`: its `Settings` under each preset, with the
+Each experiment is one `Recipe` in `EXPERIMENTS`: its `Experiment` under each preset, with the
 accuracy every run must reach (``floor``) and the one a run on a quiet machine is expected to reach
 (``target``, what ``benchmarks/time_to_accuracy.py`` checks). Retuning a preset touches only its
 recipe. A setting that `FashionMNIST` or `Trainer` does not take is refused when this module loads.
@@ -25,7 +25,7 @@ import difflib
 import inspect
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -39,7 +39,6 @@ __all__ = [
     "PRESETS",
     "Experiment",
     "Recipe",
-    "Settings",
     "current_preset",
     "experiment",
     "floors_table",
@@ -62,26 +61,33 @@ def current_preset() -> str:
     return name
 
 
+MAPPINGS = ("data", "model", "trainer", "extra")
+
+
 @dataclass(frozen=True)
 class Experiment:
-    """The settings of one training under one preset."""
+    """One training under one preset: what to build and train, how long it takes, and the accuracy
+    it must reach. In a `Recipe` its mappings are read-only; `experiment` hands out a copy with its
+    name and preset and plain dicts, so that a notebook that changes its ``cfg`` cannot change the
+    recipe."""
 
-    name: str
-    preset: str
-    data: dict[str, Any]
-    model: dict[str, Any]
-    trainer: dict[str, Any]
+    data: Mapping[str, Any]  # FashionMNIST(**data)
+    model: Mapping[str, Any]  # keyword arguments of the recipe's model classes
+    trainer: Mapping[str, Any]  # Trainer(**trainer)
     seconds: float  # expected wall time of the training cell (2-core CPU; GPU for ``full``)
     about: str = ""  # what is scaled relative to the book, and why
-    extra: dict[str, Any] = field(default_factory=dict)  # experiment-specific knobs
-    # The validation accuracy every run of this preset must reach (asserted by the notebooks and
-    # the tests; None: no floor), and the one a run on a quiet machine is expected to reach (the
-    # benchmark's target; None: not benchmarked).
+    extra: Mapping[str, Any] = field(default_factory=dict)  # experiment-specific knobs
+    # Validation accuracy every run must reach (asserted by the notebooks and the tests; None: no
+    # floor). A timed (demo) run sees fewer images on a slower machine, so its floor is what a
+    # machine ten times slower reaches in the same budget: the verdict must not depend on the
+    # machine's speed. ``target``: the accuracy expected on a quiet machine (the benchmark's).
     floor: float | None = None
     target: float | None = None
+    name: str = ""  # filled in by `experiment`
+    preset: str = ""
 
     def __str__(self) -> str:
-        def fmt(d: dict[str, Any]) -> str:
+        def fmt(d: Mapping[str, Any]) -> str:
             return ", ".join(f"{k}={v!r}" for k, v in d.items()) or "-"
 
         where = "a GPU" if self.preset == "full" else "a 2-core CPU"
@@ -107,31 +113,6 @@ class Experiment:
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """One experiment under one preset: what to build and train, and the accuracy it must reach.
-
-    The mappings are read-only (`experiment` hands out copies): a notebook that changes its
-    ``cfg`` cannot change the recipe.
-    """
-
-    data: Mapping[str, Any]  # FashionMNIST(**data)
-    model: Mapping[str, Any]  # keyword arguments of the recipe's model classes
-    trainer: Mapping[str, Any]  # Trainer(**trainer)
-    seconds: float  # expected wall time of the training cell (2-core CPU; GPU for ``full``)
-    about: str = ""  # what is scaled relative to the book, and why
-    extra: Mapping[str, Any] = field(default_factory=dict)  # experiment-specific knobs
-    # Validation accuracy every run must reach. A timed (demo) run sees fewer images on a slower
-    # machine, so its floor is what a machine ten times slower reaches in the same budget: the
-    # verdict must not depend on the machine's speed.
-    floor: float | None = None
-    target: float | None = None  # validation accuracy expected on a quiet machine
-
-    def __post_init__(self) -> None:
-        for name in ("data", "model", "trainer", "extra"):
-            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
-
-
 def _check_names(where: str, what: str, settings: Mapping[str, Any], fn: Callable) -> None:
     """Refuse a setting name that ``fn`` does not take, naming the closest one it does."""
     known = [n for n in inspect.signature(fn).parameters if n != "self"]
@@ -149,18 +130,20 @@ def _check_names(where: str, what: str, settings: Mapping[str, Any], fn: Callabl
 class Recipe:
     """An experiment of the notebooks: its model classes and its settings under every preset.
 
-    ``models`` are dotted paths of the classes that ``Settings.model`` configures (the first is
-    the one the benchmark trains); ``recipe[preset]`` is that preset's `Settings`.
+    ``models`` are dotted paths of the classes that ``model`` configures (the first is the one the
+    benchmark trains); ``recipe[preset]`` is that preset's `Experiment`, its mappings read-only.
     """
 
     name: str
     models: tuple[str, ...]
-    ci: Settings
-    demo: Settings
-    full: Settings
+    ci: Experiment
+    demo: Experiment
+    full: Experiment
 
     def __post_init__(self) -> None:
         for preset in PRESETS:
+            read_only = {k: MappingProxyType(dict(getattr(getattr(self, preset), k))) for k in MAPPINGS}
+            object.__setattr__(self, preset, replace(getattr(self, preset), **read_only))
             s, where = self[preset], f"experiment {self.name!r}, preset {preset!r}"
             _check_names(where, "data", s.data, FashionMNIST)
             _check_names(where, "trainer", s.trainer, Trainer)
@@ -173,7 +156,7 @@ class Recipe:
             if s.floor is not None and s.target is not None and s.target < s.floor:
                 raise ValueError(f"{where}: the target {s.target} is below the floor {s.floor}.")
 
-    def __getitem__(self, preset: str) -> Settings:
+    def __getitem__(self, preset: str) -> Experiment:
         if preset not in PRESETS:
             raise KeyError(f"{preset!r} is not a preset; use one of {', '.join(PRESETS)}.")
         return getattr(self, preset)
@@ -183,8 +166,11 @@ class Recipe:
 assert tuple(f.name for f in fields(Recipe))[2:] == PRESETS
 
 
-# Data shapes shared by many experiments.
+# Settings shared by many experiments.
+_BOOK_DATA = dict(batch_size=128)  # the book's minibatch
+_NORMALIZED = dict(batch_size=128, normalize=True)  # standardized inputs, for BN's comparisons
 _CI_DATA = dict(train_subset=10_000, val_subset=1_000)  # fixed, class-balanced subsets
+_LR = dict(lr=0.1)
 # The recipe that shapes a run for a small CPU (../PERFORMANCE study): SGD with Nesterov momentum
 # under a one-cycle schedule, weight decay, label smoothing, channels-last.
 _FAST = dict(
@@ -201,6 +187,8 @@ _DEMO = dict(_FAST, max_epochs=1000, time_budget=60, eval_every=0)
 _BOOK = dict(max_epochs=10, channels_last=True, amp=True)  # the book's run, plus GPU speed-ups
 _SMALL_STEM = dict(stem_kernel=3, stem_stride=1)
 _BOOK_STEM = dict(stem_kernel=7, stem_stride=2)
+_SMALL_STAGES = ((1, 16), (1, 32), (1, 64), (1, 128))  # one block per stage, narrow
+_RESNET18_STAGES = ((2, 64), (2, 128), (2, 256), (2, 512))
 _WHY_SMALL = (
     "native 28x28 input instead of 96x96 (9x fewer pixels); a 3x3 stride-1 stem, since "
     "7x7 stride 2 is meant for 224-pixel images; one block per stage with widths "
@@ -209,62 +197,78 @@ _WHY_SMALL = (
 _WHY_CI = "a 10,000-image training subset and a fixed step count, so CI takes seconds"
 
 
+def _ci(demo: Experiment, steps: int, seconds: float, **changes) -> Experiment:
+    """The ci run of a recipe whose demo runs a fixed number of steps: the demo's run on the CI
+    subsets, with fewer ``steps``."""
+    data, trainer = {**demo.data, **_CI_DATA}, {**demo.trainer, "max_steps": steps}
+    return replace(demo, **{"about": _WHY_CI, **changes}, data=data, trainer=trainer, seconds=seconds)
+
+
+_BN_DRIFT = Experiment(
+    data=_NORMALIZED,
+    model=_LR,
+    trainer=dict(_FAST, max_epochs=100, max_steps=300, eval_every=0),
+    seconds=18,
+    about="300 steps, the same for both models, so the curves line up step by step",
+)
+_BN_EARLY = Experiment(
+    data=_NORMALIZED,
+    model=_LR,
+    trainer=dict(max_epochs=1, max_steps=20, eval_every=0),
+    seconds=15,
+    about="20 steps, then one pass over the training set per BN layer",
+)
+_BN_PLACEMENT = Experiment(
+    data=_NORMALIZED,
+    model=_LR,
+    trainer=dict(_FAST, max_epochs=100, max_steps=300, eval_every=0),
+    seconds=30,
+    about="300 steps per run, two seeds per placement, so that the gap can be set against "
+    "the spread between seeds",
+    extra=dict(seeds=(0, 1)),
+    floor=0.5,
+)
+
 _RECIPES = (
     # ---- 01_batch_norm -------------------------------------------------------------------
     Recipe(
         "lenet",
         models=("d2l.torch.LeNet",),
-        ci=Settings(
-            data=dict(batch_size=128, **_CI_DATA),
-            model=dict(lr=0.1),
-            trainer=dict(max_epochs=3),
-            seconds=10,
-            about=_WHY_CI,
-        ),
-        demo=Settings(
-            data=dict(batch_size=128),
-            model=dict(lr=0.1),
-            trainer=dict(max_epochs=1000, time_budget=30, eval_every=0),
+        ci=Experiment(dict(_BOOK_DATA, **_CI_DATA), _LR, dict(max_epochs=3), seconds=10, about=_WHY_CI),
+        demo=Experiment(
+            _BOOK_DATA,
+            _LR,
+            dict(max_epochs=1000, time_budget=30, eval_every=0),
             seconds=35,
             about="the book's LeNet and settings, stopped after 30 s",
         ),
-        full=Settings(
-            data=dict(batch_size=128),
-            model=dict(lr=0.1),
-            trainer=dict(max_epochs=10),
-            seconds=120,
-            about="the book's settings",
-        ),
+        full=Experiment(_BOOK_DATA, _LR, dict(max_epochs=10), seconds=120, about="the book's settings"),
     ),
     Recipe(
         "bn_lenet",
         models=("d2l_ext.batch_norm.BNLeNet", "d2l_ext.batch_norm.BNLeNetScratch"),
-        ci=Settings(
-            data=dict(batch_size=128, normalize=True, **_CI_DATA),
-            model=dict(lr=0.1),
-            # The demo's recipe: with the book's constant rate, the validation accuracy of so short
-            # a run swings between 62% and 76% with the seed; annealed, it stays within 81-83%.
-            trainer=dict(_FAST, max_epochs=100, max_steps=200),
+        # The demo's recipe for a fixed number of steps: with the book's constant rate, the
+        # validation accuracy of so short a run swings between 62% and 76% with the seed; annealed,
+        # it stays within 81-83%.
+        ci=Experiment(
+            dict(_NORMALIZED, **_CI_DATA),
+            _LR,
+            dict(_FAST, max_epochs=100, max_steps=200),
             seconds=12,
             floor=0.65,
             about=_WHY_CI + "; the demo's recipe",
         ),
-        demo=Settings(
-            data=dict(batch_size=128, normalize=True),
-            model=dict(lr=0.1),
-            trainer=dict(_DEMO),
+        demo=Experiment(
+            _NORMALIZED,
+            _LR,
+            _DEMO,
             seconds=65,
             floor=0.65,
             target=0.9,
             about="the book's BN-LeNet, trained for 60 s with a one-cycle schedule",
         ),
-        full=Settings(
-            data=dict(batch_size=128),
-            model=dict(lr=0.1),
-            trainer=dict(max_epochs=10),
-            seconds=180,
-            floor=0.65,
-            about="the book's settings",
+        full=Experiment(
+            _BOOK_DATA, _LR, dict(max_epochs=10), seconds=180, floor=0.65, about="the book's settings"
         ),
     ),
     # Short like-for-like runs: LeNet and BN-LeNet (drift), BN before or after the activation
@@ -272,111 +276,60 @@ _RECIPES = (
     Recipe(
         "bn_drift",
         models=("d2l.torch.LeNet", "d2l_ext.batch_norm.BNLeNet"),
-        ci=Settings(
-            data=dict(batch_size=128, normalize=True, **_CI_DATA),
-            model=dict(lr=0.1),
-            trainer=dict(_FAST, max_epochs=100, max_steps=100, eval_every=0),
-            seconds=5,
-            about=_WHY_CI,
-        ),
-        demo=Settings(
-            data=dict(batch_size=128, normalize=True),
-            model=dict(lr=0.1),
-            trainer=dict(_FAST, max_epochs=100, max_steps=300, eval_every=0),
-            seconds=18,
-            about="300 steps, the same for both models, so the curves line up step by step",
-        ),
-        full=Settings(
-            data=dict(batch_size=128, normalize=True),
-            model=dict(lr=0.1),
-            trainer=dict(_FAST, max_epochs=100, max_steps=1000, eval_every=0),
+        ci=_ci(_BN_DRIFT, steps=100, seconds=5),
+        demo=_BN_DRIFT,
+        full=replace(
+            _BN_DRIFT,
+            trainer={**_BN_DRIFT.trainer, "max_steps": 1000},
             seconds=30,
             about="1,000 steps, about two epochs",
-        ),
+        ),  # fmt: skip
     ),
     # BN-LeNet after 20 steps of the book's plain SGD: its running estimates still lag.
     Recipe(
         "bn_early",
         models=("d2l_ext.batch_norm.BNLeNet",),
-        ci=Settings(
-            data=dict(batch_size=128, normalize=True, **_CI_DATA),
-            model=dict(lr=0.1),
-            trainer=dict(max_epochs=1, max_steps=20, eval_every=0),
-            seconds=4,
-            about=_WHY_CI,
-        ),
-        demo=Settings(
-            data=dict(batch_size=128, normalize=True),
-            model=dict(lr=0.1),
-            trainer=dict(max_epochs=1, max_steps=20, eval_every=0),
-            seconds=15,
-            about="20 steps, then one pass over the training set per BN layer",
-        ),
-        full=Settings(
-            data=dict(batch_size=128, normalize=True),
-            model=dict(lr=0.1),
-            trainer=dict(max_epochs=1, max_steps=20, eval_every=0),
-            seconds=10,
-            about="20 steps, then one pass over the training set per BN layer",
-        ),
+        ci=_ci(_BN_EARLY, steps=20, seconds=4),
+        demo=_BN_EARLY,
+        full=replace(_BN_EARLY, seconds=10),
     ),
     Recipe(
         "bn_placement",
         models=("d2l_ext.batch_norm.BNLeNet", "d2l_ext.batch_norm.BNLeNetAfter"),
-        ci=Settings(
-            data=dict(batch_size=128, normalize=True, **_CI_DATA),
-            model=dict(lr=0.1),
-            trainer=dict(_FAST, max_epochs=100, max_steps=100, eval_every=0),
-            seconds=10,
-            about=_WHY_CI + "; one seed per placement",
-            extra=dict(seeds=(0,)),
-            floor=0.5,
-        ),
-        demo=Settings(
-            data=dict(batch_size=128, normalize=True),
-            model=dict(lr=0.1),
-            trainer=dict(_FAST, max_epochs=100, max_steps=300, eval_every=0),
-            seconds=30,
-            about="300 steps per run, two seeds per placement, so that the gap can be set against "
-            "the spread between seeds",
-            extra=dict(seeds=(0, 1)),
-            floor=0.5,
-        ),
-        full=Settings(
-            data=dict(batch_size=128, normalize=True),
-            model=dict(lr=0.1),
+        ci=_ci(_BN_PLACEMENT, 100, 10, extra=dict(seeds=(0,)), about=_WHY_CI + "; one seed per placement"),
+        demo=_BN_PLACEMENT,
+        full=replace(
+            _BN_PLACEMENT,
             trainer=dict(_FAST, max_epochs=10),
             seconds=240,
             about="ten epochs per run, two seeds per placement",
-            extra=dict(seeds=(0, 1)),
-            floor=0.5,
-        ),
+        ),  # fmt: skip
     ),
     # ---- 02_resnet -----------------------------------------------------------------------
     Recipe(
         "resnet",
         models=("d2l_ext.resnet.ResNet",),
-        ci=Settings(
-            data=dict(batch_size=128, normalize=True, **_CI_DATA),
-            model=dict(arch=((1, 16), (1, 32), (1, 64), (1, 128)), lr=0.1, **_SMALL_STEM),
-            trainer=dict(_FAST, max_epochs=100, max_steps=160),
+        ci=Experiment(
+            dict(_NORMALIZED, **_CI_DATA),
+            dict(arch=_SMALL_STAGES, lr=0.1, **_SMALL_STEM),
+            dict(_FAST, max_epochs=100, max_steps=160),
             seconds=15,
             floor=0.7,
             about=_WHY_CI,
         ),
-        demo=Settings(
-            data=dict(batch_size=256, normalize=True),
-            model=dict(arch=((1, 16), (1, 32), (1, 64), (1, 128)), lr=0.2, **_SMALL_STEM),
-            trainer=dict(_DEMO),
+        demo=Experiment(
+            dict(batch_size=256, normalize=True),
+            dict(arch=_SMALL_STAGES, lr=0.2, **_SMALL_STEM),
+            _DEMO,
             seconds=70,
             floor=0.8,  # 94 steps (a tenth of a quiet minute) reached 0.883
             target=0.92,
             about=_WHY_SMALL,
         ),
-        full=Settings(
-            data=dict(batch_size=128, resize=96),
-            model=dict(arch=((2, 64), (2, 128), (2, 256), (2, 512)), lr=0.01, **_BOOK_STEM),
-            trainer=dict(_BOOK),
+        full=Experiment(
+            dict(_BOOK_DATA, resize=96),
+            dict(arch=_RESNET18_STAGES, lr=0.01, **_BOOK_STEM),
+            _BOOK,
             seconds=600,
             floor=0.88,
             about="the book's ResNet-18 run",
@@ -388,27 +341,27 @@ _RECIPES = (
     Recipe(
         "degradation",
         models=("d2l_ext.resnet.PlainNet", "d2l_ext.resnet.ResNet"),
-        ci=Settings(
-            data=dict(batch_size=64, normalize=True, **_CI_DATA),
-            model=dict(lr=0.1, stem_kernel=3, stem_stride=2),
-            trainer=dict(_FAST, label_smoothing=0.0, max_epochs=100, max_steps=60),
+        ci=Experiment(
+            dict(batch_size=64, normalize=True, **_CI_DATA),
+            dict(lr=0.1, stem_kernel=3, stem_stride=2),
+            dict(_FAST, label_smoothing=0.0, max_epochs=100, max_steps=60),
             seconds=15,
             extra=dict(depths=(1, 5), widths=(16, 32, 64)),
             about="8 against 32 layers, 60 steps each on the 10,000-image subset",
         ),
-        demo=Settings(
-            data=dict(batch_size=128, normalize=True),
-            model=dict(lr=0.1, stem_kernel=3, stem_stride=2),
-            trainer=dict(_FAST, label_smoothing=0.0, max_epochs=100, max_steps=1000, eval_every=0),
+        demo=Experiment(
+            _NORMALIZED,
+            dict(lr=0.1, stem_kernel=3, stem_stride=2),
+            dict(_FAST, label_smoothing=0.0, max_epochs=100, max_steps=1000, eval_every=0),
             seconds=90,  # all four runs together
             extra=dict(depths=(1, 5), widths=(16, 32, 64)),
             about="8 against 32 layers, 1,000 steps (about 2 epochs) each; a 3x3 stride-2 stem "
             "(7x7 maps in the first stage) keeps the deep nets cheap",
         ),
-        full=Settings(
-            data=dict(batch_size=128, normalize=True),
-            model=dict(lr=0.1, stem_kernel=3, stem_stride=1),
-            trainer=dict(_FAST, label_smoothing=0.0, max_epochs=100, max_steps=3000, eval_every=0),
+        full=Experiment(
+            _NORMALIZED,
+            dict(lr=0.1, stem_kernel=3, stem_stride=1),
+            dict(_FAST, label_smoothing=0.0, max_epochs=100, max_steps=3000, eval_every=0),
             seconds=600,
             extra=dict(depths=(3, 9), widths=(16, 32, 64)),
             about="He et al.'s 20 against 56 layers, 3,000 steps each, 14x14 maps in the first stage",
@@ -418,33 +371,27 @@ _RECIPES = (
     Recipe(
         "resnext",
         models=("d2l_ext.resnext.ResNeXt",),
-        ci=Settings(
-            data=dict(batch_size=128, normalize=True, **_CI_DATA),
-            model=dict(
-                arch=((1, 16), (1, 32), (1, 64), (1, 128)), groups=8, bot_mul=1, lr=0.1, **_SMALL_STEM
-            ),
-            trainer=dict(_FAST, max_epochs=100, max_steps=160),
+        ci=Experiment(
+            dict(_NORMALIZED, **_CI_DATA),
+            dict(arch=_SMALL_STAGES, groups=8, bot_mul=1, lr=0.1, **_SMALL_STEM),
+            dict(_FAST, max_epochs=100, max_steps=160),
             seconds=15,
             floor=0.75,
             about=_WHY_CI,
         ),
-        demo=Settings(
-            data=dict(batch_size=256, normalize=True),
-            model=dict(
-                arch=((1, 16), (1, 32), (1, 64), (1, 128)), groups=8, bot_mul=1, lr=0.2, **_SMALL_STEM
-            ),
-            trainer=dict(_DEMO),
+        demo=Experiment(
+            dict(batch_size=256, normalize=True),
+            dict(arch=_SMALL_STAGES, groups=8, bot_mul=1, lr=0.2, **_SMALL_STEM),
+            _DEMO,
             seconds=70,
             floor=0.7,
             target=0.91,
             about=_WHY_SMALL,
         ),
-        full=Settings(
-            data=dict(batch_size=128, resize=96),
-            model=dict(
-                arch=((2, 64), (2, 128), (2, 256), (2, 512)), groups=32, bot_mul=0.5, lr=0.05, **_BOOK_STEM
-            ),
-            trainer=dict(_BOOK),
+        full=Experiment(
+            dict(_BOOK_DATA, resize=96),
+            dict(arch=_RESNET18_STAGES, groups=32, bot_mul=0.5, lr=0.05, **_BOOK_STEM),
+            _BOOK,
             seconds=900,
             floor=0.85,
             about="ResNet-18's stages with ResNeXt blocks, at the book's resolution",
@@ -454,28 +401,28 @@ _RECIPES = (
     Recipe(
         "densenet",
         models=("d2l_ext.densenet.DenseNet",),
-        ci=Settings(
-            data=dict(batch_size=128, normalize=True, **_CI_DATA),
-            model=dict(num_channels=32, growth_rate=16, arch=(2, 2, 2, 2), lr=0.1, **_SMALL_STEM),
-            trainer=dict(_FAST, max_epochs=100, max_steps=160),
+        ci=Experiment(
+            dict(_NORMALIZED, **_CI_DATA),
+            dict(num_channels=32, growth_rate=16, arch=(2, 2, 2, 2), lr=0.1, **_SMALL_STEM),
+            dict(_FAST, max_epochs=100, max_steps=160),
             seconds=15,
             floor=0.7,
             about=_WHY_CI,
         ),
-        demo=Settings(
-            data=dict(batch_size=128, normalize=True),
-            model=dict(num_channels=32, growth_rate=16, arch=(2, 2, 2, 2), lr=0.1, **_SMALL_STEM),
-            trainer=dict(_DEMO),
+        demo=Experiment(
+            _NORMALIZED,
+            dict(num_channels=32, growth_rate=16, arch=(2, 2, 2, 2), lr=0.1, **_SMALL_STEM),
+            _DEMO,
             seconds=70,
             floor=0.75,
             target=0.9,
             about="native 28x28 input; a 3x3 stride-1 stem; 32 initial channels, growth "
             "rate 16 and two convolutions per dense block, so more epochs fit",
         ),
-        full=Settings(
-            data=dict(batch_size=128, resize=96),
-            model=dict(num_channels=64, growth_rate=32, arch=(4, 4, 4, 4), lr=0.01, **_BOOK_STEM),
-            trainer=dict(_BOOK),
+        full=Experiment(
+            dict(_BOOK_DATA, resize=96),
+            dict(num_channels=64, growth_rate=32, arch=(4, 4, 4, 4), lr=0.01, **_BOOK_STEM),
+            _BOOK,
             seconds=700,
             floor=0.88,
             about="the book's DenseNet run",
@@ -488,27 +435,27 @@ _RECIPES = (
     Recipe(
         "bn_ghost",
         models=("d2l_ext.batch_norm.BNLeNet",),
-        ci=Settings(
-            data=dict(batch_size=64, normalize=True, **_CI_DATA),
-            model=dict(lr=0.1),
-            trainer=dict(_FAST, max_epochs=1000, max_steps=200, eval_every=0),
+        ci=Experiment(
+            dict(batch_size=64, normalize=True, **_CI_DATA),
+            _LR,
+            dict(_FAST, max_epochs=1000, max_steps=200, eval_every=0),
             seconds=12,
             extra=dict(sizes=(2, 4, 16, 64), train_subset=320),
             about="200 steps of 64 examples per BN batch size on 320 training images; four sizes",
         ),
-        demo=Settings(
-            data=dict(batch_size=128, normalize=True),
-            model=dict(lr=0.1),
-            trainer=dict(_FAST, max_epochs=1000, max_steps=200, eval_every=0),
+        demo=Experiment(
+            _NORMALIZED,
+            _LR,
+            dict(_FAST, max_epochs=1000, max_steps=200, eval_every=0),
             seconds=60,
             extra=dict(sizes=(2, 4, 8, 16, 64, 128), train_subset=640),
             about="200 steps of 128 examples per BN batch size on 640 training images, the full test "
             "set; six sizes",
         ),
-        full=Settings(
-            data=dict(batch_size=128, normalize=True),
-            model=dict(lr=0.1),
-            trainer=dict(_FAST, max_epochs=1000, max_steps=200, eval_every=0),
+        full=Experiment(
+            _NORMALIZED,
+            _LR,
+            dict(_FAST, max_epochs=1000, max_steps=200, eval_every=0),
             seconds=30,
             extra=dict(sizes=(2, 4, 8, 16, 32, 64, 128), train_subset=640),
             about="200 steps of 128 examples per BN batch size on 640 training images, the full test "
@@ -527,19 +474,8 @@ def experiment(name: str, preset: str | None = None, verbose: bool = True) -> Ex
     preset = preset or current_preset()
     if preset not in PRESETS:
         raise ValueError(f"{preset!r} is not a preset; use one of {', '.join(PRESETS)}.")
-    s = EXPERIMENTS[name][preset]
-    exp = Experiment(
-        name=name,
-        preset=preset,
-        data=dict(s.data),
-        model=dict(s.model),
-        trainer=dict(s.trainer),
-        seconds=s.seconds,
-        about=s.about,
-        extra=dict(s.extra),
-        floor=s.floor,
-        target=s.target,
-    )
+    recipe = EXPERIMENTS[name][preset]
+    exp = replace(recipe, name=name, preset=preset, **{k: dict(getattr(recipe, k)) for k in MAPPINGS})
     if verbose:
         print(exp)
     return exp

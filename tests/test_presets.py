@@ -13,7 +13,7 @@ import torch
 from IPython.core.inputtransformer2 import TransformerManager
 
 from d2l_ext import FashionMNIST, Trainer, presets
-from d2l_ext.presets import EXPERIMENTS, PRESETS, Recipe, Settings, current_preset, experiment
+from d2l_ext.presets import EXPERIMENTS, PRESETS, Experiment, Recipe, current_preset, experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,8 +127,8 @@ def test_every_model_setting_builds_the_recipes_models(name, preset):
         assert Model(**kwargs).lr == cfg.model["lr"]
 
 
-def small_settings(**changes) -> Settings:
-    return Settings(**{**dict(data={}, model={}, trainer={}, seconds=1.0), **changes})
+def small_settings(**changes) -> Experiment:
+    return Experiment(**{**dict(data={}, model={}, trainer={}, seconds=1.0), **changes})
 
 
 def recipe_with(**changes) -> Recipe:
