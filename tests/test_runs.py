@@ -446,12 +446,14 @@ def test_what_changes_a_run_misses_the_cache(runs, data, tmp_path, capsys):
     images, labels = data.train.images[:256].float() / 255, data.train.targets[:256]
     for X in (images[:, None], images.flip(-1)[:, None]):  # the same class, other tensors
         fit(CFG, Tiny(), Toy(X, labels), **SHORT)
+    X[:8] = 0  # the same tensor, changed in place
+    fit(CFG, Tiny(), Toy(X, labels), **SHORT)
     for factor in (1.0, 2.0):  # another setting of an extra callback
         fit(CFG, Tiny(), data, callbacks=[Scaled(factor)], **SHORT)
     for scale in (1, 2):  # a notebook global that forward reads
         module = load(tmp_path, GLOBAL_MODEL.format(scale=scale), f"scale{scale}")
         fit(CFG, module.Global(), data, **SHORT)
-    assert "Replayed" not in capsys.readouterr().out and len(entries(runs)) == 6
+    assert "Replayed" not in capsys.readouterr().out and len(entries(runs)) == 7
 
 
 def test_fit_takes_the_experiment_first(data):
