@@ -106,6 +106,7 @@ def page(browser: Browser, site: str) -> Iterator[Page]:  # noqa: F811 (the impo
 REPOSITORY = course_site.repository()
 NOTEBOOKS = course_site.chapters()  # notebooks/NN_topic.ipynb, in lecture order
 PAGES = ["index.html", "intro.html", *[nb.replace(".ipynb", ".html") for nb in NOTEBOOKS]]
+PAGES += [name.replace(".md", ".html") for name in course_site.pages()]  # teaching, speed, development
 
 
 def executed(built: Path, nb: str) -> nbformat.NotebookNode:

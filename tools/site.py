@@ -36,6 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "site"
 README = ROOT / "README.md"
+RESULTS = ROOT / "benchmarks" / "results"
 OUT = ROOT / "build" / "html"
 WORK = ROOT / "build" / "site"
 DEFAULT_PRESET = "demo"
@@ -114,7 +115,7 @@ def repository(site: Path = SITE) -> Repository:
 def chapters(site: Path = SITE) -> list[str]:
     """The notebooks of site/_toc.yml, in order, as paths from the repository's root."""
     toc = yaml.safe_load((site / "_toc.yml").read_text())
-    files = [f"{c['file']}.ipynb" for c in toc.get("chapters", [])]
+    files = [f"{c['file']}.ipynb" for c in toc.get("chapters", []) if c["file"].startswith("notebooks/")]
     notebooks = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "notebooks").glob("*.ipynb"))
     if files != notebooks:
         raise SiteError(
@@ -146,6 +147,65 @@ def landing_page(template: str, readme: str, repo: Repository, name: str) -> str
             f"site/intro.md needs one line that reads {READ_ME_OPENING}: README.md's opening goes there."
         )
     return line.sub(lambda _: readme_opening(readme, repo).rstrip("\n"), template).replace("{preset}", name)
+
+
+def pages(site: Path = SITE) -> list[str]:
+    """The pages of site/_toc.yml that are not notebooks (the landing page aside), as file names."""
+    toc = yaml.safe_load((site / "_toc.yml").read_text())
+    return [f"{c['file']}.md" for c in toc.get("chapters", []) if not c["file"].startswith("notebooks/")]
+
+
+def lecture_times(notebooks: list[str], record: dict) -> str:
+    """The table of a lecture-times record (tools/warm.py --record, cold and warm, and the notebooks
+    before instructor mode): a notebook it lacks shows as not measured yet."""
+    cold, warm, before = record["cold"], record["warm"], record.get("before")
+    lines = [
+        f"Measured {cold['date'][:10]} on {cold['machine']} ({cold['preset']} preset), each notebook "
+        "top to bottom in a fresh kernel:",
+        "",
+        "| notebook | cold: empty run cache | warm: every run replayed | replays (runs, measurements) |",
+        "|---|---:|---:|---:|",
+    ]
+    for nb in notebooks:
+        name, stem = Path(nb).name, Path(nb).stem
+        c, w = cold["notebooks"].get(name), warm["notebooks"].get(name)
+        if c is None or w is None:
+            lines.append(f"| {stem} | not measured yet | | |")
+        else:
+            lines.append(f"| {stem} | {c['seconds']:.0f} s | {w['seconds']:.0f} s | {w['replayed']} |")
+    if before:
+        took = ", ".join(f"{Path(n).stem} {b['seconds']:.0f} s" for n, b in before["notebooks"].items())
+        lines += [
+            "",
+            f"Before instructor mode (commit {before['commit']}), measured the same way: {took} cold.",
+        ]
+    return "\n".join(lines)
+
+
+def binder_walks(notebooks: list[str], records: list[dict]) -> str:
+    """The table of Binder walks (tests/test_lab_e2e.py's records): the peak of the server and its
+    kernels, and per notebook; a notebook a walk lacks shows as not measured yet."""
+    stems = [Path(nb).stem for nb in notebooks]
+    numbers = " / ".join(s[:2] for s in stems)
+    lines = [
+        f"| walk | peak, server and kernels | per notebook (with the server): {numbers} | measured |",
+        "|---|---:|---|---|",
+    ]
+    for r in records:
+        steps = r["peak_mb_by_step"]
+        each = " / ".join(f"{steps[s]:,}" if s in steps else "not measured yet" for s in stems)
+        lines.append(
+            f"| `{r['preset']}` preset | {r['peak_mb']:,} MB | {each} MB | {r['date']}, {r['machine']} |"
+        )
+    return "\n".join(lines)
+
+
+def page(text: str, notebooks: list[str]) -> str:
+    """A page of site/ with its measured tables made from the committed records."""
+    records = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+    walks = [records[k] for k in ("binder_walk_ci", "binder_walk_demo") if k in records]
+    text = text.replace("{binder-walks}", binder_walks(notebooks, walks))
+    return text.replace("{lecture-times}", lecture_times(notebooks, records["lecture_times_demo"]))
 
 
 def badge_problems(readme: str, repo: Repository, first: str) -> list[str]:
@@ -213,6 +273,8 @@ def stage(src: Path, name: str) -> None:
     for nb in notebooks:
         (src / nb).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / nb, src / nb)
+    for name in pages():
+        (src / name).write_text(page((SITE / name).read_text(), notebooks))
 
 
 def error_outputs(executed: Path) -> list[str]:
