@@ -576,18 +576,20 @@ def _plain_random_state():
     return [version, list(internal), gauss]
 
 
+def _lacks(entry: dict[str, Any], parts: dict[str, type | tuple[type, ...]]) -> str:
+    """The first of ``parts`` that ``entry`` lacks or holds with another type ("" when none)."""
+    return next((name for name, kind in parts.items() if not isinstance(entry.get(name), kind)), "")
+
+
 def _whole(run: dict[str, Any], records) -> str:
     """Why a stored run lacks what a replay reads ("" where it has it all)."""
-    meta, rng = run["meta"], run.get("rng")
-    if not (isinstance(meta.get("date"), str) and isinstance(meta.get("machine"), str)):
-        return "its .json record has no date or machine"
-    if not isinstance(meta.get("train_seconds"), int | float):
-        return "its .json record has no train_seconds"
+    if missing := _lacks(run["meta"], {"date": str, "machine": str, "train_seconds": (int, float)}):
+        return f"its .json record has no {missing}"
     parts = {"state": dict, "history": list, "trainer": dict, "callbacks": dict, "records": list, "rng": dict}
-    if any(not isinstance(run.get(k), t) for k, t in parts.items()) or len(run["records"]) != len(records):
-        return "its body lacks part of a run (state, history, trainer, callbacks, records, rng)"
-    if not (isinstance(rng.get("torch"), torch.Tensor) and isinstance(rng.get("python"), list)):
-        return "its random states are missing"
+    if missing := _lacks(run, parts) or _lacks(run["rng"], {"torch": torch.Tensor, "python": list}):
+        return f"its body has no {missing} (of a run: state, history, trainer, callbacks, records, rng)"
+    if len(run["records"]) != len(records):
+        return f"it recorded {len(run['records'])} recorders, this run has {len(records)}"
     return ""
 
 
@@ -705,15 +707,11 @@ def measurement_key(fn, model: nn.Module, loader) -> tuple[str, dict[str, Any]] 
 
 def _fits_measurement(entry: dict[str, Any], model: nn.Module) -> str:
     """Why a stored measurement cannot be replayed into ``model`` ("" where it can)."""
-    if not isinstance(entry["meta"].get("date"), str) or not isinstance(
-        entry["meta"].get("seconds"), int | float
-    ):
-        return "its .json record has no date or seconds"
-    if not (isinstance(entry.get("state"), dict) and isinstance(entry.get("loader"), torch.Tensor)):
-        return "its body has no model state or loader state"
-    return (
-        "" if "result" in entry and not _fits(entry["state"], model) else "its weights do not fit the model"
-    )
+    if missing := _lacks(entry["meta"], {"date": str, "seconds": (int, float)}):
+        return f"its .json record has no {missing}"
+    if missing := _lacks(entry, {"state": dict, "loader": torch.Tensor}):
+        return f"its body has no {missing}"
+    return _fits(entry["state"], model) if "result" in entry else "its body has no result"
 
 
 def measure_once(fn, model: nn.Module, loader, *, name: str | None = None, recompute: bool | None = None):
