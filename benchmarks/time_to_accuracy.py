@@ -27,10 +27,11 @@ this machine's measured matrix-multiply throughput:
   core (assumed, as on modern x86) x 2 FLOPs per FMA x cores used x clock.
 
 The matmul is a yardstick, not a ceiling, so no fraction of it is printed: on a 2-core AMD EPYC
-with AVX-512 (2026-12-07) the book's ResNet trained at 262 GFLOP/s against a matmul of 209, though
-its convolutions are all direct (``ONEDNN_VERBOSE=1``: ``alg:convolution_direct``, no Winograd) and
-counted as torch counts them. Convolutions run in oneDNN and matrix products in MKL, which choose
-their kernels each in its own way; which of them left that machine's speed unused was not measured.
+with AVX-512 (2026-12-07) the book's ResNet trained at 262 GFLOP/s against a matmul of 209. Its
+count is torch's own, and on a 2-core Intel Xeon the same training step's convolutions all run as
+direct ones (``ONEDNN_VERBOSE=1``: ``alg:convolution_direct``, no Winograd); the EPYC itself was not
+inspected. Convolutions run in oneDNN and matrix products in MKL, which choose their kernels each
+in its own way; which of them left that machine's speed unused was not measured.
 The demo's accuracy target is the recipe's (``experiment(name, "demo").target``).
 """
 

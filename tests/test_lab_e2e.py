@@ -78,7 +78,7 @@ if PRESET not in ("ci", "demo", "full"):
     raise ValueError(f"E2E_PRESET={PRESET!r}: give ci, demo or full.")
 # A Binder session's memory for the server and all its kernels (MB = 10^6 bytes).
 MB, BINDER_LIMIT_MB = 1e6, 2000
-# A kernel over this has run code: a fresh one, ready and idle, holds about 52 MB (binder/one_kernel.py).
+# A kernel over this has run code: a fresh one, ready and idle, holds about 54 MB (binder/one_kernel.py).
 FRESH_KERNEL_MB = 200
 SAMPLE_EVERY = 0.5  # seconds between two samples of the walk's memory
 CUDA_EVERY = 10.0  # seconds between two reads of a process's CUDA-library pages (see Walk.cuda_libs)
