@@ -58,9 +58,10 @@ site: venv  ## the course website built in the ci preset and read in Chromium (t
 lint: venv  ## ruff check and format check, code and notebooks
 	$(LINT)
 
-format: venv  ## fix lint, format, and strip notebook outputs
+format: venv  ## fix lint, format, strip notebook outputs, and write the notebooks' slide metadata
 	$(BIN)/ruff check --fix . ; $(BIN)/ruff format .
 	$(BIN)/nbstripout --keep-id notebooks/*.ipynb $(wildcard solutions/*.ipynb)
+	$(BIN)/python tools/slides.py
 
 export: venv  ## regenerate d2l_ext's topic modules from the notebooks' #@save cells
 	$(BIN)/python tools/export.py
@@ -95,7 +96,7 @@ lock: venv  ## resolve pyproject.toml anew (uv): requirements.txt and binder/req
 	$(BIN)/python tools/lock.py
 
 memory: setup  ## peak memory and wall time of every notebook in the demo preset (Binder's limit)
-	$(BIN)/python tools/measure_memory.py
+	$(BIN)/python tools/warm.py --memory --preset demo --record build/memory/demo.json
 
 clean:
 	rm -rf $(VENV) build

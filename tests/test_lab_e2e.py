@@ -30,7 +30,7 @@ the runs of 02 and 03 that the walk stored. When the server stops, its runs are 
 ``$D2L_EXT_RUNS`` (``make test``'s), where the later tiers replay them. A thread samples every
 half second, for the whole module, the summed resident memory (RSS) of the server and all its
 descendants, less the resident pages of PyTorch's CUDA libraries (Binder installs the CPU-only
-build; ``tools/measure_memory.py``). After the walk,
+build; ``tools/warm.py --memory``). After the walk,
 closing a notebook's tab must shut its kernel down (``binder/jupyter/labconfig``); the last test
 fails when the walk's peak went over 2,000 MB (MB = 10^6 bytes) or two kernels that had run code
 were alive at once (binder/one_kernel.py starts a new kernel, then shuts the earlier down), and
@@ -68,7 +68,7 @@ from repo_scripts import script
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 slides = script("tools/slides.py")
-measure_memory = script("tools/measure_memory.py")
+warm = script("tools/warm.py")
 SHOTS = REPO / "build" / "e2e"
 CHROMIUM = Path(os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium"))
 START = REPO / "binder" / "start"  # Binder runs the server's command through it
@@ -299,7 +299,7 @@ class Walk(threading.Thread):
         now = time.monotonic()
         cached = self.cuda_cache.get(pid)
         if cached is None or not cached[1] or now - cached[0] > CUDA_EVERY:  # 0: not loaded yet
-            cached = self.cuda_cache[pid] = (now, measure_memory.cuda_library_rss(pid))
+            cached = self.cuda_cache[pid] = (now, warm.cuda_library_rss(pid))
         return cached[1]
 
     def run(self) -> None:

@@ -1,5 +1,5 @@
 """tools/warm.py: a bad argument or environment is refused in one line that says what to do, before
-any notebook runs (its runs themselves are tested in test_runs.py)."""
+any notebook runs (its runs themselves are tested in test_runs.py); with --memory, the kernel's peak."""
 
 import nbformat
 import pytest
@@ -48,3 +48,18 @@ def test_an_unknown_preset_in_the_environment_says_what_to_set(notebook, capsys,
     monkeypatch.setenv("D2L_EXT_PRESET", "fast")
     assert warm.main([str(notebook)]) == 2
     assert "D2L_EXT_PRESET='fast' is not a preset; use one of ci, demo, full" in refusal(capsys)
+
+
+def test_memory_is_the_kernels_peak_and_a_notebook_over_the_limit_fails(tmp_path, monkeypatch, capsys):
+    # One runner for warming and for memory (`make memory`): a kernel that holds 300 MB at its peak.
+    monkeypatch.setenv("D2L_EXT_RUNS", str(tmp_path / "runs"))
+    path = tmp_path / "01_big.ipynb"
+    cells = ["import numpy as np\nx = np.ones(300_000_000 // 8)", "del x"]
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]), path)
+    memory = {}
+    warm.execute(nbformat.read(path, as_version=4), path, timeout=60, memory=memory)
+    assert memory["peak"] >= 300e6 + 20e6  # the array and a Python interpreter at least
+    assert memory["binder"] == memory["peak"] - memory["cuda_libs"] and memory["cuda_libs"] >= 0
+    assert warm.main([str(path), "--memory", "--limit-mb", str(memory["peak"] / 1e6 + 1000)]) == 0
+    assert warm.main([str(path), "--memory", "--limit-mb", "300"]) == 1
+    assert "Over 300 MB (Binder estimate): 01_big.ipynb" in capsys.readouterr().err

@@ -17,24 +17,34 @@ section takes, and exits 1 naming the first section that fails and its error.
     python tools/warm.py notebooks/02_resnet.ipynb --retrain
     python tools/warm.py --sections       # then every section on its own, in a fresh kernel
     python tools/warm.py --record build/warm.json   # also write the times, machine and date as JSON
+    python tools/warm.py --memory --preset demo      # also each kernel's peak memory (make memory)
 
-The README's table of lecture times comes from such records, committed in benchmarks/results/.
+The site's table of lecture times comes from such records, committed in benchmarks/results/.
+
+With ``--memory`` it also measures each notebook's kernel: its peak resident memory (Linux's
+high-water mark ``VmHWM``, or the sampled RSS of the kernel and its children if that is higher), and
+the Binder estimate, that peak less the resident pages of PyTorch's CUDA libraries (Binder installs
+the CPU-only build). mybinder.org gives a session 1-2 GB for everything, so it exits 1 when a
+kernel's estimate goes over ``--limit-mb`` (default 1,500 MB; MB = 10^6 bytes).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import json
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
+import psutil
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
@@ -55,13 +65,69 @@ def replays(nb) -> int:
     )
 
 
-def execute(nb, notebook: Path, timeout: int) -> float:
-    """Run ``nb`` in a fresh kernel started in ``notebook``'s folder; the seconds it took."""
+MB = 1e6
+# Shared libraries of PyTorch's CUDA build. Binder installs the CPU-only build, which has none of
+# them, so their resident pages are subtracted for the Binder estimate.
+CUDA_LIBS = re.compile(r"/(nvidia|triton)/|lib(torch_cuda|cu\w+|nv\w+|nccl\w*)\.so", re.I)
+
+
+def high_water_mark(pid: int) -> int:
+    """Peak resident set size of a live process, in bytes (Linux's ``VmHWM``)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+)", status, re.M).group(1)) * 1024
+
+
+def cuda_library_rss(pid: int) -> int:
+    """Resident bytes of CUDA libraries mapped into a live process (from /proc/<pid>/smaps)."""
+    total, is_cuda = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+            is_cuda = len(fields) > 5 and bool(CUDA_LIBS.search(fields[5]))
+        elif is_cuda and fields[0] == "Rss:":
+            total += int(fields[1]) * 1024
+    return total
+
+
+def tree_rss(process: psutil.Process) -> int:
+    """Summed RSS of a process and its descendants (e.g. data-loader workers)."""
+    total = 0
+    for p in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
+    return total
+
+
+def execute(nb, notebook: Path, timeout: int, memory: dict | None = None) -> float:
+    """Run ``nb`` in a fresh kernel started in ``notebook``'s folder; the seconds it took. With a
+    ``memory`` dict, fill in the kernel's ``peak`` and ``cuda_libs`` bytes and the ``binder`` estimate."""
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
     )
     start = time.perf_counter()
-    client.execute()
+    if memory is None:
+        client.execute()
+        return time.perf_counter() - start
+    with client.setup_kernel():
+        kernel, done, peak = psutil.Process(client.km.provisioner.pid), threading.Event(), [0]
+
+        def sample() -> None:
+            while not done.wait(0.1):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    peak[0] = max(peak[0], tree_rss(kernel))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            for index, cell in enumerate(nb.cells):
+                client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
+        finally:
+            memory.update(
+                peak=max(high_water_mark(kernel.pid), peak[0]), cuda_libs=cuda_library_rss(kernel.pid)
+            )
+            memory["binder"] = memory["peak"] - memory["cuda_libs"]
+            done.set()
+            sampler.join()
     return time.perf_counter() - start
 
 
@@ -80,9 +146,9 @@ def check_notebook(path: Path) -> None:
         ) from None
 
 
-def warm(notebook: Path, timeout: int) -> tuple[float, int]:
+def warm(notebook: Path, timeout: int, memory: dict | None = None) -> tuple[float, int]:
     nb = nbformat.read(notebook, as_version=4)
-    return execute(nb, notebook, timeout), replays(nb)
+    return execute(nb, notebook, timeout, memory), replays(nb)
 
 
 # The closing sections gather every section's numbers; they are not meant to run alone.
@@ -131,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sections", action="store_true", help="then run each section alone, after the set-up cells"
     )
+    parser.add_argument("--memory", action="store_true", help="also measure each kernel's peak memory")
+    parser.add_argument("--limit-mb", type=float, default=1500, help="--memory fails above this (1500)")
     parser.add_argument(
         "--record",
         type=Path,
@@ -165,16 +233,23 @@ def main(argv: list[str] | None = None) -> int:
         "notebooks": {},
         "sections": {},
     }
-    total = 0.0
+    total, over = 0.0, []
     for notebook in notebooks:
+        memory = {} if args.memory else None
         try:
-            seconds, replayed = warm(notebook, args.timeout)
+            seconds, replayed = warm(notebook, args.timeout, memory)
         except CellExecutionError as e:
             print(f"{notebook.name}: a cell failed, so its later runs are not stored:\n{e}", file=sys.stderr)
             return 1
         total += seconds
         record["notebooks"][notebook.name] = {"seconds": round(seconds, 1), "replayed": replayed}
-        print(f"  {notebook.name:24s} {seconds:6.1f} s   replayed (runs, measurements): {replayed}")
+        line = f"  {notebook.name:24s} {seconds:6.1f} s   replayed (runs, measurements): {replayed}"
+        if memory is not None:
+            record["notebooks"][notebook.name]["memory"] = memory
+            line += f"   peak {memory['peak'] / MB:,.0f} MB, Binder estimate {memory['binder'] / MB:,.0f} MB"
+            if memory["binder"] > args.limit_mb * MB:
+                over.append(notebook.name)
+        print(line)
     print(f"Done in {total:.0f} s. In the lecture, with D2L_EXT_PRESET={preset}, these runs replay.")
     if args.sections:
         os.environ.pop("D2L_EXT_RETRAIN", None)  # the runs are stored now: the sections replay them
@@ -196,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         args.record.parent.mkdir(parents=True, exist_ok=True)
         args.record.write_text(json.dumps(record, indent=1) + "\n")
         print(f"Recorded in {args.record}")
+    if over:
+        print(f"Over {args.limit_mb:,.0f} MB (Binder estimate): {', '.join(over)}", file=sys.stderr)
+        return 1
     return 0
 
 
