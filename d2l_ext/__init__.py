@@ -1,7 +1,7 @@
 """d2l_ext: the library of the modern-CNNs notebook bundle.
 
-Hand-written helpers (data, presets, training) are imported here, the measuring and drawing tools
-live in ``d2l_ext.measure`` and ``d2l_ext.plots``; the topic modules
+Hand-written helpers (data, presets, training) are imported here; the measuring tools shared by the
+notebooks live in ``d2l_ext.measure``, each topic's own in ``d2l_ext.<topic>_tools``; the topic modules
 (``batch_norm``, ``resnet``, ``resnext``, ``densenet``) are generated from the notebooks'
 ``#@save`` cells and imported by name, e.g. ``from d2l_ext.resnet import ResNet18``.
 """

@@ -14,19 +14,15 @@ import torch
 from d2l import torch as d2l
 from torch import nn
 
-from d2l_ext import FashionMNIST, experiment, fit
-from d2l_ext.measure import eval_mode, ghost_batches, train_mode
-
 __all__ = [
     "batch_norm",
+    "check",
     "BatchNorm",
     "book_batch_norm",
     "BookBatchNorm",
     "BNLeNetScratch",
     "BNLeNet",
     "unpadded_lenet",
-    "accuracy_with",
-    "ghost_batch_runs",
     "BNLeNetAfter",
     "layer_norm",
     "LayerNorm",
@@ -71,13 +67,35 @@ def batch_norm(X, gamma, beta, moving_mean, moving_var, eps, momentum, *, traini
 
 
 # notebooks/01_batch_norm.ipynb, cell 8
+def check(ok: bool, message: str, error: type[Exception] = ValueError) -> None:
+    """Raise ``error(message)`` unless ``ok``: an argument check in one line. Unlike ``assert`` it also
+    runs under ``python -O``, and it raises what PyTorch raises: a ValueError, or a TypeError for a
+    value of the wrong type. The message says what to pass."""
+    if not ok:
+        raise error(message)
+
+
+# notebooks/01_batch_norm.ipynb, cell 8
 def _check_eps(eps: float) -> float:
     """``eps`` as a float; it is added to a variance, so anything but a number >= 0 is refused."""
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps must be a number >= 0 such as 1e-5 (PyTorch's default), got {eps!r}.")
-    if not eps >= 0:  # also refuses NaN
-        raise ValueError(f"eps must be >= 0 (PyTorch's default is 1e-05), got {eps!r}.")
+    message = f"eps must be a number >= 0 such as 1e-5 (PyTorch's default), got {eps!r}."
+    check(isinstance(eps, numbers.Real) and not isinstance(eps, bool), message, TypeError)
+    check(eps >= 0, f"eps must be >= 0 (PyTorch's default is 1e-05), got {eps!r}.")  # also refuses NaN
     return float(eps)
+
+
+# notebooks/01_batch_norm.ipynb, cell 8
+def _check_momentum(momentum: float | None) -> float | None:
+    """``momentum`` if it is a number in [0, 1], the weight of the new batch in the running estimates,
+    or None, for a cumulative average; anything else is refused."""
+    message = (
+        f"momentum must be a number in [0, 1], the weight of the new batch (PyTorch's default is 0.1), "
+        f"or None for a cumulative average; got {momentum!r}."
+    )
+    number = isinstance(momentum, numbers.Real) and not isinstance(momentum, bool)
+    check(momentum is None or number, message, TypeError)
+    check(momentum is None or 0 <= momentum <= 1, message)
+    return momentum
 
 
 # notebooks/01_batch_norm.ipynb, cell 9
@@ -91,7 +109,7 @@ class BatchNorm(nn.Module):
     Args:
         num_features: outputs of a fully connected layer, or channels of a convolution.
         num_dims: 2 for a fully connected layer, 4 for a convolutional one.
-        eps: added to the variance, >= 0; keyword-only, like ``momentum``.
+        eps: added to the variance, >= 0.
         momentum: weight of the new batch in the running estimates, in [0, 1]; None: cumulative average.
 
     Shapes: (N, num_features) if num_dims == 2, else (N, num_features, H, W); output the same.
@@ -99,18 +117,10 @@ class BatchNorm(nn.Module):
 
     def __init__(self, num_features: int, num_dims: int, *, eps: float = 1e-5, momentum: float | None = 0.1):
         super().__init__()
-        if num_dims not in (2, 4):
-            raise ValueError(f"num_dims must be 2 (fully connected) or 4 (convolution), got {num_dims!r}.")
-        if momentum is not None and (isinstance(momentum, bool) or not isinstance(momentum, numbers.Real)):
-            raise TypeError(f"momentum must be a number in [0, 1] or None, got {momentum!r}.")
-        if momentum is not None and not 0 <= momentum <= 1:
-            raise ValueError(
-                f"momentum must be in [0, 1], the weight of the new batch (PyTorch's default is 0.1), "
-                f"or None for a cumulative average; got {momentum!r}."
-            )
+        check(num_dims in (2, 4), f"num_dims is 2 (fully connected) or 4 (convolution), not {num_dims!r}.")
         shape = (1, num_features) if num_dims == 2 else (1, num_features, 1, 1)
-        self.num_features, self.num_dims, self.momentum = num_features, num_dims, momentum
-        self.eps = _check_eps(eps)
+        self.num_features, self.num_dims = num_features, num_dims
+        self.eps, self.momentum = _check_eps(eps), _check_momentum(momentum)
         self.gamma = nn.Parameter(torch.ones(shape))
         self.beta = nn.Parameter(torch.zeros(shape))
         self.register_buffer("moving_mean", torch.zeros(shape))
@@ -119,20 +129,14 @@ class BatchNorm(nn.Module):
 
     # notebooks/01_batch_norm.ipynb, cell 10
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        if X.dim() != self.num_dims or X.shape[1] != self.num_features:
-            want = "(N, C)" if self.num_dims == 2 else "(N, C, H, W)"
-            raise ValueError(
-                f"BatchNorm({self.num_features}, num_dims={self.num_dims}) expects {want} input with "
-                f"C={self.num_features}, got shape {tuple(X.shape)}; match num_features and num_dims to the "
-                "layer before it."
-            )
+        bad = f"input {tuple(X.shape)} does not fit BatchNorm({self.num_features}, num_dims={self.num_dims})."
+        check(X.dim() == self.num_dims and X.shape[1] == self.num_features, bad)
         momentum = self.momentum
         if self.training and momentum is None:  # cumulative average over the batches seen so far
             momentum = 1.0 / (int(self.num_batches_tracked) + 1)
         Y, self.moving_mean, self.moving_var = batch_norm(
             X, self.gamma, self.beta, self.moving_mean, self.moving_var,
-            eps=self.eps, momentum=momentum, training=self.training,
-        )  # fmt: skip
+            eps=self.eps, momentum=momentum, training=self.training)  # fmt: skip
         if self.training:
             self.num_batches_tracked += 1
         return Y
@@ -252,33 +256,6 @@ def unpadded_lenet(**kwargs):
     net = d2l.LeNet(**kwargs)
     net.net[0] = nn.LazyConv2d(6, kernel_size=5)  # the book's has padding=2
     return net
-
-
-# notebooks/01_batch_norm.ipynb, cell 68
-def accuracy_with(net, loader, batch_statistics=False):
-    """Accuracy in eval mode, or in training mode (each batch normalized with its own statistics)."""
-    with (train_mode if batch_statistics else eval_mode)(net), torch.no_grad():
-        return sum((net(X).argmax(1) == y).sum().item() for X, y in loader) / len(loader.targets)
-
-
-# notebooks/01_batch_norm.ipynb, cell 69
-def ghost_batch_runs():
-    """BN-LeNet trained (or replayed) under the ``bn_ghost`` experiment once per ghost-batch size b
-    of the experiment, with BN's statistics over b examples, on a small class-balanced training
-    subset (so that it overfits). Per b: its accuracy in eval mode on that subset and on the test set."""
-    cfg = experiment("bn_ghost")
-    data = FashionMNIST(**cfg.data | {"train_subset": cfg.extra["train_subset"]})  # small: it overfits
-    ghost = {}
-    for b in cfg.extra["sizes"]:
-        model = BNLeNet(**cfg.model)
-        model(torch.zeros(2, 1, 28, 28))  # materialize the Lazy layers before wrapping them
-        trainer = fit(cfg, ghost_batches(model, b), data, plot=False)
-        ghost[b] = {
-            "train": accuracy_with(model.net, data.train_dataloader()),
-            "test": accuracy_with(model.net, data.val_dataloader()),
-        }
-        print(f"BN statistics over {b:3d} examples:", trainer.summary())
-    return ghost
 
 
 # notebooks/01_batch_norm.ipynb, cell 110

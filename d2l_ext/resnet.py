@@ -15,6 +15,8 @@ from d2l import torch as d2l
 from torch import nn
 from torch.nn import functional as F
 
+from d2l_ext.batch_norm import check  # saved by 01_batch_norm.ipynb
+
 __all__ = [
     "check_count",
     "Residual",
@@ -35,8 +37,7 @@ def check_count(value, message: str) -> int:
         count = operator.index(value)  # ints, numpy's too, but no floats
     except TypeError:
         raise TypeError(message) from None
-    if isinstance(value, bool) or count < 1:
-        raise ValueError(message)
+    check(not isinstance(value, bool) and count >= 1, message)
     return count
 
 
@@ -58,11 +59,7 @@ class Residual(nn.Module):
         usage = "e.g. Residual(128, use_1x1conv=True, strides=2)"
         check_count(num_channels, f"num_channels must be a positive int, {usage}; got {num_channels!r}.")
         check_count(strides, f"strides must be a positive int, {usage}; got {strides!r}.")
-        if strides != 1 and not use_1x1conv:
-            raise ValueError(
-                f"Residual({num_channels}, strides={strides}) changes the output shape; "
-                "pass use_1x1conv=True so the shortcut matches."
-            )
+        check(strides == 1 or use_1x1conv, f"strides={strides} changes the shape; pass use_1x1conv=True.")
         self.conv1 = nn.LazyConv2d(num_channels, kernel_size=3, padding=1, stride=strides)
         self.conv2 = nn.LazyConv2d(num_channels, kernel_size=3, padding=1)
         if use_1x1conv:
@@ -77,11 +74,7 @@ class Residual(nn.Module):
         Y = self.bn2(self.conv2(Y))
         if self.conv3:
             X = self.conv3(X)
-        elif X.shape[1] != Y.shape[1]:
-            raise ValueError(
-                f"Residual({Y.shape[1]}) got an input with {X.shape[1]} channels; the shortcut "
-                "cannot add them. Pass use_1x1conv=True so the shortcut matches."
-            )
+        check(X.shape == Y.shape, f"{X.shape[1]} channels in, {Y.shape[1]} out: pass use_1x1conv=True.")
         Y += X
         return F.relu(Y)
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from d2l_ext.batch_norm import check  # saved by 01_batch_norm.ipynb
 from d2l_ext.resnet import ResNet, check_count  # saved by 02_resnet.ipynb
 
 __all__ = ["group_conv_by_split", "bottleneck_channels", "ResNeXtBlock", "ResNeXt"]
@@ -91,11 +92,7 @@ class ResNeXtBlock(nn.Module):
         super().__init__()
         form = "a positive int (2 halves height and width)"
         check_count(strides, f"strides is the stride of the 3x3 convolution, {form}; got {strides!r}.")
-        if strides != 1 and not use_1x1conv:
-            raise ValueError(
-                f"ResNeXtBlock({num_channels}, strides={strides}) changes the output shape; "
-                "pass use_1x1conv=True so the shortcut matches."
-            )
+        check(strides == 1 or use_1x1conv, f"strides={strides} changes the shape; pass use_1x1conv=True.")
         bot_channels = bottleneck_channels(num_channels, groups, bot_mul)
         self.conv1 = nn.LazyConv2d(bot_channels, kernel_size=1, stride=1)
         self.conv2 = nn.LazyConv2d(bot_channels, kernel_size=3, stride=strides, padding=1, groups=groups)
@@ -115,11 +112,7 @@ class ResNeXtBlock(nn.Module):
         Y = self.bn3(self.conv3(Y))
         if self.conv4:
             X = self.bn4(self.conv4(X))
-        elif X.shape[1] != Y.shape[1]:
-            raise ValueError(
-                f"ResNeXtBlock({Y.shape[1]}, ...) got an input with {X.shape[1]} channels; the shortcut "
-                "cannot add them. Pass use_1x1conv=True so the shortcut matches."
-            )
+        check(X.shape == Y.shape, f"{X.shape[1]} channels in, {Y.shape[1]} out: pass use_1x1conv=True.")
         return F.relu(Y + X)
 
 

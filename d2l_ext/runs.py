@@ -10,18 +10,25 @@ history, plots and tables, with one printed line that says it was replayed and h
 
 The cache is ``$D2L_EXT_RUNS``, else the ``runs`` folder of d2l_ext's cache (``$D2L_EXT_CACHE``,
 else ``~/.cache/d2l_ext``); ``D2L_EXT_RUNS=off`` turns it off. ``fit(..., retrain=True)`` or
-``D2L_EXT_RETRAIN=1`` trains afresh (and stores the new run).
+``D2L_EXT_RETRAIN=1`` trains afresh (and stores the new run). An entry is written atomically, its
+bytes are checked against the digest stored beside it, and one that is corrupt, partial, or whose
+content does not fit the model is reported and retrained, never loaded; a store that fails warns and
+keeps the trained model.
 
 A run is found by its key, a digest of everything that decides its result: the experiment and
 preset, the trainer's settings, the data's settings and content (the bytes of its tensors), the
-model's structure, hyperparameters and state when training starts (a model that trained already,
-or was interrupted, starts elsewhere than a new one), the extra pieces' classes and settings, and
-the code of every class and function the model, the pieces and the training loop run (their syntax
-trees, so a comment or a moved cell does not count, and a changed line does), with the plain
-values of the globals that code reads. A changed model or setting therefore misses the cache and
-trains; it never replays a stale run. An entry is written atomically, its bytes are checked against
-the digest stored beside it, and one that is corrupt, partial, or whose content does not fit the
-model is reported and retrained, never loaded; a store that fails warns and keeps the trained model.
+model's structure, hyperparameters and state when training starts (a model that trained already, or
+was interrupted, starts elsewhere than a new one), the extra pieces' classes and settings, and the
+code. The library counts whole: the bytes of d2l_ext's source files (so any edit there, a comment
+too, retrains every run) and d2l's pinned version; other installed packages, torch among them, do
+not count (their versions are recorded with the run). Code outside them, a notebook's or a course's
+own module's, counts by its source: each class of the model and the pieces, their bases, and the
+classes and functions that this code reads, with the plain values and tensors of the globals it
+reads (a comment inside such a definition counts, a moved cell does not). A notebook's ``#@save``
+definition that is the same as its copy in d2l_ext and reads the same things counts as that copy: 04
+replays the runs of 02 and 03, and a section run alone after a restart replays the notebook's. A
+changed model, setting or line of code therefore misses the cache and trains; it never replays a
+stale run.
 
 A long measurement of a trained model is kept the same way, by `measure_once`: the exact batch-norm
 statistics of a network over the training set (a pass per BN layer) are computed once per set of
@@ -30,8 +37,9 @@ weights and then replayed, so a warm lecture never waits for them either.
 
 from __future__ import annotations
 
-import ast
+import contextlib
 import datetime
+import dis
 import functools
 import hashlib
 import inspect
@@ -49,12 +57,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import d2l
 import torch
 from torch import nn
 
 from d2l_ext import data as _data
-from d2l_ext import training as _training
-from d2l_ext.presets import Experiment
 from d2l_ext.training import Callback, Trainer
 
 __all__ = [
@@ -68,9 +75,10 @@ __all__ = [
     "measurement_key",
     "run_key",
     "runs_dir",
+    "source_digest",
 ]
 
-FORMAT = 1  # the layout of a stored run; a new layout makes old entries miss
+FORMAT = 2  # the layout of a stored run; a new layout makes old entries miss
 RUNS_ENV, RETRAIN_ENV = "D2L_EXT_RUNS", "D2L_EXT_RETRAIN"
 # Trainer settings that do not change what a run computes.
 _NOT_IN_KEY = {"plot", "clock", "num_gpus"}
@@ -100,131 +108,152 @@ def _retrain_from_env() -> bool:
 # -- what a run is: its key ---------------------------------------------------------------------------
 
 
-def _own(obj) -> bool:
-    """Whether ``obj``'s code is walked: a notebook's, d2l's and d2l_ext's, and any other code not
-    installed as a package (a course's own module). The standard library and installed packages
-    (torch, numpy, ...) are fixed by their versions and are not."""
+def source_digest(folder: Path) -> str:
+    """SHA-256 of the modules under ``folder``: each ``*.py`` file's relative name and bytes, in sorted
+    order (an editor's lock file, ``.#runs.py``, is no module)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*.py") if p.stem.isidentifier()):
+        raw = path.read_bytes()
+        h.update(f"{path.relative_to(folder).as_posix()} {len(raw)}\n".encode() + raw)
+    return h.hexdigest()
+
+
+# The library this process runs: d2l_ext's files read once, at import, next to the code Python loaded
+# from them (an edit runs only after a restart, which reads them again); d2l is pinned, its version
+# stands for its code.
+_LIBRARY = {"d2l_ext": source_digest(Path(__file__).parent), "d2l": d2l.__version__}
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _outside(obj) -> bool:
+    """Whether ``obj`` is code that neither the library's digest nor a package's version covers: a
+    notebook's (``__main__``) or a course's own module's (one not installed as a package), or a
+    class that holds such a function, itself or in a base (d2l's ``add_to_class`` puts one there)."""
     module = getattr(obj, "__module__", None) or ""
-    top = module.split(".")[0]
-    if module == "__main__" or top in ("d2l", "d2l_ext"):
-        return True
-    if top in sys.stdlib_module_names or top == "builtins":
-        return False
     file = getattr(sys.modules.get(module), "__file__", None) or ""
-    return not any(part in ("site-packages", "dist-packages") for part in Path(file).parts)
+    top = module.split(".")[0]
+    if module == "__main__" or not (
+        top in ("d2l", "d2l_ext", "builtins")
+        or top in sys.stdlib_module_names
+        or any(part in ("site-packages", "dist-packages") for part in Path(file).parts)
+    ):
+        return True
+    return inspect.isclass(obj) and any(_outside(fn) for c in obj.__mro__ for fn in _functions(c))
 
 
-class _Normalize(ast.NodeTransformer):
-    """Syntax that does not change what code computes: decorators that only attach a method to its
-    class (``@d2l.add_to_class(C)``), and ``super(C, self)``, which the generated modules write
-    ``super()``. Without this a class defined in a notebook and its copy in d2l_ext would differ."""
-
-    def visit_FunctionDef(self, node):
-        node.decorator_list = [d for d in node.decorator_list if "add_to_class" not in ast.unparse(d)]
-        return self.generic_visit(node)
-
-    def visit_Call(self, node):
-        if isinstance(node.func, ast.Name) and node.func.id == "super":
-            node.args = []
-        return self.generic_visit(node)
+def _functions(obj) -> list:
+    """A function itself, or a class's own functions by name (static, class and property ones too)."""
+    if inspect.isfunction(obj):
+        return [obj]
+    found = (getattr(v, "__func__", getattr(v, "fget", v)) for _, v in sorted(vars(obj).items()))
+    return [fn for fn in found if inspect.isfunction(fn)]
 
 
-@functools.cache  # a function object's code does not change; a redefinition is new
-def _function_text(fn) -> str:
-    """The normalized syntax tree of ``fn``'s source (comments and layout do not count)."""
+@functools.cache  # a function's code never changes, its file may: the source read first stays
+def _source(fn, owner: str) -> str:
+    """``fn``'s source as tools/export.py copies a notebook's ``#@save`` definition into d2l_ext:
+    without the save marks and the ``add_to_class`` decorator, ``super()`` for ``super(owner, self)``."""
     try:
-        source = textwrap.dedent(inspect.getsource(fn))
-        tree = _Normalize().visit(ast.parse(source))
-        return ast.dump(tree, include_attributes=False)
-    except (OSError, TypeError, SyntaxError, IndentationError):
-        return _code_text(fn.__code__)  # no source (e.g. made by exec): its bytecode and constants
+        text = textwrap.dedent(inspect.getsource(fn))
+    except (OSError, TypeError):  # no source (made by exec): its bytecode
+        return _bytecode(fn.__code__)
+    text = re.sub(r"^@.*\badd_to_class\(.*\n", "", text, flags=re.M)
+    text = re.sub(r"[ \t]*#[ \t]*@save[ \t]*$", "", text, flags=re.M).rstrip()  # a cell ends without \n
+    return re.sub(rf"\bsuper\(\s*{owner}\s*,\s*\w+\s*\)", "super()", text)
 
 
-def _code_text(code) -> str:
-    parts = [code.co_code.hex(), repr(code.co_names), repr(code.co_varnames)]
-    for const in code.co_consts:
-        if inspect.iscode(const):
-            parts.append(_code_text(const))
-        elif isinstance(const, frozenset):  # its order follows string hashing, which varies per process
-            parts.append(repr(sorted(map(repr, const))))
-        else:
-            parts.append(repr(const))
-    return "|".join(parts)
+def _bytecode(code) -> str:
+    # A frozenset's order follows string hashing, which varies per process.
+    consts = (
+        _bytecode(c) if inspect.iscode(c) else sorted(map(repr, c)) if isinstance(c, frozenset) else c
+        for c in code.co_consts
+    )
+    return repr((code.co_code, code.co_names, *consts))
+
+
+def _text(obj) -> str:
+    """A function's code, or a class's: its name, bases, plain attributes and functions."""
+    if inspect.isfunction(obj):
+        return _source(obj, "")
+    header = f"class {obj.__name__}{[b.__qualname__ for b in obj.__bases__]} {_attributes(obj)}"
+    return "\n".join([header, *(_source(fn, obj.__name__) for fn in _functions(obj))])
 
 
 def _global_names(code) -> set[str]:
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if inspect.iscode(const):
-            names |= _global_names(const)
-    return names
+    """The globals that ``code`` and the code inside it load (``self.net`` is an attribute, no global)."""
+    names = {i.argval for i in dis.get_instructions(code) if i.opname == "LOAD_GLOBAL"}
+    return names.union(*(_global_names(c) for c in code.co_consts if inspect.iscode(c)))
 
 
-def _functions_of(cls) -> dict[str, Any]:
-    found = {}
-    for name, value in vars(cls).items():
-        if isinstance(value, staticmethod | classmethod):
-            value = value.__func__
-        if isinstance(value, property):
-            value = value.fget
-        if inspect.isfunction(value):
-            found[name] = value
-    return found
+def _reads(fn) -> dict[str, Any]:
+    """The globals and closure variables that ``fn`` reads, with their values now."""
+    read = {name: fn.__globals__.get(name) for name in _global_names(fn.__code__)}
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True):
+        with contextlib.suppress(ValueError):  # an empty cell: a variable not assigned yet
+            value = cell.cell_contents  # super()'s cell __class__ holds the class super(C, self) names
+            read[value.__name__ if name == "__class__" else name] = value
+    return read
+
+
+def _same(a, b, assumed: set[tuple[int, int]]) -> bool:
+    """Whether ``a`` does what ``b`` does: the same object, an equal plain value or tensor, or classes
+    or functions with the same `_text` whose bases and reads are in turn the same."""
+    if a is b or type(a) is not type(b):
+        return a is b
+    if isinstance(a, (*_PLAIN, torch.Tensor)):
+        return _value_text(a) == _value_text(b)
+    if not (inspect.isclass(a) or inspect.isfunction(a)) or _text(a) != _text(b):
+        return False
+    if (id(a), id(b)) in assumed:  # a definition that reads itself (super(C, self)), compared already
+        return True
+    assumed.add((id(a), id(b)))
+    pairs = [*zip(getattr(a, "__bases__", ()), getattr(b, "__bases__", ()), strict=True)]
+    for f, g in zip(_functions(a), _functions(b), strict=True):
+        reads_f, reads_g = _reads(f), _reads(g)
+        pairs += [(reads_f.get(name), reads_g.get(name)) for name in reads_f.keys() | reads_g.keys()]
+    return all(_same(x, y, assumed) for x, y in pairs)
+
+
+def _exported(obj) -> bool:
+    """Whether ``obj`` is, by `_same`, the library's definition of its name: a notebook's ``#@save``
+    cell, which tools/export.py copies into d2l_ext. Its runs are the library's: 04 replays what 02
+    trained, and so does a section that runs alone after a restart, with the classes imported."""
+    loaded = [
+        vars(m).get(obj.__name__) for name, m in list(sys.modules.items()) if name.startswith("d2l_ext.")
+    ]
+    return any(twin is not None and not _outside(twin) and _same(obj, twin, set()) for twin in loaded)
 
 
 def code_digest(*objects) -> str:
-    """A digest of the code that ``objects`` (classes, functions, modules' instances) run.
-
-    Walks each class's methods and its base classes, and every function or class that this code
-    names (through the globals of the code that names it), as far as `_own` says: not into torch or
-    the standard library. Names of modules, files and cells do not count.
-    """
+    """A digest of the code of ``objects`` (classes, functions, instances: their classes) that the
+    library's digest and the packages' versions do not cover: each class or function that is
+    `_outside` and not `_exported`, by its `_text`, with its bases, the plain values and tensors
+    it reads, and in turn the classes and functions it reads."""
     seen: set[int] = set()
     parts: list[str] = []
 
     def walk(obj) -> None:
-        if id(obj) in seen or not _own(obj):
+        if id(obj) in seen or not _outside(obj) or _exported(obj):
             return
         seen.add(id(obj))
-        if inspect.isclass(obj):
-            parts.append(f"class {obj.__qualname__}({', '.join(b.__qualname__ for b in obj.__bases__)})")
-            for name, fn in sorted(_functions_of(obj).items()):
-                parts.append(f"def {name}: {_function_text(fn)}")
-                follow(fn)
-            for base in obj.__bases__:
-                walk(base)
-        elif inspect.isfunction(obj):
-            parts.append(f"def {obj.__qualname__}: {_function_text(obj)}")
-            follow(obj)
-
-    def follow(fn) -> None:
-        for name in sorted(_global_names(fn.__code__)):
-            target = fn.__globals__.get(name)
-            if inspect.isclass(target) or inspect.isfunction(target):
-                walk(target)
-            elif isinstance(target, (*_PLAIN, torch.Tensor)):  # e.g. a notebook's SCALE = 2 read in forward
-                parts.append(f"global {name} = {_value_text(target)}")
-        for cell in fn.__closure__ or ():
-            try:
-                value = cell.cell_contents
-            except ValueError:  # an empty cell
-                continue
-            if inspect.isclass(value) or inspect.isfunction(value):
-                walk(value)
+        parts.append(_text(obj))
+        for base in getattr(obj, "__bases__", ()):
+            walk(base)
+        for fn in _functions(obj):
+            for name, value in sorted(_reads(fn).items()):
+                if inspect.isclass(value) or inspect.isfunction(value):
+                    walk(value)
+                elif isinstance(value, (*_PLAIN, torch.Tensor)):  # a notebook's SCALE = 2 read in forward
+                    parts.append(f"{fn.__qualname__} reads {name} = {_value_text(value)}")
 
     for obj in objects:
         walk(obj if inspect.isclass(obj) or inspect.isfunction(obj) else type(obj))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-_PLAIN = (bool, int, float, str, type(None))
-
-
 def _value_text(value) -> str:
-    """A global's value as text for the key: a tensor by its dtype, shape and bytes."""
-    if isinstance(value, torch.Tensor):
-        return f"tensor {value.dtype} {tuple(value.shape)} {hashlib.sha256(_tensor_bytes(value)).hexdigest()}"
-    return repr(value)
+    """A plain value as text for the key; a tensor by its dtype, shape and bytes."""
+    return _tensor_digest(value).hex() if isinstance(value, torch.Tensor) else repr(value)
 
 
 def _plain(value) -> Any:
@@ -239,7 +268,7 @@ def _plain(value) -> Any:
 
 
 def run_key(
-    cfg: Experiment,
+    cfg,
     model: nn.Module,
     data,
     settings: dict[str, Any],
@@ -251,7 +280,8 @@ def run_key(
     ``settings`` are the trainer's (``cfg.trainer`` with any overrides), ``pieces`` the extra
     callbacks and recorders (their classes and plain settings). The model counts by its structure
     (``repr``), its hyperparameters, every submodule's plain attributes, every weight and buffer it
-    holds now (a Lazy layer not built yet counts as such) and the code of its submodules' classes.
+    holds now (a Lazy layer not built yet counts as such), and the library and its submodules' and
+    the pieces' classes count by their code (`code_digest`).
     """
     data_digest = _data_digest(data)
     if data_digest is None:
@@ -271,8 +301,7 @@ def run_key(
         "data_content": data_digest,
         "pieces": [[type(p).__qualname__, _attributes(p)] for p in pieces],
         "code": code_digest(*classes, *pieces),
-        # The training loop and the data pipeline: a change there changes every run.
-        "library": code_digest(*_module_objects(_training), *_module_objects(_data)),
+        "library": _LIBRARY,
     }
     return _digest(about), about
 
@@ -328,10 +357,6 @@ def _data_digest(data) -> str | None:
     return h.hexdigest() if tensors else None
 
 
-def _module_objects(module) -> list:
-    return [v for v in vars(module).values() if (inspect.isclass(v) or inspect.isfunction(v)) and _own(v)]
-
-
 # -- where runs are kept ---------------------------------------------------------------------------
 
 
@@ -344,16 +369,16 @@ class RunCache:
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
 
-    def paths(self, cfg: Experiment | str, key: str) -> tuple[Path, Path]:
+    def paths(self, cfg, key: str) -> tuple[Path, Path]:
         """The entry's two files; ``cfg`` is a run's experiment, or a folder of the cache (a str)."""
-        where = self.folder / (Path(cfg.name, cfg.preset) if isinstance(cfg, Experiment) else Path(cfg))
+        where = self.folder / (Path(cfg) if isinstance(cfg, str) else Path(cfg.name, cfg.preset))
         return where / f"{key}.pt", where / f"{key}.json"
 
     def outside(self, path: Path) -> bool:
         """Whether ``path`` leads out of the cache's folder (a planted link): never read or written."""
         return not path.resolve().is_relative_to(self.folder.resolve())
 
-    def load(self, cfg: Experiment | str, key: str, fits=lambda run: "") -> dict[str, Any] | None:
+    def load(self, cfg, key: str, fits=lambda run: "") -> dict[str, Any] | None:
         """The stored run, or None when there is none; a bad entry is reported (`RunCacheWarning`)
         and ignored, so the run trains and replaces it. ``fits(run)`` says why a whole entry's
         content cannot be used ("" where it can)."""
@@ -389,9 +414,7 @@ class RunCache:
             return None
         return run
 
-    def store(
-        self, cfg: Experiment | str, key: str, run: dict[str, Any], meta: dict[str, Any]
-    ) -> Path | None:
+    def store(self, cfg, key: str, run: dict[str, Any], meta: dict[str, Any]) -> Path | None:
         """Write the run; on any error (a read-only or full disk, a file-size limit, a link out of
         the cache) warn and return None: the trained model is in memory either way."""
         pt, meta_path = self.paths(cfg, key)
@@ -452,7 +475,7 @@ def _loader_generator(data):
 
 
 def fit(
-    cfg: Experiment,
+    cfg,
     model: nn.Module,
     data,
     *,
@@ -477,7 +500,7 @@ def fit(
         retrain: train even if the run is stored (default: ``$D2L_EXT_RETRAIN``).
         **settings: Trainer settings that override ``cfg.trainer`` (e.g. ``plot=False``, ``seed=1``).
     """
-    if not isinstance(cfg, Experiment):
+    if not all(hasattr(cfg, a) for a in ("name", "preset", "trainer")):  # not an `Experiment`
         raise TypeError(f"fit takes the experiment first, cfg = experiment('resnet'); got {cfg!r}.")
     if retrain and getattr(model, "_d2l_ext_run", None) is not None:
         raise ValueError(
@@ -531,12 +554,14 @@ def fit(
 
 def _provenance(when: datetime.datetime, device: torch.device) -> dict[str, Any]:
     """When and where a run trained or a measurement was computed, and with which libraries."""
-    from d2l_ext import __version__
-
     return {
         "date": when.strftime("%Y-%m-%d %H:%M"),
         "machine": _machine(device),
-        "versions": {"d2l_ext": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": {
+            "d2l_ext": _LIBRARY["d2l_ext"][:12],
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
     }
 
 
@@ -681,9 +706,9 @@ def measurement_key(fn, model: nn.Module, loader) -> tuple[str, dict[str, Any]] 
     """The key of ``fn(model, loader)`` (hex digest) and what it was computed from, or None for a
     loader that is not a d2l_ext `TensorLoader` (its data could change unseen, so it is not stored).
 
-    The model counts by its structure, the code of its modules' classes and the value of every
-    weight and buffer; the loader by its settings, the bytes of its images and labels and the state
-    of its generator (the order of its batches); ``fn`` by its code and the code it calls.
+    The model counts by its structure and the value of every weight and buffer; the loader by its
+    settings, the bytes of its images and labels and the state of its generator (the order of its
+    batches); the library, ``fn`` and the model's classes by their code, as for `run_key`.
     """
     if type(loader) is not _data.TensorLoader:
         return None
@@ -695,7 +720,8 @@ def measurement_key(fn, model: nn.Module, loader) -> tuple[str, dict[str, Any]] 
     about = {
         "format": FORMAT,
         "measurement": fn.__qualname__,
-        "code": code_digest(fn, *classes, _data.TensorLoader),
+        "code": code_digest(fn, *classes),
+        "library": _LIBRARY,
         "model": repr(model),
         "modules": _module_settings(model),
         "state": _state_digest(model),

@@ -1,4 +1,4 @@
-"""d2l_ext.batch_norm: the from-scratch layers against PyTorch's; notebook 01's tools in measure and plots."""
+"""d2l_ext.batch_norm: the from-scratch layers against PyTorch's; notebook 01's tools in batch_norm_tools."""
 
 import ast
 from pathlib import Path
@@ -18,9 +18,10 @@ from d2l_ext.batch_norm import (
     batch_norm,
     layer_norm,
 )
-from d2l_ext.measure import (
-    ActivationRecorder,
+from d2l_ext.batch_norm_tools import (
     GhostBatchNorm,
+    batch_noise_explorer,
+    batch_noise_figure,
     batch_stat_noise,
     bn_inputs,
     bn_layers,
@@ -29,7 +30,7 @@ from d2l_ext.measure import (
     ghost_batches,
     sigmoid_inputs,
 )
-from d2l_ext.plots import batch_noise_explorer, batch_noise_figure
+from d2l_ext.measure import ActivationRecorder
 
 SHAPES = [(16, 7), (4, 3, 5, 6)]  # fully connected (N, C) and convolutional (N, C, H, W)
 MOMENTA = [0.1, 0.5, 0.0, 1.0, None]
@@ -221,25 +222,27 @@ def test_function_rejects_other_ranks():
 
 
 def test_layer_rejects_mismatched_input():
-    with pytest.raises(
-        ValueError, match=r"BatchNorm\(6, num_dims=4\) expects \(N, C, H, W\).*C=6.*\(2, 3, 5, 5\)"
-    ):
+    with pytest.raises(ValueError, match=r"input \(2, 3, 5, 5\) does not fit BatchNorm\(6, num_dims=4\)"):
         BatchNorm(6, num_dims=4)(torch.randn(2, 3, 5, 5))
-    with pytest.raises(ValueError, match=r"expects \(N, C\) input.*\(2, 6, 5, 5\).*num_dims"):
+    with pytest.raises(ValueError, match=r"input \(2, 6, 5, 5\) does not fit BatchNorm\(6, num_dims=2\)"):
         BatchNorm(6, num_dims=2)(torch.randn(2, 6, 5, 5))
-    with pytest.raises(ValueError, match="num_dims must be 2 .* or 4"):
+    # no channel axis: refused, not an IndexError
+    with pytest.raises(ValueError, match=r"input \(6,\) does not fit"):
+        BatchNorm(6, num_dims=2)(torch.randn(6))
+    with pytest.raises(ValueError, match="num_dims is 2 .* or 4"):
         BatchNorm(6, num_dims=3)
 
 
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        (dict(num_dims=3), ValueError, r"num_dims must be 2 \(fully connected\) or 4 \(convolution\), got 3"),
+        (dict(num_dims=3), ValueError, r"num_dims is 2 \(fully connected\) or 4 \(convolution\), not 3"),
         (dict(num_dims=4, eps=-1e-5), ValueError, r"eps must be >= 0.*1e-05.*got -1e-05"),
         (dict(num_dims=4, eps="1e-5"), TypeError, r"eps must be a number.*got '1e-5'"),
-        (dict(num_dims=4, momentum=1.5), ValueError, r"momentum must be in \[0, 1\].*None.*got 1.5"),
-        (dict(num_dims=4, momentum=-0.1), ValueError, r"momentum must be in \[0, 1\].*got -0.1"),
-        (dict(num_dims=2, momentum="0.1"), TypeError, r"momentum must be a number in \[0, 1\] or None"),
+        (dict(num_dims=4, momentum=1.5), ValueError, r"momentum must be a number in \[0, 1\].*None.*got 1.5"),
+        (dict(num_dims=4, momentum=-0.1), ValueError, r"momentum must be a number in \[0, 1\].*got -0.1"),
+        (dict(num_dims=2, momentum="0.1"), TypeError, r"momentum must be a number in \[0, 1\].*got '0.1'"),
+        (dict(num_dims=2, momentum=True), TypeError, r"momentum must be a number in \[0, 1\].*got True"),
     ],
 )
 def test_batch_norm_layer_refuses_bad_arguments_saying_what_to_pass(kwargs, error, message):
@@ -599,23 +602,15 @@ def test_activation_recorder_removes_its_hooks_when_used_as_a_context():
 
 def test_generated_module_holds_only_the_lectures_layers_models_and_shared_helpers():
     """The layers and models, and what a later section needs again after a kernel restart (the book's
-    layer, the unpadded LeNet, the ghost-batch runs and the accuracy they measure); the measuring
-    tools themselves stay in d2l_ext.measure, which the helpers import."""
+    layer, the unpadded LeNet); what it may import: tests/test_repo.py's import-graph test."""
     path = Path(__file__).resolve().parent.parent / "d2l_ext" / "batch_norm.py"
     tree = ast.parse(path.read_text())
-    imported = {
-        alias.name if isinstance(node, ast.Import) else node.module
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import | ast.ImportFrom)
-        for alias in node.names
-    }
-    assert imported == {"numbers", "torch", "d2l", "d2l_ext", "d2l_ext.measure"}
     defined = {node.name for node in tree.body if isinstance(node, ast.ClassDef | ast.FunctionDef)}
     defined -= {"forward", "extra_repr"}  # BatchNorm's methods, saved with d2l.add_to_class
     assert defined == {
         "batch_norm", "BatchNorm", "BNLeNetScratch", "BNLeNet", "BNLeNetAfter", "layer_norm", "LayerNorm",
-        "_check_eps", "_to_shape", "book_batch_norm", "BookBatchNorm", "unpadded_lenet", "accuracy_with",
-        "ghost_batch_runs",
+        "check", "_check_eps", "_check_momentum", "_to_shape", "book_batch_norm", "BookBatchNorm",
+        "unpadded_lenet",
     }  # fmt: skip
 
 

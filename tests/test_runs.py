@@ -9,6 +9,7 @@ import importlib
 import json
 import linecache
 import resource
+import shutil
 import sys
 import textwrap
 import warnings
@@ -21,9 +22,10 @@ from repo_scripts import script
 from torch import nn
 
 import d2l_ext
+import d2l_ext.runs
 from d2l_ext import FashionMNIST, StepLosses, experiment, fit
 from d2l_ext.measure import ActivationRecorder
-from d2l_ext.runs import RunCache, RunCacheWarning, code_digest, measure_once, run_key
+from d2l_ext.runs import RunCache, RunCacheWarning, code_digest, measure_once, run_key, source_digest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,7 +96,8 @@ def test_the_stored_record_says_what_the_run_was(runs, data):
     assert meta["about"]["experiment"] == "bn_lenet" and meta["about"]["preset"] == "ci"
     assert meta["about"]["trainer"]["max_steps"] == 6 and "plot" not in meta["about"]["trainer"]
     assert (
-        meta["versions"]["torch"] == torch.__version__ and meta["versions"]["d2l_ext"] == d2l_ext.__version__
+        meta["versions"]["torch"] == torch.__version__
+        and meta["versions"]["d2l_ext"] == d2l_ext.runs._LIBRARY["d2l_ext"][:12]
     )
     assert meta["train_seconds"] > 0 and meta["wall_seconds"] >= meta["train_seconds"]
     assert meta["machine"] and meta["date"][:2] == "20"
@@ -114,7 +117,7 @@ def test_a_setting_that_changes_the_run_misses_and_one_that_does_not_hits(runs, 
 
 
 def test_a_submodule_setting_that_repr_does_not_show_changes_the_key(data):
-    from d2l_ext.measure import GhostBatchNorm
+    from d2l_ext.batch_norm_tools import GhostBatchNorm
 
     keys = set()
     for size, frozen in ((2, False), (4, False), (4, True)):
@@ -178,48 +181,103 @@ def test_an_edited_model_misses_the_cache(runs, data, tmp_path, capsys, edit):
     assert "Replayed" not in capsys.readouterr().out and len(entries(runs)) == 2
 
 
-def test_comments_and_layout_do_not_count(runs, data, tmp_path, capsys):
+def key_of(model) -> str:
+    """The key of a run of ``model`` (the data: a few blank images, enough for a key)."""
+    return run_key(CFG, model, Toy(torch.zeros(8, 1, 28, 28), torch.zeros(8)), dict(CFG.trainer))[0]
+
+
+def test_code_between_definitions_does_not_count_and_a_comment_inside_one_does(tmp_path):
     v1 = load(tmp_path, MODEL_V1, "v1")
-    train(data, model=v1.Edited())
-    edited = MODEL_V1.replace("return self.net(X)", "return self.net(X)  # why")
-    v2 = load(tmp_path, "# a comment\n\n" + textwrap.dedent(edited), "v2")
-    train(data, model=v2.Edited())
-    assert "Replayed" in capsys.readouterr().out and len(entries(runs)) == 1
+    v2 = load(tmp_path, "# a comment\n\nUNUSED = 1\n" + textwrap.dedent(MODEL_V1), "v2")  # a moved cell
+    assert key_of(v2.Edited()) == key_of(v1.Edited())
+    v3 = load(tmp_path, MODEL_V1.replace("return self.net(X)", "return self.net(X)  # why"), "v3")
+    assert key_of(v3.Edited()) != key_of(v1.Edited())  # its source counts, comments too
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        dict(scale=2),  # a plain global that forward reads
+        dict(forward="self.net(X) * SCALE + 1"),  # the forward pass
+    ],
+    ids=["global", "forward"],
+)
+def test_code_without_source_counts_by_its_bytecode(edit):
+    def made(scale=1, forward="self.net(X) * SCALE"):
+        ns = {"__name__": "made_by_exec"}  # exec: no file, no linecache entry, no source
+        exec(textwrap.dedent(GLOBAL_MODEL).format(scale=scale).replace("self.net(X) * SCALE", forward), ns)
+        return ns["Global"]()
+
+    assert key_of(made()) == key_of(made())  # the same code made twice: the same run
+    assert key_of(made(**edit)) != key_of(made())
+
+
+def test_the_library_counts_by_the_bytes_of_its_files(tmp_path, monkeypatch):
+    package = tmp_path / "d2l_ext"  # a copy: the real files are never touched
+    shutil.copytree(Path(d2l_ext.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = source_digest(package)
+    (package / ".#runs.py").write_text("an editor's lock file")  # no module: does not count
+    assert source_digest(package) == before
+    with open(package / "training.py", "a") as f:
+        f.write("# a comment\n")  # a comment is a change too: simpler than telling it apart
+    assert source_digest(package) != before
+    model = Tiny()
+    key = key_of(model)
+    monkeypatch.setitem(d2l_ext.runs._LIBRARY, "d2l_ext", source_digest(package))
+    assert key_of(model) != key
+
+
+def cell(ns: dict, source: str, name: str) -> None:
+    """Run ``source`` in ``ns`` as IPython runs a cell: registered in linecache under its own name."""
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    exec(compile(source, name, "exec"), ns)
 
 
 def notebook_namespace(notebook: str, names: list[str]) -> dict:
-    """Run the code cells of ``notebook`` that define ``names`` as IPython runs them: in ``__main__``,
-    each cell's source registered in linecache under a cell name of its own."""
+    """Run the code cells of ``notebook`` that define ``names`` as IPython runs them, in ``__main__``."""
     cells = json.loads((REPO / "notebooks" / notebook).read_text())["cells"]
     ns: dict = {"__name__": "__main__"}
     exec("import torch\nfrom torch import nn\nfrom torch.nn import functional as F\nimport operator", ns)
     exec("from d2l import torch as d2l", ns)
-    for i, cell in enumerate(cells):
-        source = "".join(cell["source"])
+    for i, c in enumerate(cells):
+        source = "".join(c["source"])
         defines = any(f"class {n}(" in source or f"def {n}(" in source for n in names)
         attaches = any(f"add_to_class({n})" in source for n in names)
-        if cell["cell_type"] == "code" and (defines or attaches):
-            filename = f"<cell-{i}>"
-            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-            exec(compile(source, filename, "exec"), ns)
+        if c["cell_type"] == "code" and (defines or attaches):
+            cell(ns, source, f"<cell-{i}>")
     return ns
 
 
 def test_a_class_defined_in_its_notebook_and_its_exported_copy_share_their_runs():
-    # 04 replays the ResNet run that 02 trained: the class from d2l_ext.resnet must give the key that
-    # the class defined in 02's cells gives.
+    # 04 replays the ResNet run that 02 trained, and a section run alone after a restart, with the
+    # classes imported from d2l_ext, replays the notebook's: both must give the key that the classes
+    # defined in 02's cells (spread over cells by add_to_class, super(ResNet, self)) give.
     from d2l_ext import resnet
 
     ns = notebook_namespace("02_resnet.ipynb", ["check_count", "Residual", "ResNet", "check_arch"])
     assert ns["ResNet"] is not resnet.ResNet and ns["ResNet"].__module__ == "__main__"
     cfg = experiment("resnet", "ci", verbose=False)
     data = FashionMNIST(**cfg.data, verbose=False)
-    key_notebook, about = run_key(cfg, ns["ResNet"](**cfg.model), data, cfg.trainer)
     key_library, _ = run_key(cfg, resnet.ResNet(**cfg.model), data, cfg.trainer)
-    assert key_notebook == key_library
-    assert code_digest(ns["Residual"]) == code_digest(resnet.Residual)
-    # and the digest does see the code: a class with another forward differs
-    assert code_digest(resnet.PlainBlock) != code_digest(resnet.Residual)
+    assert run_key(cfg, ns["ResNet"](**cfg.model), data, cfg.trainer)[0] == key_library
+    assert code_digest(ns["Residual"]) == code_digest(resnet.Residual) == code_digest()
+    # A cell edited in the lecture is no copy: a function that the class reads ...
+    cell(ns, "def check_arch(arch):\n    return tuple(map(tuple, arch))\n", "<edited-1>")
+    edited = run_key(cfg, ns["ResNet"](**cfg.model), data, cfg.trainer)[0]
+    assert edited != key_library
+    # ... or a method that add_to_class puts into a submodule's class
+    cell(ns, "@d2l.add_to_class(Residual)\ndef forward(self, X):\n    return X\n", "<edited-2>")
+    assert run_key(cfg, ns["ResNet"](**cfg.model), data, cfg.trainer)[0] not in (edited, key_library)
+
+
+def test_a_notebook_function_put_into_a_library_class_counts(monkeypatch):
+    from d2l_ext.resnet import Residual
+
+    key = key_of(nn.Sequential(Residual(4)))
+    monkeypatch.setattr(Residual, "forward", lambda self, X: X)  # as @d2l.add_to_class(Residual) does
+    assert key_of(nn.Sequential(Residual(4))) != key
+    monkeypatch.undo()
+    assert key_of(nn.Sequential(Residual(4))) == key
 
 
 def test_a_recorder_is_stored_and_restored(runs, data):
@@ -511,7 +569,7 @@ def test_warm_sections_names_a_section_that_leans_on_an_earlier_one(runs, tmp_pa
 def exact_pass(model, loader, at, **kwargs):
     """`exact_bn_statistics` on a copy of ``model``, with ``loader``'s batches in the order ``at``
     (a generator state); the statistics, the copy, and the loader's state afterwards."""
-    from d2l_ext.measure import exact_bn_statistics
+    from d2l_ext.batch_norm_tools import exact_bn_statistics
 
     net = copy.deepcopy(model)
     loader.generator.set_state(at)
@@ -584,7 +642,7 @@ def test_a_bad_measurement_entry_is_reported_and_computed_again(runs, trained, c
 
 
 def test_measurements_on_other_loaders_or_without_a_cache_are_not_stored(runs, trained, monkeypatch, capsys):
-    from d2l_ext.measure import exact_bn_statistics
+    from d2l_ext.batch_norm_tools import exact_bn_statistics
 
     model, loader, _ = trained
     batches = [next(iter(loader))] * 2  # a plain list: its contents could change unseen

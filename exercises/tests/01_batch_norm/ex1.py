@@ -15,7 +15,7 @@ def test_ex1_count(bias_params):
     import torch
 
     from d2l_ext.batch_norm import BNLeNet
-    from d2l_ext.measure import bn_layers
+    from d2l_ext.batch_norm_tools import bn_layers
 
     ok = isinstance(bias_params, int) and (not isinstance(bias_params, bool))
     assert ok, "bias_params should be an int"

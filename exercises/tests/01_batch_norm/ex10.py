@@ -12,7 +12,7 @@ points = None
 def test_ex10_models(relu_bn_lenet):
     import torch
 
-    from d2l_ext.measure import bn_layers
+    from d2l_ext.batch_norm_tools import bn_layers
 
     ok = callable(relu_bn_lenet)
     assert ok, "relu_bn_lenet should be a function of placement (and **kwargs)"

@@ -14,7 +14,7 @@ points = None
 def test_ex2_frozen(frozen):
     import torch
 
-    from d2l_ext.measure import bn_layers
+    from d2l_ext.batch_norm_tools import bn_layers
 
     ok = isinstance(frozen, torch.nn.Module) and len(bn_layers(frozen)) == 4
     assert ok, "frozen should be a trained BNLeNet, with its four BN layers"
@@ -37,7 +37,7 @@ def test_ex2_frozen(frozen):
 def test_ex2_runs(learned, fixed_accuracy):
     import torch
 
-    from d2l_ext.measure import bn_layers
+    from d2l_ext.batch_norm_tools import bn_layers
 
     ok = isinstance(learned, torch.nn.Module) and len(bn_layers(learned)) == 4
     assert ok, "learned should be the BNLeNet trained as it is"

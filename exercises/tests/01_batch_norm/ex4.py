@@ -15,7 +15,7 @@ def test_ex4(bn_lenet_with, variant_accuracy):
     import torch
 
     from d2l_ext.batch_norm import BNLeNet
-    from d2l_ext.measure import bn_layers
+    from d2l_ext.batch_norm_tools import bn_layers
 
     ok = callable(bn_lenet_with)
     assert ok, "bn_lenet_with should be a function of layers (and **kwargs)"

@@ -14,7 +14,7 @@ points = None
 def test_ex7(features, sizes, smallest):
     import torch
 
-    from d2l_ext.measure import batch_stat_noise
+    from d2l_ext.batch_norm_tools import batch_stat_noise
 
     ok = isinstance(features, dict) and set(features) == {"conv 1", "fc 1"}
     assert ok, "features should have the keys 'conv 1' and 'fc 1'"

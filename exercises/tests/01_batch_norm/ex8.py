@@ -15,7 +15,7 @@ def test_ex8_models(lenet_with_norm):
     import torch
 
     from d2l_ext.batch_norm import LayerNorm
-    from d2l_ext.measure import bn_layers
+    from d2l_ext.batch_norm_tools import bn_layers
 
     ok = callable(lenet_with_norm)
     assert ok, "lenet_with_norm should be a function of kind (and **kwargs)"

@@ -1,10 +1,10 @@
-"""d2l_ext.plots, shared part: the closing summary table and the committed reference results."""
+"""d2l_ext.results: the closing summary table and the committed reference results."""
 
 import json
 
 import pytest
 
-from d2l_ext.plots import REFERENCE_RESULTS, reference_results, summary_table
+from d2l_ext.results import REFERENCE_RESULTS, reference_results, summary_table
 
 
 def test_summary_table_formats_each_kind_of_value():

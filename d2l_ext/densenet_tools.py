@@ -1,0 +1,191 @@
+"""Measurements, figures and tables of notebook 04 (DenseNet): hand-written, tested
+(tests/test_densenet.py), kept apart from the lesson's code in `d2l_ext.densenet`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import ipywidgets as widgets
+import pandas as pd
+import torch
+from d2l import torch as d2l
+
+from d2l_ext.densenet import DenseNet, densenet_channels
+from d2l_ext.measure import count_flops, num_params
+from d2l_ext.results import REFERENCE_RESULTS
+
+__all__ = [
+    "architecture_table",
+    "densenet_channels_view",
+    "densenet_explorer",
+    "densenet_num_params",
+    "format_architecture_table",
+    "plot_connectivity",
+    "reference_architecture_table",
+    "relative_to",
+]
+
+
+def densenet_num_params(
+    num_channels: int = 64, growth_rate: int = 32, arch: tuple[int, ...] = (4, 4, 4, 4), **kwargs
+) -> int:
+    """Parameter count of ``DenseNet(num_channels, growth_rate, arch, **kwargs)`` for 1-channel images.
+
+    The Lazy layers get their shapes from one call on the smallest image the model accepts;
+    ``kwargs`` are DenseNet's other arguments (``num_classes``, ``stem_kernel``, ``stem_stride``).
+    """
+    net = DenseNet(num_channels, growth_rate, arch, **kwargs)
+    size = net.min_input()
+    return num_params(net, torch.zeros(1, 1, size, size))
+
+
+def plot_connectivity(num_convs: int = 4, in_channels: int = 3, growth_rate: int = 10) -> int:
+    """Draw a chain of residual blocks above a dense block of ``num_convs`` layers (Huang et al., 2017).
+
+    Circles are feature maps (channels below), boxes are layers (input channels below), arrows are
+    inputs, coloured by the map they come from. Returns the number of arrows into the dense block's
+    layers, ``num_convs * (num_convs + 1) / 2``.
+    """
+    ylims = [(-0.9, 1.2), (-0.9, 0.4 + 0.6 * num_convs)]
+    heights = [top - bottom for bottom, top in ylims]
+    _, axes = d2l.plt.subplots(
+        2, 1, figsize=(1.2 * num_convs + 1, 0.6 * sum(heights) + 1), height_ratios=heights
+    )
+    arrows = 0
+    for ax, dense, ylim in zip(axes, (False, True), ylims):
+        for i in range(num_convs + 1):  # map i at x = 2i, the layer that makes it at x = 2i - 1
+            ax.add_patch(d2l.plt.Circle((2 * i, 0), 0.3, color=f"C{i if dense else 0}", alpha=0.8))
+            ax.text(2 * i, -0.45, growth_rate if dense and i else in_channels, ha="center", va="top")
+            if i == 0:
+                continue
+            if not dense:  # x_i = x_{i-1} + g_i(x_{i-1}): the identity path is the red arc
+                ax.text(2 * i, 0, "+", ha="center", va="center", color="w", fontsize=14)
+            name = f"$f_{i}$" if dense else f"$g_{i}$"
+            ax.text(2 * i - 1, 0, name, ha="center", va="center", bbox=dict(fc="w", ec="0.3"))
+            reads = in_channels + (i - 1) * growth_rate if dense else in_channels
+            ax.text(2 * i - 1, -0.45, f"in {reads}", ha="center", va="top", fontsize=8, color="0.4")
+            ax.annotate("", (2 * i - 0.3, 0), (2 * i - 0.75, 0), arrowprops=dict(arrowstyle="->"))
+            for j in range(i) if dense else [i - 1]:
+                style = dict(arrowstyle="->", color=f"C{j if dense else 0}")
+                if j == i - 1:
+                    ax.annotate("", (2 * i - 1.3, 0), (2 * j + 0.3, 0), arrowprops=style)
+                else:  # long-range inputs arc above the chain, higher the farther they reach
+                    style["connectionstyle"] = "arc3,rad=-0.35"
+                    ax.annotate("", (2 * i - 1.15, 0.25), (2 * j + 0.15, 0.28), arrowprops=style)
+                arrows += dense
+            if not dense:
+                style = dict(arrowstyle="->", color="C3", connectionstyle="arc3,rad=-0.5")
+                ax.annotate("", (2 * i - 0.15, 0.28), (2 * i - 1.85, 0.28), arrowprops=style)
+        total = in_channels + num_convs * growth_rate
+        title = f"dense block: concatenate, {in_channels} + {num_convs}x{growth_rate} = {total} channels out"
+        ax.set_title(title if dense else "residual blocks: add")
+        ax.set(xlim=(-0.5, 2 * num_convs + 0.5), ylim=ylim, aspect="equal")
+        ax.axis("off")
+    return arrows
+
+
+def densenet_channels_view(
+    num_channels: int = 64, growth_rate: int = 32, num_convs: int = 4, resnet18_params: int | None = None
+) -> str:
+    """What the channel explorer prints for ``DenseNet(num_channels, growth_rate, (num_convs,) * 4)``:
+    the channels after every stage and the parameter count (beside ResNet-18's, if given)."""
+    arch = (num_convs,) * 4
+    channels = " -> ".join(str(c) for _, c in densenet_channels(num_channels, growth_rate, arch))
+    params = f"parameters: {densenet_num_params(num_channels, growth_rate, arch):,}"
+    if resnet18_params is not None:
+        params += f" (ResNet-18: {resnet18_params:,})"
+    text = f"channels: {channels}\n{params}"
+    print(text)
+    return text
+
+
+def densenet_explorer(resnet18_params: int | None = None):
+    """Sliders for the stem's width, the growth rate and the conv blocks per dense block, showing
+    `densenet_channels_view`; computed once at once, so that the cell also runs headless."""
+
+    def slider(low, high, step, value):
+        return widgets.IntSlider(value=value, min=low, max=high, step=step, continuous_update=False)
+
+    explorer = widgets.interactive(
+        densenet_channels_view,
+        num_channels=slider(16, 128, 16, 64),
+        growth_rate=slider(8, 64, 8, 32),
+        num_convs=slider(1, 8, 1, 4),
+        resnet18_params=widgets.fixed(resnet18_params),
+    )
+    explorer.update()
+    return explorer
+
+
+def architecture_table(runs: dict):
+    """One row per trained model: parameters, forward MFLOPs per image, training images/s, val acc.
+
+    ``runs`` maps a name to ``(net, trainer, cfg)``: a trained model, its `d2l_ext.Trainer` and its
+    `d2l_ext.Experiment`, whose data settings give the training resolution. FLOPs are counted on
+    one (1, 1, size, size) image in eval mode (`d2l_ext.measure.count_flops`); each model keeps its
+    own mode. Returns a pandas DataFrame indexed by name.
+    """
+    rows = {}
+    for name, (net, trainer, cfg) in runs.items():
+        size = cfg.data.get("resize", 28)
+        X = torch.zeros(1, 1, size, size, device=next(net.parameters()).device)
+        last = trainer.history[-1]
+        rows[name] = {
+            "parameters": num_params(net),
+            "MFLOPs/image": count_flops(net, X) / 1e6,
+            "images/s": trainer.images_seen / last["seconds"],
+            "val acc": last["val_acc"],
+        }
+    return pd.DataFrame(rows).T
+
+
+def reference_architecture_table(
+    models: Mapping[str, str], setting: str = "demo", path: Path = REFERENCE_RESULTS
+):
+    """The committed benchmark's rows (see `reference_results`) as columns of `architecture_table`.
+
+    ``models`` maps a display name to the benchmark's model name (e.g. ``{"ResNet": "resnet"}``);
+    ``setting`` is "demo" (the demo preset) or "book". Returns a DataFrame indexed by display name with
+    the columns "MFLOPs/image", "images/s", "epochs" and "val acc" (the benchmark's test accuracy,
+    on the same 10,000 test images that the notebooks validate on).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"No reference results at {path}; run `make bench` to measure them.")
+    rows = {r["model"]: r for r in json.loads(path.read_text())["rows"] if r["setting"] == setting}
+    missing = sorted(set(models.values()) - set(rows))
+    if missing:
+        known = sorted(rows)
+        raise KeyError(f"The reference results have no {setting!r} rows for {missing}; known: {known}.")
+    columns = {"MFLOPs/image": "forward_mflops_per_image", "images/s": "images_per_s", "epochs": "epochs"}
+    columns["val acc"] = "test_acc"
+    table = {name: {c: rows[key][k] for c, k in columns.items()} for name, key in models.items()}
+    return pd.DataFrame(table).T
+
+
+def relative_to(table, reference: str = "ResNet"):
+    """``table`` (from `architecture_table` or `reference_architecture_table`) with two more columns.
+
+    "MFLOP/s vs {reference}": the FLOPs each model computes per second of training (images/s times
+    MFLOPs/image) over those of the row ``reference``; "acc vs {reference}": its validation accuracy
+    minus the reference's.
+    """
+    if reference not in table.index:
+        raise KeyError(f"No row {reference!r} to compare with; the rows are {list(table.index)}.")
+    out = table.copy()
+    rate = table["images/s"] * table["MFLOPs/image"]
+    out[f"MFLOP/s vs {reference}"] = rate / rate[reference]
+    out[f"acc vs {reference}"] = table["val acc"] - table.loc[reference, "val acc"]
+    return out
+
+
+def format_architecture_table(table):
+    """``table`` (from `architecture_table`, `reference_architecture_table` or `relative_to`) styled
+    for display: thousands, one decimal, percentages, ratios with two decimals."""
+    formats = {"parameters": "{:,.0f}", "MFLOPs/image": "{:.1f}", "images/s": "{:,.0f}", "epochs": "{:.2f}"}
+    formats |= {"val acc": "{:.1%}"}
+    formats |= {c: "{:.2f}" for c in table.columns if c.startswith("MFLOP/s vs")}
+    formats |= {c: "{:+.1%}" for c in table.columns if c.startswith("acc vs")}
+    return table.style.format({c: f for c, f in formats.items() if c in table.columns})

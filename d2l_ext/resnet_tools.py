@@ -1,0 +1,218 @@
+"""Measurements and figures of notebook 02 (ResNet): hand-written, tested (tests/test_resnet.py), kept
+apart from the lesson's code in `d2l_ext.resnet`.
+"""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+import torch
+from d2l import torch as d2l
+from torch import nn
+from torch.nn import functional as F
+
+from d2l_ext.measure import eval_mode, train_mode
+
+__all__ = [
+    "branch_ratios",
+    "conv_grad_rms",
+    "final_loss",
+    "grad_rms_explorer",
+    "init_grad_rms",
+    "plot_function_fits",
+    "plot_grad_rms",
+    "plot_step_losses",
+    "residual_parts",
+    "shortcut_gradient",
+]
+
+
+def conv_grad_rms(net: nn.Module, X: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """Per-parameter RMS of the loss gradient w.r.t. the weight of every convolution of ``net``
+    except the 1x1 ones, input side first, for one minibatch ``X`` (N, C, H, W) with labels ``y`` (N,).
+
+    The RMS, ``grad.norm() / grad.numel() ** 0.5``, does not grow with the layer's size, so layers
+    of 1 -> 16 and 64 -> 64 channels compare directly (their norms would not: the second has 256
+    times as many weights). The 1x1 (shortcut) convolutions are left out, so that a ResNet and its
+    PlainNet give lists of the same length. Computed as in a training step, in training mode (BN
+    normalizes with the minibatch's statistics and updates its running ones); every submodule's
+    mode comes back afterwards. ``net`` needs the ``loss`` of a ``d2l.Classifier``; its ``.grad``
+    are overwritten.
+    """
+    with train_mode(net):
+        net.zero_grad()
+        net.loss(net(X), y).backward()
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+    return [(m.weight.grad.norm() / m.weight.grad.numel() ** 0.5).item() for m in convs]
+
+
+def init_grad_rms(
+    Net: type[nn.Module],
+    num_residuals: int,
+    widths: tuple[int, ...],
+    X: torch.Tensor,
+    y: torch.Tensor,
+    seed: int = 0,
+    **kwargs,
+) -> list[float]:
+    """`conv_grad_rms` at initialization of ``Net(arch, **kwargs)``, with ``num_residuals`` blocks in
+    each stage of ``widths`` channels, initialized as `Trainer` does (Xavier, ``d2l.init_cnn``).
+
+    Seeded with ``seed``, in a forked random state: the caller's generator is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = Net(tuple((num_residuals, w) for w in widths), **kwargs)
+        net.apply_init([X[:2]], d2l.init_cnn)
+    return conv_grad_rms(net, X, y)
+
+
+def residual_parts(blk: nn.Module, X: torch.Tensor):
+    """``(g, s, join)`` for a residual block and its input ``X`` (N, C, H, W): the branch's output
+    ``g`` (N, C', H', W'), the shortcut's ``s`` (same shape) and the function with
+    ``join(g, s) == blk(X)``.
+
+    The book's `Residual` joins with ReLU(g + s), its shortcut ``s`` being ``X`` or the 1x1
+    convolution of ``X``; `PreActResidual` (He et al., 2016b) joins with g + X. Each layer runs once,
+    in the block's current mode.
+    """
+    kind = _residual_kind(blk)
+    if kind == "PreActResidual":
+        g = blk.conv2(F.relu(blk.bn2(blk.conv1(F.relu(blk.bn1(X))))))
+        return g, X, torch.add
+    if kind == "Residual":
+        g = blk.bn2(blk.conv2(F.relu(blk.bn1(blk.conv1(X)))))
+        s = X if blk.conv3 is None else blk.conv3(X)
+        return g, s, lambda g, s: F.relu(g + s)
+    raise TypeError(f"residual_parts takes a Residual or a PreActResidual block; got {type(blk).__name__}.")
+
+
+def _residual_kind(m: nn.Module) -> str | None:
+    # By class name, not isinstance: a notebook's own Residual (the one the exporter copies into
+    # d2l_ext.resnet) is another class object with the same layers. PlainBlock has no shortcut.
+    names = [c.__name__ for c in type(m).__mro__]
+    if "PlainBlock" in names:
+        return None
+    return next((n for n in names if n in ("PreActResidual", "Residual")), None)
+
+
+def shortcut_gradient(blk: nn.Module, X: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """The part of dL/dX that reaches the input ``X`` (N, C, H, W) of a residual block through its
+    shortcut, given the gradient ``grad_out`` = dL/d blk(X): dL/dX minus the part through the branch.
+
+    For an identity shortcut it is ``grad_out`` itself if nothing follows the addition, and
+    ``grad_out`` times the ReLU's 0/1 mask if a ReLU does (the book's block).
+    """
+    X = X.detach().requires_grad_()
+    g, s, join = residual_parts(blk, X)
+    (full,) = torch.autograd.grad(join(g, s), X, grad_out, retain_graph=True)
+    (through_branch,) = torch.autograd.grad(join(g, s.detach()), X, grad_out)
+    return full - through_branch
+
+
+def branch_ratios(net: nn.Module, X: torch.Tensor) -> list[float]:
+    """||g(x)|| / ||s(x)|| for every residual block of ``net`` (input side first) on the minibatch
+    ``X``: how large the branch's output is against the shortcut's it is added to.
+
+    Measured in eval mode (every submodule's mode comes back afterwards), without gradients, on
+    the device of ``net``'s parameters.
+    """
+    blocks = [m for m in net.modules() if _residual_kind(m)]
+    X = X.to(next(net.parameters()).device)
+    if not blocks:
+        raise ValueError(f"{type(net).__name__} has no Residual or PreActResidual block to measure.")
+    inputs = {}
+    hooks = [b.register_forward_pre_hook(lambda b, args: inputs.__setitem__(b, args[0])) for b in blocks]
+    try:
+        with torch.no_grad(), eval_mode(net):
+            net(X)
+            parts = [residual_parts(b, inputs[b])[:2] for b in blocks]
+    finally:
+        for h in hooks:
+            h.remove()
+    return [(g.norm() / s.norm()).item() for g, s in parts]
+
+
+def final_loss(losses: list[float], frac: float = 0.1) -> float:
+    """Mean of the last ``frac`` of ``losses`` (one per step, at least the last one): where a run
+    ended, with less noise than its last step alone."""
+    if not 0 < frac <= 1:
+        raise ValueError(f"frac is the fraction of the steps to average, in (0, 1]; got {frac!r}.")
+    if len(losses) == 0:
+        raise ValueError("final_loss got no losses; did the run take any steps (max_steps > 0)?")
+    k = max(1, int(frac * len(losses)))
+    return sum(losses[-k:]) / k
+
+
+def plot_function_fits(x, f_star, fits: dict, distances: dict):
+    """A 1-D regression as function classes: ``f_star`` and the closest member of some classes
+    (left), and the distance from ``f_star`` to each class (right, one line per family).
+
+    ``x``, ``f_star`` and each value of ``fits`` (a label -> the fitted function) have shape (n,);
+    ``distances`` maps a family's name to its distances, smallest class first. Returns the axes.
+    """
+    fig, axes = d2l.plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].plot(x, f_star, "k-", lw=3, alpha=0.4, label="$f^*$")
+    for label, fit in fits.items():
+        axes[0].plot(x, fit, "--", label=label)
+    axes[0].set(xlabel="$x$", title="$f^*$ and the closest member of a class")
+    axes[0].legend(fontsize=8)
+    for (label, d), marker in zip(distances.items(), ("o-", "s-", "^-", "v-")):
+        axes[1].plot(range(1, len(d) + 1), d, marker, label=label)
+    axes[1].set(xlabel="class $i$", ylabel="RMS distance from $f^*$", yscale="log")
+    axes[1].set_title("how close each class gets")
+    axes[1].legend()
+    return axes
+
+
+def plot_step_losses(losses: dict, num_points: int = 25):
+    """Training loss per step, averaged over a sliding window, one panel per network.
+
+    ``losses`` maps (network name, number of layers) to the loss of every step; the window is
+    ``len / num_points`` steps. Returns the axes, one per network in the order first met.
+    """
+    names = list(dict.fromkeys(name for name, _ in losses))
+    fig, axes = d2l.plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for (net, layers), run in losses.items():
+            if net == name:
+                run = torch.tensor(run)
+                w = max(1, len(run) // num_points)
+                ax.plot(range(w, len(run) + 1), run.unfold(0, w, 1).mean(1), label=f"{layers} layers")
+        ax.set(title=name, xlabel="step", yscale="log")
+        ax.legend()
+    axes[0][0].set_ylabel("training loss")
+    return axes[0]
+
+
+def plot_grad_rms(norms: dict, title: str = "", ax=None):
+    """One line per network: the per-parameter RMS of the weight gradient of each convolution,
+    input side first (log scale).
+
+    ``norms`` maps a network's name to its `d2l_ext.measure.conv_grad_rms`. Returns the axes.
+    """
+    if ax is None:
+        _, ax = d2l.plt.subplots(figsize=(6, 3.2))
+    for name, g in norms.items():
+        ax.plot(range(1, len(g) + 1), g, ".-", label=name)
+    ax.set(yscale="log", xlabel="convolution (input side first)", ylabel="gradient RMS at init")
+    ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def grad_rms_explorer(nets, widths, X, y, value: int, max_value: int = 9, **kwargs):
+    """A slider for the blocks per stage, redrawing `plot_grad_rms` at initialization for each
+    network class in ``nets`` (built with ``widths`` and ``kwargs``, on the minibatch ``X``, ``y``).
+
+    Computed once before it is returned, so that the figure shows also where no browser runs.
+    """
+
+    def show(num_residuals):
+        norms = {Net.__name__: init_grad_rms(Net, num_residuals, widths, X, y, **kwargs) for Net in nets}
+        plot_grad_rms(norms, f"{2 * len(widths) * num_residuals + 2} layers")
+        d2l.plt.show()
+
+    slider = widgets.IntSlider(value, 1, max_value, continuous_update=False, description="blocks")
+    explorer = widgets.interactive(show, num_residuals=slider)
+    explorer.update()
+    return explorer

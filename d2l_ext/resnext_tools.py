@@ -1,0 +1,91 @@
+"""Measurements and views of notebook 03 (ResNeXt): hand-written, tested (tests/test_resnext.py), kept
+apart from the lesson's code in `d2l_ext.resnext`.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from IPython.display import display
+from torch import nn
+
+from d2l_ext.measure import count_flops, num_params
+from d2l_ext.resnet import Residual
+from d2l_ext.resnext import ResNeXtBlock, bottleneck_channels
+
+__all__ = ["conv_cost", "copy_torchvision_bottleneck", "resnext_cost", "resnext_cost_view"]
+
+
+def conv_cost(c_i: int, c_o: int, groups: int, kernel_size: int = 3, size: int = 28) -> dict[str, int]:
+    """Weights, parameters and forward FLOPs of ``nn.Conv2d(c_i, c_o, kernel_size, groups=groups)``.
+
+    Measured on one (1, c_i, size, size) input, with padding that keeps the size. The layer lives on
+    the meta device, which knows shapes but stores and computes nothing, so a large layer costs no time.
+    """
+    conv = nn.Conv2d(c_i, c_o, kernel_size, padding=kernel_size // 2, groups=groups, device="meta")
+    X = torch.empty(1, c_i, size, size, device="meta")
+    weights, flops = conv.weight.numel(), count_flops(conv, X)
+    return dict(groups=groups, weights=weights, params=num_params(conv), flops=flops)
+
+
+def resnext_cost(c_i: int, c_o: int, groups: int, bot_mul: float, size: int = 28) -> list[dict]:
+    """Parameters and forward FLOPs of ResNet's and ResNeXt's blocks and of their 3x3 convolutions.
+
+    One row per module, in this order: ``Residual(c_o)``, the plain 3x3 convolution c_i -> c_o, the
+    grouped 3x3 convolution b -> b inside the ResNeXt block, and ``ResNeXtBlock(c_o, groups, bot_mul)``;
+    each row holds ``module`` (a label), ``params``, ``flops`` and ``ratio`` (FLOPs relative to the
+    plain convolution). Built on the meta device and run on one (1, c_i, size, size) input. Raises
+    the block's ValueError when ``groups`` cannot split b = round(c_o * bot_mul).
+    """
+    b = bottleneck_channels(c_o, groups, bot_mul)
+    shortcut = c_i != c_o
+    with torch.device("meta"):
+        nets = {
+            f"Residual({c_o}): two 3x3 convs": (Residual(c_o, use_1x1conv=shortcut), c_i),
+            f"3x3 conv {c_i} -> {c_o}": (nn.Conv2d(c_i, c_o, 3, padding=1), c_i),
+            f"3x3 conv {b} -> {b}, {groups} groups": (nn.Conv2d(b, b, 3, padding=1, groups=groups), b),
+            f"ResNeXtBlock({c_o}, {groups}, {bot_mul})": (
+                ResNeXtBlock(c_o, groups, bot_mul, use_1x1conv=shortcut),
+                c_i,
+            ),
+        }
+        X = {c: torch.empty(1, c, size, size) for c in (c_i, b)}
+        rows = [
+            dict(module=name, params=num_params(net, X[c]), flops=count_flops(net, X[c]))
+            for name, (net, c) in nets.items()
+        ]
+    for row in rows:
+        row["ratio"] = row["flops"] / rows[1]["flops"]
+    return rows
+
+
+def copy_torchvision_bottleneck(blk: nn.Module, ref: nn.Module) -> nn.Module:
+    """Copy the weights and BN statistics of torchvision's ``Bottleneck`` ``ref`` into ``blk``, a
+    `d2l_ext.resnext.ResNeXtBlock` of the same shape (built, or materialized by one call); returns ``blk``.
+
+    ``blk``'s convolutions keep their own biases, which torchvision's lack (``bias=False`` before BN).
+    """
+    names = {n: n for n in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")}
+    if blk.conv4 is not None:
+        names |= dict(conv4="downsample.0", bn4="downsample.1")
+    with torch.no_grad():
+        for ours_name, ref_name in names.items():
+            for key, value in ref.get_submodule(ref_name).state_dict().items():
+                getattr(blk.get_submodule(ours_name), key).copy_(value)
+    return blk
+
+
+def resnext_cost_view(c_i: int, c_o: int, groups: int, bot_mul: float):
+    """What the cost explorer shows: `d2l_ext.measure.resnext_cost` as a table (parameters, FLOPs
+    relative to the plain 3x3 convolution, MFLOPs), displayed and returned; or, for numbers the block
+    refuses, the reason, printed, and None."""
+    try:
+        rows = resnext_cost(c_i, c_o, groups, bot_mul)
+    except ValueError as e:
+        print(f"Refused: {e}")
+        return None
+    table = pd.DataFrame(rows).set_index("module").rename_axis(None)
+    table = table.assign(MFLOPs=table.flops / 1e6).drop(columns="flops").round(3)
+    # interactive() shows only what its function displays, so display here, on every change.
+    display(table)
+    return table

@@ -1,0 +1,63 @@
+"""The closing tables of the notebooks: what the reader's own run measured, and the reference figures
+of a quiet machine from the committed benchmark (benchmarks/results), labelled with where they ran.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["REFERENCE_RESULTS", "reference_results", "summary_table"]
+
+#: Results of `make bench` (benchmarks/time_to_accuracy.py) on a quiet machine, committed with the repo.
+REFERENCE_RESULTS = (
+    Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "time_to_accuracy.json"
+)
+
+
+def summary_table(measured: Mapping[str, Any]):
+    """The closing table of a notebook: each quantity the reader's own run just measured, as printed.
+
+    ``measured`` maps a description to a value (a float in [0, 1] is shown as a percentage when its
+    description says "accuracy"); returns a pandas DataFrame, which Jupyter shows as a table.
+    """
+
+    def fmt(name: str, value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.1%}" if "accuracy" in name.lower() and 0 <= value <= 1 else f"{value:,.4g}"
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    return pd.DataFrame({"this run": {k: fmt(k, v) for k, v in measured.items()}})
+
+
+def reference_results(models: Sequence[str] | None = None, path: Path = REFERENCE_RESULTS):
+    """Reference figures from a quiet machine: the committed benchmark, labelled with where it ran.
+
+    Prints one line naming the machine, the date and the training budget, and returns a DataFrame
+    with a row per (model, setting): ``book`` is the book's settings, ``demo`` the demo preset.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"No reference results at {path}; run `make bench` to measure them.")
+    results = json.loads(path.read_text())
+    m = results["machine"]
+    print(
+        f"Reference run: {m['cpu']}, {m['cores']} cores, torch {m['torch']} on {m['torch_threads']} "
+        f"threads, {m.get('date', 'date not recorded')}; {results['budget_s']:.0f} s of training per run"
+    )
+    rows = [r for r in results["rows"] if models is None or r["model"] in models]
+    table = pd.DataFrame(
+        {
+            "model": r["model"],
+            "setting": "demo preset" if r["setting"] == "demo" else "book's settings",
+            "input": r["input"],
+            "images/s": round(r["images_per_s"]),
+            "epochs": round(r["epochs"], 2),
+            "test accuracy": f"{r['test_acc']:.1%}",
+        }
+        for r in rows
+    )
+    return table.set_index(["model", "setting"])
