@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from d2l import torch as d2l
 
 from d2l_ext.densenet import DenseNet, densenet_channels
 from d2l_ext.measure import count_flops, num_params
-from d2l_ext.results import REFERENCE_RESULTS
+from d2l_ext.results import REFERENCE_RESULTS, load_reference
 
 __all__ = [
     "architecture_table",
@@ -152,9 +151,7 @@ def reference_architecture_table(
     the columns "MFLOPs/image", "images/s", "epochs" and "val acc" (the benchmark's test accuracy,
     on the same 10,000 test images that the notebooks validate on).
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"No reference results at {path}; run `make bench` to measure them.")
-    rows = {r["model"]: r for r in json.loads(path.read_text())["rows"] if r["setting"] == setting}
+    rows = {r["model"]: r for r in load_reference(path)["rows"] if r["setting"] == setting}
     missing = sorted(set(models.values()) - set(rows))
     if missing:
         known = sorted(rows)

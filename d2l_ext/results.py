@@ -11,12 +11,19 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["REFERENCE_RESULTS", "reference_results", "summary_table"]
+__all__ = ["REFERENCE_RESULTS", "load_reference", "reference_results", "summary_table"]
 
 #: Results of `make bench` (benchmarks/time_to_accuracy.py) on a quiet machine, committed with the repo.
 REFERENCE_RESULTS = (
     Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "time_to_accuracy.json"
 )
+
+
+def load_reference(path: Path = REFERENCE_RESULTS) -> dict[str, Any]:
+    """The committed benchmark's record, or a FileNotFoundError that says how to make it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"No reference results at {path}; run `make bench` to measure them.")
+    return json.loads(path.read_text())
 
 
 def summary_table(measured: Mapping[str, Any]):
@@ -40,9 +47,7 @@ def reference_results(models: Sequence[str] | None = None, path: Path = REFERENC
     Prints one line naming the machine, the date and the training budget, and returns a DataFrame
     with a row per (model, setting): ``book`` is the book's settings, ``demo`` the demo preset.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"No reference results at {path}; run `make bench` to measure them.")
-    results = json.loads(path.read_text())
+    results = load_reference(path)
     m = results["machine"]
     print(
         f"Reference run: {m['cpu']}, {m['cores']} cores, torch {m['torch']} on {m['torch_threads']} "
