@@ -53,7 +53,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 import d2l_ext
-from d2l_ext import Callback, FashionMNIST, Trainer, experiment
+from d2l_ext import Callback, FashionMNIST, Trainer, evaluate, experiment
 from d2l_ext.data import balanced_subset
 from d2l_ext.measure import count_flops, train_mode
 from d2l_ext.presets import EXPERIMENTS
@@ -202,8 +202,8 @@ def model_class(name: str) -> type:
 
 class Probes(Callback):
     """Accuracy on ``size`` class-balanced validation images every ``every`` seconds of training, in
-    ``probes`` as (seconds, accuracy), for time to accuracy. Their time goes to the trainer's
-    ``paused_seconds``, which the loop does not count as training, and to ``seconds``."""
+    ``probes`` as (seconds, accuracy), for time to accuracy. Their time goes to ``seconds`` and moves
+    the trainer's ``clock_start`` on, so that it does not count as training."""
 
     def __init__(self, every: float, size: int):
         self.every, self.size = every, size
@@ -218,10 +218,10 @@ class Probes(Callback):
     def after_batch(self, trainer):
         if trainer.train_seconds < self.next:
             return
-        start = trainer.clock()
-        acc = trainer.measure(self.loader)["acc"]
-        spent = trainer.clock() - start
-        trainer.paused_seconds += spent
+        start = time.perf_counter()
+        acc = evaluate(trainer.model, self.loader, trainer.device, trainer.channels_last)["acc"]
+        spent = time.perf_counter() - start
+        trainer.clock_start += spent
         self.seconds += spent
         self.probes.append((trainer.train_seconds, acc))
         self.next += self.every
