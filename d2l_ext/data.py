@@ -1,27 +1,18 @@
 """Fashion-MNIST for small machines: found offline first, verified, kept in memory, batched fast.
 
-`FashionMNIST` keeps the interface of the book's `d2l.FashionMNIST` (``batch_size``, ``resize``,
-``train``/``val``, ``get_dataloader(train)``, ``text_labels``, ``visualize``), but
-
-* finds the four idx files without a download where it can (see `find_fashion_mnist`),
-* checks the SHA-256 of the *decompressed* files, so a gzip-recompressed copy (Debian's) is
-  accepted and a truncated or altered one is not, and parses exactly the bytes it checked (never
-  torchvision's ``processed/*.pt``, which `torchvision.datasets.FashionMNIST` prefers when present),
-* keeps the images as one uint8 tensor and batches them without PIL or worker processes
-  (the book's four workers oversubscribe a two-core laptop), resizing whole batches at once,
-* can take a deterministic, class-balanced subset for the fast run presets,
-* never writes next to the notebook (the book writes ``../data``); its cache is written
-  atomically, never through a symbolic link, and several processes may fill it at once.
+`FashionMNIST` keeps the interface of the book's `d2l.FashionMNIST`, checks the SHA-256 of the
+*decompressed* files (Debian's are recompressed) and parses exactly the bytes it checked, batches
+without PIL or worker processes (the book's four workers oversubscribe a two-core laptop), and never
+writes next to the notebook: its cache is written atomically, never through a symbolic link.
 """
 
 from __future__ import annotations
 
-import enum
+import contextlib
 import functools
 import gzip
 import hashlib
 import http.client
-import math
 import os
 import stat
 import struct
@@ -31,7 +22,7 @@ import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
 
 import torch
 import torchvision
@@ -67,6 +58,7 @@ DOWNLOAD_TIMEOUT = 30.0
 #: Per-pixel mean and standard deviation of the 60,000 training images (notebook 00 computes them).
 MEAN, STD = 0.2860, 0.3530
 
+_CACHE = "the d2l_ext cache"
 # O_NOFOLLOW does not exist on Windows (where making a link needs privileges); O_BINARY only there.
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
@@ -80,8 +72,7 @@ def cache_dir() -> Path:
     """The per-user cache: ``$D2L_EXT_CACHE``, else ``$XDG_CACHE_HOME/d2l_ext``, else ``~/.cache/d2l_ext``."""
     if os.environ.get("D2L_EXT_CACHE"):
         return Path(os.environ["D2L_EXT_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "d2l_ext"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "d2l_ext"
 
 
 def _why(e: OSError) -> str:
@@ -101,30 +92,23 @@ def _cache_error(raw_dir: Path, e: OSError) -> DataError:
 def _is_file(path: Path, in_cache: bool) -> bool:
     """Whether ``path`` is a regular file; in the cache a symbolic link never counts as one."""
     try:
-        mode = os.stat(path, follow_symlinks=not in_cache).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        return False
+        return stat.S_ISREG(os.stat(path, follow_symlinks=not in_cache).st_mode)
     except OSError as e:
-        if in_cache:  # an unusable cache is reported where d2l_ext first needs to write it
+        # not there; an unusable cache is reported where d2l_ext first needs to write it
+        if in_cache or isinstance(e, FileNotFoundError | NotADirectoryError):
             return False
         raise DataError(f"Cannot look at {path} ({_why(e)}). Check the permissions of its folder.") from None
-    return stat.S_ISREG(mode)
-
-
-def _read(path: Path, in_cache: bool) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | _BINARY | (_NOFOLLOW if in_cache else 0))
-        with open(fd, "rb") as f:
-            return f.read()
-    except OSError as e:
-        if in_cache:
-            raise _cache_error(path.parent, e) from None
-        raise DataError(f"Cannot read {path} ({_why(e)}). Check its permissions.") from None
 
 
 def _verified(path: Path, name: str, in_cache: bool) -> bytes:
     """The decompressed bytes of ``path`` (plain or ``.gz``), checked against the upstream ``name``."""
-    raw = _read(path, in_cache)
+    try:
+        with open(os.open(path, os.O_RDONLY | _BINARY | (_NOFOLLOW if in_cache else 0)), "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        if in_cache:
+            raise _cache_error(path.parent, e) from None
+        raise DataError(f"Cannot read {path} ({_why(e)}). Check its permissions.") from None
     if path.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)
@@ -152,12 +136,9 @@ def _verified(path: Path, name: str, in_cache: bool) -> bytes:
 
 def _cached_ok(target: Path, name: str) -> bool:
     """Whether the cache already holds a verified ``name`` (written by us, or another process)."""
-    if not _is_file(target, in_cache=True):
-        return False
     try:
-        with open(os.open(target, os.O_RDONLY | _BINARY | _NOFOLLOW), "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest() == FILES[name]
-    except OSError:  # replaced by a link or removed meanwhile: write it anew
+        return _is_file(target, in_cache=True) and bool(_verified(target, name, in_cache=True))
+    except DataError:  # corrupt, or replaced by a link or removed meanwhile: write it anew
         return False
 
 
@@ -168,10 +149,7 @@ def _prepare_cache() -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)  # may be a link the user made, e.g. onto another disk
         for folder in (root / "FashionMNIST", raw_dir):
-            try:
-                folder.mkdir()
-            except FileExistsError:
-                pass
+            folder.mkdir(exist_ok=True)  # a link to a folder passes here, and is refused next
             if not stat.S_ISDIR(os.lstat(folder).st_mode):
                 raise NotADirectoryError(0, "not a folder (links are not followed in the cache)", str(folder))
     except OSError as e:
@@ -180,11 +158,8 @@ def _prepare_cache() -> Path:
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write ``path`` through ``write(file)`` atomically, via a file no one else can have opened.
-
-    A crash or an error leaves the old file or none, never a short one; the caches of the data set
-    and of trained runs (d2l_ext.runs) are written this way. Raises OSError.
-    """
+    """Write ``path`` through ``write(file)`` atomically: a crash or an error leaves the old file or
+    none, never a short one. Raises OSError."""
     # O_CREAT | O_EXCL | O_NOFOLLOW under a random name: a planted file or link makes it fail
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -196,62 +171,49 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
                 os.fchmod(f.fileno(), 0o644)  # mkstemp's 0o600 would hide a shared cache
         os.replace(tmp, path)  # atomic; replaces a link at path itself, not what it points to
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 
 def _store(raw_dir: Path, name: str, raw: bytes) -> None:
-    """Write verified bytes to ``raw_dir/name`` atomically (`write_atomic`)."""
-    target = raw_dir / name
-    if _cached_ok(target, name):  # another process got there first
+    if _cached_ok(raw_dir / name, name):  # there already, e.g. written by another process
         return
     try:
-        write_atomic(target, lambda f: f.write(raw))
+        write_atomic(raw_dir / name, lambda f: f.write(raw))
     except OSError as e:
         raise _cache_error(raw_dir, e) from None
 
 
-def _fetch(url: str, timeout: float) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": torchvision.datasets.utils.USER_AGENT})
-    try:
-        # the timeout bounds the connection and every read: a silent server is given up after it
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.read()
-    except urllib.error.HTTPError as e:
-        e.close()  # it holds the connection open
-        raise
-
-
-def _cause(e: Exception, timeout: float) -> str:
-    if isinstance(e, urllib.error.HTTPError):
-        return f"HTTP error {e.code} ({e.reason})"
-    reason = e.reason if isinstance(e, urllib.error.URLError) else e
+def _cause(e: Exception) -> str:
+    reason = e.reason if type(e) is urllib.error.URLError else e  # an HTTPError says its code itself
     if isinstance(reason, TimeoutError):
-        return f"timed out: no data for {timeout:g} s"
+        return f"timed out: no data for {DOWNLOAD_TIMEOUT:g} s"
     return f"{type(reason).__name__}: {reason}"
 
 
-def _download(raw_dir: Path, names: list[str]) -> None:
-    """Fetch the gzipped files from torchvision's Fashion-MNIST mirrors, verify, store in the cache."""
-    timeout = DOWNLOAD_TIMEOUT
-    for name in names:
+def _download(raw_dir: Path) -> None:
+    """Fetch the files the cache lacks from torchvision's mirrors; verify and store each."""
+    headers = {"User-Agent": torchvision.datasets.utils.USER_AGENT}
+    for name in [n for n in FILES if not _cached_ok(raw_dir / n, n)]:
         causes = []
         for mirror in torchvision.datasets.FashionMNIST.mirrors:
             url = f"{mirror}{name}.gz"
-            try:
-                raw = gzip.decompress(_fetch(url, timeout))
+            try:  # the timeout bounds the connection and every read: a silent server is given up
+                with urllib.request.urlopen(
+                    urllib.request.Request(url, headers=headers), timeout=DOWNLOAD_TIMEOUT
+                ) as r:
+                    raw = gzip.decompress(r.read())
             except (OSError, EOFError, ValueError, zlib.error, http.client.HTTPException) as e:
-                causes.append(f"{url}: {_cause(e, timeout)}")
+                if isinstance(e, urllib.error.HTTPError):
+                    e.close()  # it holds the connection open
+                causes.append(f"{url}: {_cause(e)}")
                 continue
             digest = hashlib.sha256(raw).hexdigest()
-            if digest != FILES[name]:  # a mirror serving other data: try the next one
-                causes.append(f"{url}: the decompressed {name} is corrupt (SHA-256 {digest})")
-                continue
-            _store(raw_dir, name, raw)
-            break
+            if digest == FILES[name]:
+                _store(raw_dir, name, raw)
+                break
+            causes.append(f"{url}: the decompressed {name} is corrupt (SHA-256 {digest})")
         else:
             raise DataError(
                 "Fashion-MNIST was not found on this machine and could not be downloaded:\n  "
@@ -259,104 +221,65 @@ def _download(raw_dir: Path, names: list[str]) -> None:
                 + "\nGet it in one of three ways:\n"
                 "  1. Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist "
                 f"(installs into {DEBIAN_DIR});\n"
-                "  2. put the four idx files (gzipped or not) in a folder and set "
-                "FASHION_MNIST_DIR to it;\n"
-                "  3. connect to the internet and run again: d2l_ext downloads them into "
-                f"{raw_dir}."
+                "  2. put the four idx files (gzipped or not) in a folder and set FASHION_MNIST_DIR to it;\n"
+                f"  3. connect to the internet and run again: d2l_ext downloads them into {raw_dir}."
             )
 
 
-class _Kind(enum.Enum):
-    """Where a candidate folder comes from; the value is the phrase `find_fashion_mnist` reports."""
-
-    ROOT = "the root argument"
-    ENV = "$FASHION_MNIST_DIR"
-    DEBIAN = "the package dataset-fashion-mnist"
-    CACHE = "the d2l_ext cache"
-
-
-class _Found(NamedTuple):
-    folder: Path  # holds the four decompressed idx files
-    source: str  # which source they came from, in words
-    in_cache: bool  # then read without following symbolic links
-
-
-def _candidates(root: str | os.PathLike | None) -> list[tuple[_Kind, Path]]:
-    """Folders to look in, in order."""
-    found = []
-    if root is not None:
-        found.append((_Kind.ROOT, Path(root).expanduser()))
-    if os.environ.get("FASHION_MNIST_DIR"):
-        found.append((_Kind.ENV, Path(os.environ["FASHION_MNIST_DIR"]).expanduser()))
-    found.append((_Kind.DEBIAN, DEBIAN_DIR))
-    found.append((_Kind.CACHE, cache_dir() / "FashionMNIST" / "raw"))
-    return found
-
-
-def _present(folder: Path, in_cache: bool) -> dict[str, Path]:
-    """Each of the four files in ``folder``: plain if there, else gzipped (the cache holds plain ones)."""
-    found = {}
-    for name in FILES:
-        for path in (folder / name,) if in_cache else (folder / name, folder / f"{name}.gz"):
-            if _is_file(path, in_cache):
-                found[name] = path
-                break
-    return found
-
-
-def _find(root: str | os.PathLike | None, download: bool) -> _Found:
-    for kind, folder in _candidates(root):
-        in_cache = kind is _Kind.CACHE
-        files = _present(folder, in_cache)
+def _find(root: str | os.PathLike | None) -> tuple[Path, str, bool]:
+    """The folder of the four verified, decompressed files, its source in words, and whether it is
+    the cache; tried in order: ``root``, ``$FASHION_MNIST_DIR``, Debian's folder, the cache, a download."""
+    env = os.environ.get("FASHION_MNIST_DIR")
+    for where, folder in (
+        ("the root argument", root),
+        ("$FASHION_MNIST_DIR", env or None),
+        ("the package dataset-fashion-mnist", DEBIAN_DIR),
+        (_CACHE, cache_dir() / "FashionMNIST" / "raw"),
+    ):
+        if folder is None:
+            continue
+        folder, in_cache = Path(folder).expanduser(), where == _CACHE
+        files = {}
+        for name in FILES:
+            for path in [folder / name] + ([] if in_cache else [folder / f"{name}.gz"]):  # plain first
+                if _is_file(path, in_cache):
+                    files[name] = path
+                    break
         if len(files) < len(FILES):
-            if kind in (_Kind.ROOT, _Kind.ENV):  # named by the user: say what is wrong with it
-                missing = [n for n in FILES if n not in files]
+            if where in ("the root argument", "$FASHION_MNIST_DIR"):  # named by the user: say what is wrong
+                missing = ", ".join(n for n in FILES if n not in files)
                 raise DataError(
-                    f"{kind.value} points to {folder}, which lacks {', '.join(missing)} (plain or .gz). "
+                    f"{where} points to {folder}, which lacks {missing} (plain or .gz). "
                     "Put the four upstream idx files there, or unset it to use the other sources."
                 )
             continue
-        source = f"{kind.value} ({folder})"
+        verified = {name: _verified(path, name, in_cache) for name, path in files.items()}
         if all(path.name == name for name, path in files.items()):  # all plain: read in place
-            for name, path in files.items():
-                _verified(path, name, in_cache)
-            return _Found(folder, source, in_cache)
+            return folder, f"{where} ({folder})", in_cache
         raw_dir = _prepare_cache()
-        for name, path in files.items():
-            _store(raw_dir, name, _verified(path, name, in_cache))
-        return _Found(raw_dir, source, True)
-    if not download:
-        raise DataError(
-            "Fashion-MNIST was not found and download=False. Install the package "
-            "dataset-fashion-mnist, set FASHION_MNIST_DIR, or allow the download."
-        )
+        for name, raw in verified.items():
+            _store(raw_dir, name, raw)
+        return raw_dir, f"{where} ({folder})", True
     raw_dir = _prepare_cache()  # before any traffic: an unusable cache would waste the download
-    _download(raw_dir, [name for name in FILES if not _cached_ok(raw_dir / name, name)])
-    return _Found(raw_dir, f"a download into the d2l_ext cache ({raw_dir})", True)
+    _download(raw_dir)
+    return raw_dir, f"a download into {_CACHE} ({raw_dir})", True
 
 
-def find_fashion_mnist(root: str | os.PathLike | None = None, download: bool = True) -> tuple[Path, str]:
-    """Locate and verify the four idx files; return the folder that holds them decompressed, and its source.
+def find_fashion_mnist(root: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The folder that holds the four verified, decompressed idx files, and its source in words.
 
-    Looks, in order, in ``root``, ``$FASHION_MNIST_DIR``, Debian's ``/usr/share/datasets/fashion-mnist``
-    and the per-user cache, then downloads into the cache (``DOWNLOAD_TIMEOUT`` seconds without data
-    give a mirror up). Files are verified by the SHA-256 of their decompressed bytes. A folder of
-    four plain files is used in place; gzipped ones are decompressed into ``<cache>/FashionMNIST/raw/``
-    (written atomically, never through a symbolic link).
+    Tries ``root``, ``$FASHION_MNIST_DIR``, Debian's folder and the per-user cache, then downloads
+    into the cache. Four plain files are used in place; gzipped ones are decompressed into the cache.
     """
-    found = _find(root, download)
-    return found.folder, found.source
+    folder, source, _ = _find(root)
+    return folder, source
 
 
-def _parse_idx(raw: bytes, name: str) -> torch.Tensor:
-    """The array in an idx file: two zero bytes, the type (0x08: uint8), the number of dimensions,
-    each dimension as a big-endian uint32, then the values (the format torchvision's reader parses)."""
-    zero, dtype, ndim = struct.unpack_from(">HBB", raw)
-    dims = struct.unpack_from(f">{ndim}I", raw, 4)
-    start = 4 + 4 * ndim
-    if zero or dtype != 0x08 or len(raw) != start + math.prod(dims):
-        raise DataError(f"{name} is not an idx file of unsigned bytes; check d2l_ext.data.FILES.")
-    return torch.frombuffer(bytearray(memoryview(raw)[start:]), dtype=torch.uint8).view(dims)
+def _parse_idx(raw: bytes) -> torch.Tensor:
+    """The uint8 array in a verified idx file: 4 header bytes (the last the number of dimensions),
+    each dimension as a big-endian uint32, then the values."""
+    dims = struct.unpack_from(f">{raw[3]}I", raw, 4)
+    return torch.frombuffer(bytearray(memoryview(raw)[4 + 4 * raw[3] :]), dtype=torch.uint8).view(dims)
 
 
 @functools.lru_cache(maxsize=4)
@@ -364,8 +287,8 @@ def _load(raw_dir: Path, train: bool, in_cache: bool) -> tuple[torch.Tensor, tor
     """One split, parsed from the bytes just verified: (N, 28, 28) uint8 images, (N,) int64 labels."""
     split = "train" if train else "t10k"
     images, labels = f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte"
-    X = _parse_idx(_verified(raw_dir / images, images, in_cache), images)
-    y = _parse_idx(_verified(raw_dir / labels, labels, in_cache), labels)
+    X = _parse_idx(_verified(raw_dir / images, images, in_cache))
+    y = _parse_idx(_verified(raw_dir / labels, labels, in_cache))
     return X, y.long()  # int64 labels, as torchvision's read_label_file gives
 
 
@@ -387,42 +310,36 @@ def balanced_subset(targets: torch.Tensor, n: int, seed: int = 0) -> torch.Tenso
     return torch.cat(picks).sort().values
 
 
-def _check_resize(resize) -> tuple[int, int]:
-    if isinstance(resize, int) and not isinstance(resize, bool):
-        resize = (resize, resize)
-    if (
-        not isinstance(resize, Sequence)
-        or len(resize) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) for s in resize)
-    ):
-        raise DataError(f"resize must be an int or a pair of ints (height, width), got {resize!r}.")
-    if min(resize) < 1:
-        raise DataError(f"resize={tuple(resize)} asks for an empty image; use sizes of at least 1 pixel.")
-    if max(resize) > 1024:
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # batch_size=True: batches of one
+
+
+def _check_int(name: str, value, example: int, positive: bool = False) -> None:
+    if not _is_int(value) or (positive and value < 1):  # torch's generators take ints only
         raise DataError(
-            f"resize={tuple(resize)} would blow each 28x28 image up to over a million pixels; "
+            f"{name} must be {'a positive' if positive else 'an'} int, e.g. {example}; got {name}={value!r}."
+        )
+
+
+def _check_resize(resize) -> tuple[int, int]:
+    pair = (resize, resize) if isinstance(resize, int) else resize
+    if not isinstance(pair, Sequence) or len(pair) != 2 or not all(_is_int(s) for s in pair):
+        raise DataError(f"resize must be an int or a pair of ints (height, width), got {resize!r}.")
+    if min(pair) < 1:
+        raise DataError(f"resize={tuple(pair)} asks for an empty image; use sizes of at least 1 pixel.")
+    if max(pair) > 1024:
+        raise DataError(
+            f"resize={tuple(pair)} would blow each 28x28 image up to over a million pixels; "
             "the book uses (96, 96), and 224 is the largest size these networks were designed for."
         )
-    return tuple(resize)
+    return tuple(pair)
 
 
 class TensorLoader:
-    """Minibatches of an in-memory image tensor: shuffled per epoch by a seeded generator.
+    """Minibatches ``(X, y)`` of an in-memory uint8 image tensor, ``X`` float32 (batch, 1, H, W),
+    converted, resized and normalized per batch; shuffled per epoch by a generator of its own."""
 
-    Iterating yields ``(X, y)`` with ``X`` float32 of shape (batch, 1, H, W); conversion, resizing
-    and normalization happen per batch on whole tensors. ``len()`` is the number of batches.
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        targets: torch.Tensor,
-        batch_size: int,
-        shuffle: bool,
-        resize: tuple[int, int],
-        normalize: bool,
-        seed: int = 0,
-    ):
+    def __init__(self, images, targets, batch_size, shuffle, resize, normalize, seed=0):
         self.images, self.targets = images, targets
         self.batch_size, self.shuffle, self.resize = batch_size, shuffle, resize
         self.normalize = normalize
@@ -433,8 +350,7 @@ class TensorLoader:
 
     def reseed(self, seed: int) -> None:
         """Restart shuffling from ``seed``: the next epoch then depends on the seed alone."""
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise DataError(f"reseed takes an int seed, got {seed!r}.")
+        _check_int("seed", seed, 0)
         self.generator.manual_seed(seed)
 
     def to(self, device: torch.device | str) -> TensorLoader:
@@ -446,9 +362,7 @@ class TensorLoader:
         X = images.unsqueeze(1).float().div_(255)  # (N, 1, 28, 28) in [0, 1], as ToTensor gives
         if X.shape[-2:] != self.resize:
             X = F.interpolate(X, size=self.resize, mode="bilinear", align_corners=False, antialias=True)
-        if self.normalize:
-            X = (X - MEAN) / STD
-        return X
+        return (X - MEAN) / STD if self.normalize else X
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.targets)
@@ -461,8 +375,8 @@ class TensorLoader:
 class _Split(torch.utils.data.Dataset):
     """One split as a map-style dataset: ``ds[i]`` is ``(image (1, H, W), label)`` like the book's."""
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, loader: TensorLoader):
-        self.images, self.targets, self._loader = images, targets, loader
+    def __init__(self, loader: TensorLoader):
+        self.images, self.targets, self._loader = loader.images, loader.targets, loader
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -474,14 +388,9 @@ class _Split(torch.utils.data.Dataset):
 class FashionMNIST(d2l.FashionMNIST):
     """The Fashion-MNIST data set (Xiao et al., 2017), offline first and in memory.
 
-    Args:
-        batch_size: minibatch size.
-        resize: output (height, width), or one int for a square; 28 keeps the native size.
-        root: a folder with the four idx files (plain or gzipped), tried before anything else.
-        normalize: standardize with the training set's mean and std (0.2860, 0.3530).
-        train_subset, val_subset: sizes of deterministic, class-balanced subsets (None: all).
-        seed: seeds the subsets and the shuffling.
-        download: allow a download into the cache as the last resort.
+    ``resize`` is (height, width) or one int for a square; ``root`` a folder with the four idx files
+    (plain or gzipped), tried first; ``normalize`` standardizes with `MEAN` and `STD`;
+    ``train_subset``/``val_subset`` take class-balanced subsets; ``seed`` seeds them and the shuffling.
     """
 
     def __init__(
@@ -493,35 +402,20 @@ class FashionMNIST(d2l.FashionMNIST):
         train_subset: int | None = None,
         val_subset: int | None = None,
         seed: int = 0,
-        download: bool = True,
         verbose: bool = True,
     ):
-        # bool is an int in Python: batch_size=True would be batches of one
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise DataError(f"batch_size must be a positive int, e.g. 64; got batch_size={batch_size!r}.")
-        if not isinstance(seed, int) or isinstance(seed, bool):  # torch's generators take ints only
-            raise DataError(f"seed must be an int, e.g. 0; got seed={seed!r}.")
+        _check_int("batch_size", batch_size, 64, positive=True)
+        _check_int("seed", seed, 0)
         self.save_hyperparameters(ignore=["root", "verbose"])
         self.resize = _check_resize(resize)
-        found = _find(root, download)
-        self.source = found.source
-        splits = {}
+        folder, self.source, in_cache = _find(root)
         for train, subset in ((True, train_subset), (False, val_subset)):
-            images, targets = _load(found.folder, train, found.in_cache)
+            images, targets = _load(folder, train, in_cache)
             if subset is not None:
                 idx = balanced_subset(targets, subset, seed)
                 images, targets = images[idx], targets[idx]
-            loader = TensorLoader(
-                images,
-                targets,
-                batch_size,
-                shuffle=train,
-                resize=self.resize,
-                normalize=normalize,
-                seed=seed,
-            )
-            splits[train] = _Split(images, targets, loader)
-        self.train, self.val = splits[True], splits[False]
+            split = _Split(TensorLoader(images, targets, batch_size, train, self.resize, normalize, seed))
+            setattr(self, "train" if train else "val", split)
         if verbose:
             print(
                 f"Fashion-MNIST: {len(self.train):,} training and {len(self.val):,} test images "
