@@ -1,22 +1,15 @@
 """Run presets: one knob, ``D2L_EXT_PRESET``, and the recipe of every training in the notebooks.
 
-* ``ci``   the same code end to end on a fixed, class-balanced 10,000-image training subset and a
-           1,000-image test subset, a fixed number of steps (so the result does not depend on the
-           machine's speed), seconds per model: what the test suite executes.
-* ``demo`` what an instructor runs live on a laptop CPU: the full data set, at most a minute of
-           training per model, shaped for the machine (native 28x28 input, a stem for small
-           images, narrow stages, a one-cycle schedule that follows the clock).
+* ``ci``   a fixed, class-balanced 10,000-image training subset and 1,000 test images, a fixed
+           number of steps (the result does not depend on the machine's speed): for the tests.
+* ``demo`` a live lecture on a laptop CPU: the full data set, at most a minute per model, shaped for
+           the machine (28x28 input, a stem for small images, narrow stages, a one-cycle schedule).
 * ``full`` the book's settings (resolution, epochs, learning rate); meant for a GPU.
 
-The default is ``full`` where CUDA has a GPU and ``demo`` elsewhere. A notebook asks for its
-experiment by name, ``cfg = experiment('resnet')``, which prints the preset in force, the settings,
-the expected time and accuracy; it then builds ``FashionMNIST(**cfg.data)``, the model from
-``cfg.model`` and ``Trainer(**cfg.trainer)``, and asserts ``val_acc >= cfg.floor``.
-
-Each experiment is one `Recipe` in `EXPERIMENTS`: its `Experiment` under each preset, with the
-accuracy every run must reach (``floor``) and the one a run on a quiet machine is expected to reach
-(``target``, what ``benchmarks/time_to_accuracy.py`` checks). Retuning a preset touches only its
-recipe. A setting that `FashionMNIST` or `Trainer` does not take is refused when this module loads.
+The default is ``full`` where CUDA has a GPU and ``demo`` elsewhere. Each experiment is one
+`Recipe` in `EXPERIMENTS`; ``cfg = experiment("resnet")`` prints it under the preset in force, and
+the notebook builds ``FashionMNIST(**cfg.data)``, the model from ``cfg.model`` and
+``Trainer(**cfg.trainer)``, and asserts ``val_acc >= cfg.floor``.
 """
 
 from __future__ import annotations
@@ -25,7 +18,7 @@ import difflib
 import inspect
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -34,17 +27,10 @@ import torch
 from d2l_ext.data import FashionMNIST
 from d2l_ext.training import Trainer
 
-__all__ = [
-    "EXPERIMENTS",
-    "PRESETS",
-    "Experiment",
-    "Recipe",
-    "current_preset",
-    "experiment",
-    "floors_table",
-]
+__all__ = ["EXPERIMENTS", "PRESETS", "Experiment", "Recipe", "current_preset", "experiment", "floors_table"]
 
 PRESETS = ("ci", "demo", "full")
+MAPPINGS = ("data", "model", "trainer", "extra")
 
 
 def current_preset() -> str:
@@ -61,15 +47,11 @@ def current_preset() -> str:
     return name
 
 
-MAPPINGS = ("data", "model", "trainer", "extra")
-
-
 @dataclass(frozen=True)
 class Experiment:
     """One training under one preset: what to build and train, how long it takes, and the accuracy
-    it must reach. In a `Recipe` its mappings are read-only; `experiment` hands out a copy with its
-    name and preset and plain dicts, so that a notebook that changes its ``cfg`` cannot change the
-    recipe."""
+    it must reach. Its `Recipe` names it and makes its mappings read-only; `experiment` hands out a
+    copy with plain dicts, so that a notebook that changes its ``cfg`` cannot change the recipe."""
 
     data: Mapping[str, Any]  # FashionMNIST(**data)
     model: Mapping[str, Any]  # keyword arguments of the recipe's model classes
@@ -77,13 +59,12 @@ class Experiment:
     seconds: float  # expected wall time of the training cell (2-core CPU; GPU for ``full``)
     about: str = ""  # what is scaled relative to the book, and why
     extra: Mapping[str, Any] = field(default_factory=dict)  # experiment-specific knobs
-    # Validation accuracy every run must reach (asserted by the notebooks and the tests; None: no
-    # floor). A timed (demo) run sees fewer images on a slower machine, so its floor is what a
-    # machine ten times slower reaches in the same budget: the verdict must not depend on the
-    # machine's speed. ``target``: the accuracy expected on a quiet machine (the benchmark's).
+    # The validation accuracy every run must reach (None: no floor). A timed (demo) run sees fewer
+    # images on a slower machine, so its floor is what a machine ten times slower reaches in the
+    # same budget: the verdict must not depend on the machine's speed.
     floor: float | None = None
-    target: float | None = None
-    name: str = ""  # filled in by `experiment`
+    target: float | None = None  # the accuracy expected on a quiet machine (the benchmark's)
+    name: str = ""  # filled in by its `Recipe`
     preset: str = ""
 
     def __str__(self) -> str:
@@ -97,10 +78,9 @@ class Experiment:
             f"  data:     {fmt(self.data)}",
             f"  model:    {fmt(self.model)}",
             f"  trainer:  {fmt(self.trainer)}",
+            *([f"  also:     {fmt(self.extra)}"] if self.extra else []),
+            f"  expected: about {self.seconds:.0f} s on {where}",
         ]
-        if self.extra:
-            lines.append(f"  also:     {fmt(self.extra)}")
-        lines.append(f"  expected: about {self.seconds:.0f} s on {where}")
         accuracy = []
         if self.floor is not None:
             accuracy.append(f"at least {100 * self.floor:g}% on every run (cfg.floor, asserted)")
@@ -128,11 +108,9 @@ def _check_names(where: str, what: str, settings: Mapping[str, Any], fn: Callabl
 
 @dataclass(frozen=True)
 class Recipe:
-    """An experiment of the notebooks: its model classes and its settings under every preset.
-
-    ``models`` are dotted paths of the classes that ``model`` configures (the first is the one the
-    benchmark trains); ``recipe[preset]`` is that preset's `Experiment`, its mappings read-only.
-    """
+    """An experiment of the notebooks: the dotted paths of the model classes that ``model``
+    configures (the benchmark trains the first) and its `Experiment` under each preset,
+    ``recipe[preset]``, checked when this module loads, named and read-only."""
 
     name: str
     models: tuple[str, ...]
@@ -142,9 +120,7 @@ class Recipe:
 
     def __post_init__(self) -> None:
         for preset in PRESETS:
-            read_only = {k: MappingProxyType(dict(getattr(getattr(self, preset), k))) for k in MAPPINGS}
-            object.__setattr__(self, preset, replace(getattr(self, preset), **read_only))
-            s, where = self[preset], f"experiment {self.name!r}, preset {preset!r}"
+            s, where = getattr(self, preset), f"experiment {self.name!r}, preset {preset!r}"
             _check_names(where, "data", s.data, FashionMNIST)
             _check_names(where, "trainer", s.trainer, Trainer)
             if not s.seconds > 0:
@@ -155,6 +131,8 @@ class Recipe:
                     raise ValueError(f"{where}: {kind} is an accuracy in (0, 1), got {value!r}.")
             if s.floor is not None and s.target is not None and s.target < s.floor:
                 raise ValueError(f"{where}: the target {s.target} is below the floor {s.floor}.")
+            read_only = {k: MappingProxyType(dict(getattr(s, k))) for k in MAPPINGS}
+            object.__setattr__(self, preset, replace(s, name=self.name, preset=preset, **read_only))
 
     def __getitem__(self, preset: str) -> Experiment:
         if preset not in PRESETS:
@@ -162,72 +140,81 @@ class Recipe:
         return getattr(self, preset)
 
 
-# Recipe's settings fields are the presets, in order.
-assert tuple(f.name for f in fields(Recipe))[2:] == PRESETS
-
-
 # Settings shared by many experiments.
 _BOOK_DATA = dict(batch_size=128)  # the book's minibatch
 _NORMALIZED = dict(batch_size=128, normalize=True)  # standardized inputs, for BN's comparisons
 _CI_DATA = dict(train_subset=10_000, val_subset=1_000)  # fixed, class-balanced subsets
+_CI_NORMALIZED = dict(_NORMALIZED, **_CI_DATA)
 _LR = dict(lr=0.1)
 # The recipe that shapes a run for a small CPU (../PERFORMANCE study): SGD with Nesterov momentum
 # under a one-cycle schedule, weight decay, label smoothing, channels-last.
-_FAST = dict(
-    optimizer="sgd",
-    momentum=0.9,
-    nesterov=True,
-    weight_decay=5e-4,
-    schedule="onecycle",
-    label_smoothing=0.1,
-    channels_last=True,
-)
+_SGD = dict(optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=5e-4)
+_FAST = dict(_SGD, schedule="onecycle", label_smoothing=0.1, channels_last=True)
 # A timed demo evaluates once, at the end: evaluating 10,000 images every epoch would eat the minute.
 _DEMO = dict(_FAST, max_epochs=1000, time_budget=60, eval_every=0)
-_BOOK = dict(max_epochs=10, channels_last=True, amp=True)  # the book's run, plus GPU speed-ups
-_SMALL_STEM = dict(stem_kernel=3, stem_stride=1)
-_BOOK_STEM = dict(stem_kernel=7, stem_stride=2)
-_SMALL_STAGES = ((1, 16), (1, 32), (1, 64), (1, 128))  # one block per stage, narrow
-_RESNET18_STAGES = ((2, 64), (2, 128), (2, 256), (2, 512))
-_WHY_SMALL = (
-    "native 28x28 input instead of 96x96 (9x fewer pixels); a 3x3 stride-1 stem, since "
-    "7x7 stride 2 is meant for 224-pixel images; one block per stage with widths "
-    "16-32-64-128, so that more epochs fit in the minute"
-)
+_BOOK_30S = dict(max_epochs=1000, time_budget=30, eval_every=0)  # the book's SGD, for 30 s
+_EPOCHS = dict(max_epochs=10)  # the book's ten epochs
+_BOOK = dict(_EPOCHS, channels_last=True, amp=True)  # the book's run, plus GPU speed-ups
 _WHY_CI = "a 10,000-image training subset and a fixed step count, so CI takes seconds"
 
 
-def _ci(demo: Experiment, steps: int, seconds: float, **changes) -> Experiment:
-    """The ci run of a recipe whose demo runs a fixed number of steps: the demo's run on the CI
-    subsets, with fewer ``steps``."""
+def _steps(n: int, **changes: Any) -> dict[str, Any]:
+    """The fast recipe for ``n`` steps, however fast the machine."""
+    return {**_FAST, "max_epochs": 100, "max_steps": n, **changes}
+
+
+def _ci(demo: Experiment, steps: int, seconds: float, **changes: Any) -> Experiment:
+    """The ci run of a demo that runs a fixed number of steps: on the CI subsets, ``steps`` steps."""
     data, trainer = {**demo.data, **_CI_DATA}, {**demo.trainer, "max_steps": steps}
     return replace(demo, **{"about": _WHY_CI, **changes}, data=data, trainer=trainer, seconds=seconds)
 
 
-_BN_DRIFT = Experiment(
-    data=_NORMALIZED,
-    model=_LR,
-    trainer=dict(_FAST, max_epochs=100, max_steps=300, eval_every=0),
-    seconds=18,
-    about="300 steps, the same for both models, so the curves line up step by step",
-)
-_BN_EARLY = Experiment(
-    data=_NORMALIZED,
-    model=_LR,
-    trainer=dict(max_epochs=1, max_steps=20, eval_every=0),
+# 01_batch_norm's short like-for-like runs under BN-LeNet's recipe for a fixed number of steps:
+# LeNet against BN-LeNet (drift); BN before or after the activation, two seeds each, so that the gap
+# can be set against the spread between seeds (placement); BN-LeNet after 20 steps of the book's
+# plain SGD, its running estimates still lagging (early); BN statistics over ghost batches of each
+# size in extra["sizes"], the SGD minibatch the same, on a training set small enough to overfit in
+# 40 epochs (the design, not a shortcut: even the demo keeps it).
+_DRIFT = Experiment(_NORMALIZED, _LR, _steps(300, eval_every=0), seconds=18, about="300 steps for both")
+_PLACEMENT = replace(_DRIFT, seconds=30, extra=dict(seeds=(0, 1)), floor=0.5, about="300 steps, two seeds")
+_EARLY = Experiment(
+    _NORMALIZED,
+    _LR,
+    dict(max_epochs=1, max_steps=20, eval_every=0),
     seconds=15,
     about="20 steps, then one pass over the training set per BN layer",
 )
-_BN_PLACEMENT = Experiment(
-    data=_NORMALIZED,
-    model=_LR,
-    trainer=dict(_FAST, max_epochs=100, max_steps=300, eval_every=0),
-    seconds=30,
-    about="300 steps per run, two seeds per placement, so that the gap can be set against "
-    "the spread between seeds",
-    extra=dict(seeds=(0, 1)),
-    floor=0.5,
+_GHOST = Experiment(
+    _NORMALIZED, _LR, _steps(200, max_epochs=1000, eval_every=0), seconds=60, about="200 steps per size"
 )
+_CI_64 = dict(_CI_NORMALIZED, batch_size=64)
+# 02-04: the demo's networks, for native 28x28 input (the book resizes to 96x96): a 3x3 stride-1
+# stem (7x7 stride 2 is meant for 224-pixel images) and narrow stages. Each model carries its
+# preset's learning rate.
+_SMALL_STEM = dict(stem_kernel=3, stem_stride=1)
+_BOOK_STEM = dict(stem_kernel=7, stem_stride=2)
+_SMALL_RESNET = dict(arch=((1, 16), (1, 32), (1, 64), (1, 128)), lr=0.2, **_SMALL_STEM)
+_RESNET18 = dict(arch=((2, 64), (2, 128), (2, 256), (2, 512)), lr=0.01, **_BOOK_STEM)
+_SMALL_RESNEXT = _SMALL_RESNET | dict(groups=8, bot_mul=1)
+_RESNEXT = _RESNET18 | dict(groups=32, bot_mul=0.5, lr=0.05)
+_SMALL_DENSENET = dict(num_channels=32, growth_rate=16, arch=(2, 2, 2, 2), lr=0.1, **_SMALL_STEM)
+_DENSENET = dict(num_channels=64, growth_rate=32, arch=(4, 4, 4, 4), lr=0.01, **_BOOK_STEM)
+_BIG_BATCH = dict(_NORMALIZED, batch_size=256)
+_BOOK_96 = dict(_BOOK_DATA, resize=96)  # the book's resolution
+_WHY_SMALL = (
+    "native 28x28 input instead of 96x96 (9x fewer pixels); a 3x3 stride-1 stem; one block per stage "
+    "with widths 16-32-64-128, so that more epochs fit in the minute"
+)
+_WHY_DENSENET = (
+    "native 28x28 input; a 3x3 stride-1 stem; 32 initial channels, growth rate 16 and two convolutions "
+    "per dense block, so that more epochs fit"
+)
+# 02_resnet's plain (no shortcut) against residual networks at two depths, the same steps for all
+# four: three stages of n blocks with 16-32-64 channels (He et al.'s CIFAR-10 nets, 6n + 2 layers),
+# plain cross-entropy, so the training losses compare directly.
+_PLAIN = dict(lr=0.1, stem_kernel=3, stem_stride=2)
+_PLAIN_CE = dict(label_smoothing=0.0, eval_every=0)
+_DEPTHS = dict(depths=(1, 5), widths=(16, 32, 64))
 
 _RECIPES = (
     # ---- 01_batch_norm -------------------------------------------------------------------
@@ -235,135 +222,72 @@ _RECIPES = (
         "lenet",
         models=("d2l.torch.LeNet",),
         ci=Experiment(dict(_BOOK_DATA, **_CI_DATA), _LR, dict(max_epochs=3), seconds=10, about=_WHY_CI),
-        demo=Experiment(
-            _BOOK_DATA,
-            _LR,
-            dict(max_epochs=1000, time_budget=30, eval_every=0),
-            seconds=35,
-            about="the book's LeNet and settings, stopped after 30 s",
-        ),
-        full=Experiment(_BOOK_DATA, _LR, dict(max_epochs=10), seconds=120, about="the book's settings"),
+        demo=Experiment(_BOOK_DATA, _LR, _BOOK_30S, seconds=35, about="the book's LeNet, stopped after 30 s"),
+        full=Experiment(_BOOK_DATA, _LR, _EPOCHS, seconds=120, about="the book's settings"),
     ),
+    # ci: the demo's recipe for a fixed number of steps. With the book's constant rate, so short a
+    # run's validation accuracy swings between 62% and 76% with the seed; annealed, it stays at 81-83%.
     Recipe(
         "bn_lenet",
         models=("d2l_ext.batch_norm.BNLeNet", "d2l_ext.batch_norm.BNLeNetScratch"),
-        # The demo's recipe for a fixed number of steps: with the book's constant rate, the
-        # validation accuracy of so short a run swings between 62% and 76% with the seed; annealed,
-        # it stays within 81-83%.
-        ci=Experiment(
-            dict(_NORMALIZED, **_CI_DATA),
-            _LR,
-            dict(_FAST, max_epochs=100, max_steps=200),
-            seconds=12,
-            floor=0.65,
-            about=_WHY_CI + "; the demo's recipe",
-        ),
-        demo=Experiment(
-            _NORMALIZED,
-            _LR,
-            _DEMO,
-            seconds=65,
-            floor=0.65,
-            target=0.9,
-            about="the book's BN-LeNet, trained for 60 s with a one-cycle schedule",
-        ),
-        full=Experiment(
-            _BOOK_DATA, _LR, dict(max_epochs=10), seconds=180, floor=0.65, about="the book's settings"
-        ),
+        ci=Experiment(_CI_NORMALIZED, _LR, _steps(200), seconds=12, floor=0.65, about=_WHY_CI),
+        demo=Experiment(_NORMALIZED, _LR, _DEMO, seconds=65, floor=0.65, target=0.9, about="60 s, one-cycle"),
+        full=Experiment(_BOOK_DATA, _LR, _EPOCHS, seconds=180, floor=0.65, about="the book's settings"),
     ),
-    # Short like-for-like runs: LeNet and BN-LeNet (drift), BN before or after the activation
-    # (placement), each under the BN-LeNet demo's recipe for a fixed number of steps.
     Recipe(
         "bn_drift",
         models=("d2l.torch.LeNet", "d2l_ext.batch_norm.BNLeNet"),
-        ci=_ci(_BN_DRIFT, steps=100, seconds=5),
-        demo=_BN_DRIFT,
-        full=replace(
-            _BN_DRIFT,
-            trainer={**_BN_DRIFT.trainer, "max_steps": 1000},
-            seconds=30,
-            about="1,000 steps, about two epochs",
-        ),  # fmt: skip
+        ci=_ci(_DRIFT, 100, seconds=5),
+        demo=_DRIFT,
+        full=replace(_DRIFT, trainer=_steps(1000, eval_every=0), seconds=30, about="1,000 steps, two epochs"),
     ),
-    # BN-LeNet after 20 steps of the book's plain SGD: its running estimates still lag.
     Recipe(
         "bn_early",
         models=("d2l_ext.batch_norm.BNLeNet",),
-        ci=_ci(_BN_EARLY, steps=20, seconds=4),
-        demo=_BN_EARLY,
-        full=replace(_BN_EARLY, seconds=10),
+        ci=_ci(_EARLY, 20, seconds=4),
+        demo=_EARLY,
+        full=replace(_EARLY, seconds=10),
     ),
     Recipe(
         "bn_placement",
         models=("d2l_ext.batch_norm.BNLeNet", "d2l_ext.batch_norm.BNLeNetAfter"),
-        ci=_ci(_BN_PLACEMENT, 100, 10, extra=dict(seeds=(0,)), about=_WHY_CI + "; one seed per placement"),
-        demo=_BN_PLACEMENT,
-        full=replace(
-            _BN_PLACEMENT,
-            trainer=dict(_FAST, max_epochs=10),
-            seconds=240,
-            about="ten epochs per run, two seeds per placement",
-        ),  # fmt: skip
+        ci=_ci(_PLACEMENT, 100, seconds=10, extra=dict(seeds=(0,)), about=_WHY_CI + "; one seed"),
+        demo=_PLACEMENT,
+        full=replace(_PLACEMENT, trainer=dict(_FAST, max_epochs=10), seconds=240, about="ten epochs per run"),
     ),
     # ---- 02_resnet -----------------------------------------------------------------------
     Recipe(
         "resnet",
         models=("d2l_ext.resnet.ResNet",),
-        ci=Experiment(
-            dict(_NORMALIZED, **_CI_DATA),
-            dict(arch=_SMALL_STAGES, lr=0.1, **_SMALL_STEM),
-            dict(_FAST, max_epochs=100, max_steps=160),
-            seconds=15,
-            floor=0.7,
-            about=_WHY_CI,
-        ),
+        ci=Experiment(_CI_NORMALIZED, _SMALL_RESNET | _LR, _steps(160), seconds=15, floor=0.7, about=_WHY_CI),
         demo=Experiment(
-            dict(batch_size=256, normalize=True),
-            dict(arch=_SMALL_STAGES, lr=0.2, **_SMALL_STEM),
-            _DEMO,
-            seconds=70,
-            floor=0.8,  # 94 steps (a tenth of a quiet minute) reached 0.883
-            target=0.92,
-            about=_WHY_SMALL,
+            _BIG_BATCH, _SMALL_RESNET, _DEMO, seconds=70, floor=0.8, target=0.92, about=_WHY_SMALL
         ),
         full=Experiment(
-            dict(_BOOK_DATA, resize=96),
-            dict(arch=_RESNET18_STAGES, lr=0.01, **_BOOK_STEM),
-            _BOOK,
-            seconds=600,
-            floor=0.88,
-            about="the book's ResNet-18 run",
+            _BOOK_96, _RESNET18, _BOOK, seconds=600, floor=0.88, about="the book's ResNet-18 run"
         ),
     ),
-    # Plain (no shortcut) against residual networks at two depths, the same steps for all four:
-    # three stages of n blocks with 16-32-64 channels (He et al.'s CIFAR-10 nets, 6n + 2 layers);
-    # plain cross-entropy (no label smoothing), so the training losses compare directly.
     Recipe(
         "degradation",
         models=("d2l_ext.resnet.PlainNet", "d2l_ext.resnet.ResNet"),
         ci=Experiment(
-            dict(batch_size=64, normalize=True, **_CI_DATA),
-            dict(lr=0.1, stem_kernel=3, stem_stride=2),
-            dict(_FAST, label_smoothing=0.0, max_epochs=100, max_steps=60),
-            seconds=15,
-            extra=dict(depths=(1, 5), widths=(16, 32, 64)),
-            about="8 against 32 layers, 60 steps each on the 10,000-image subset",
+            _CI_64, _PLAIN, _steps(60, label_smoothing=0.0), seconds=15, extra=_DEPTHS, about="60 steps each"
         ),
         demo=Experiment(
             _NORMALIZED,
-            dict(lr=0.1, stem_kernel=3, stem_stride=2),
-            dict(_FAST, label_smoothing=0.0, max_epochs=100, max_steps=1000, eval_every=0),
+            _PLAIN,
+            _steps(1000, **_PLAIN_CE),
             seconds=90,  # all four runs together
-            extra=dict(depths=(1, 5), widths=(16, 32, 64)),
-            about="8 against 32 layers, 1,000 steps (about 2 epochs) each; a 3x3 stride-2 stem "
-            "(7x7 maps in the first stage) keeps the deep nets cheap",
+            extra=_DEPTHS,
+            about="8 against 32 layers, 1,000 steps (about 2 epochs) each; a 3x3 stride-2 stem (7x7 maps in "
+            "the first stage) keeps the deep nets cheap",
         ),
         full=Experiment(
             _NORMALIZED,
-            dict(lr=0.1, stem_kernel=3, stem_stride=1),
-            dict(_FAST, label_smoothing=0.0, max_epochs=100, max_steps=3000, eval_every=0),
+            _PLAIN | dict(stem_stride=1),
+            _steps(3000, **_PLAIN_CE),
             seconds=600,
-            extra=dict(depths=(3, 9), widths=(16, 32, 64)),
+            extra=_DEPTHS | dict(depths=(3, 9)),
             about="He et al.'s 20 against 56 layers, 3,000 steps each, 14x14 maps in the first stage",
         ),
     ),
@@ -372,95 +296,32 @@ _RECIPES = (
         "resnext",
         models=("d2l_ext.resnext.ResNeXt",),
         ci=Experiment(
-            dict(_NORMALIZED, **_CI_DATA),
-            dict(arch=_SMALL_STAGES, groups=8, bot_mul=1, lr=0.1, **_SMALL_STEM),
-            dict(_FAST, max_epochs=100, max_steps=160),
-            seconds=15,
-            floor=0.75,
-            about=_WHY_CI,
+            _CI_NORMALIZED, _SMALL_RESNEXT | _LR, _steps(160), seconds=15, floor=0.75, about=_WHY_CI
         ),
         demo=Experiment(
-            dict(batch_size=256, normalize=True),
-            dict(arch=_SMALL_STAGES, groups=8, bot_mul=1, lr=0.2, **_SMALL_STEM),
-            _DEMO,
-            seconds=70,
-            floor=0.7,
-            target=0.91,
-            about=_WHY_SMALL,
+            _BIG_BATCH, _SMALL_RESNEXT, _DEMO, seconds=70, floor=0.7, target=0.91, about=_WHY_SMALL
         ),
         full=Experiment(
-            dict(_BOOK_DATA, resize=96),
-            dict(arch=_RESNET18_STAGES, groups=32, bot_mul=0.5, lr=0.05, **_BOOK_STEM),
-            _BOOK,
-            seconds=900,
-            floor=0.85,
-            about="ResNet-18's stages with ResNeXt blocks, at the book's resolution",
+            _BOOK_96, _RESNEXT, _BOOK, seconds=900, floor=0.85, about="ResNet-18's stages with ResNeXt blocks"
         ),
     ),
     # ---- 04_densenet ---------------------------------------------------------------------
     Recipe(
         "densenet",
         models=("d2l_ext.densenet.DenseNet",),
-        ci=Experiment(
-            dict(_NORMALIZED, **_CI_DATA),
-            dict(num_channels=32, growth_rate=16, arch=(2, 2, 2, 2), lr=0.1, **_SMALL_STEM),
-            dict(_FAST, max_epochs=100, max_steps=160),
-            seconds=15,
-            floor=0.7,
-            about=_WHY_CI,
-        ),
+        ci=Experiment(_CI_NORMALIZED, _SMALL_DENSENET, _steps(160), seconds=15, floor=0.7, about=_WHY_CI),
         demo=Experiment(
-            _NORMALIZED,
-            dict(num_channels=32, growth_rate=16, arch=(2, 2, 2, 2), lr=0.1, **_SMALL_STEM),
-            _DEMO,
-            seconds=70,
-            floor=0.75,
-            target=0.9,
-            about="native 28x28 input; a 3x3 stride-1 stem; 32 initial channels, growth "
-            "rate 16 and two convolutions per dense block, so more epochs fit",
+            _NORMALIZED, _SMALL_DENSENET, _DEMO, seconds=70, floor=0.75, target=0.9, about=_WHY_DENSENET
         ),
-        full=Experiment(
-            dict(_BOOK_DATA, resize=96),
-            dict(num_channels=64, growth_rate=32, arch=(4, 4, 4, 4), lr=0.01, **_BOOK_STEM),
-            _BOOK,
-            seconds=700,
-            floor=0.88,
-            about="the book's DenseNet run",
-        ),
+        full=Experiment(_BOOK_96, _DENSENET, _BOOK, seconds=700, floor=0.88, about="the book's DenseNet run"),
     ),
-    # 01_batch_norm: BN-LeNet with BN statistics taken over ghost batches of each size in
-    # extra["sizes"] (the SGD minibatch and the steps stay the same): noise against overfitting, and
-    # how small a BN batch can be. The small training set, extra["train_subset"], is the experiment's
-    # design (40 epochs, so that the network overfits), not a shortcut: even the demo keeps it.
+    # ---- 01_batch_norm: ghost batches (_GHOST) ----------------------------------------
     Recipe(
         "bn_ghost",
         models=("d2l_ext.batch_norm.BNLeNet",),
-        ci=Experiment(
-            dict(batch_size=64, normalize=True, **_CI_DATA),
-            _LR,
-            dict(_FAST, max_epochs=1000, max_steps=200, eval_every=0),
-            seconds=12,
-            extra=dict(sizes=(2, 4, 16, 64), train_subset=320),
-            about="200 steps of 64 examples per BN batch size on 320 training images; four sizes",
-        ),
-        demo=Experiment(
-            _NORMALIZED,
-            _LR,
-            dict(_FAST, max_epochs=1000, max_steps=200, eval_every=0),
-            seconds=60,
-            extra=dict(sizes=(2, 4, 8, 16, 64, 128), train_subset=640),
-            about="200 steps of 128 examples per BN batch size on 640 training images, the full test "
-            "set; six sizes",
-        ),
-        full=Experiment(
-            _NORMALIZED,
-            _LR,
-            dict(_FAST, max_epochs=1000, max_steps=200, eval_every=0),
-            seconds=30,
-            extra=dict(sizes=(2, 4, 8, 16, 32, 64, 128), train_subset=640),
-            about="200 steps of 128 examples per BN batch size on 640 training images, the full test "
-            "set; seven sizes",
-        ),
+        ci=replace(_GHOST, data=_CI_64, seconds=12, extra=dict(sizes=(2, 4, 16, 64), train_subset=320)),
+        demo=replace(_GHOST, extra=dict(sizes=(2, 4, 8, 16, 64, 128), train_subset=640)),
+        full=replace(_GHOST, seconds=30, extra=dict(sizes=(2, 4, 8, 16, 32, 64, 128), train_subset=640)),
     ),
 )
 
@@ -471,11 +332,8 @@ def experiment(name: str, preset: str | None = None, verbose: bool = True) -> Ex
     """The settings of experiment ``name`` under ``preset`` (default: the one in force), printed."""
     if name not in EXPERIMENTS:
         raise KeyError(f"No experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}.")
-    preset = preset or current_preset()
-    if preset not in PRESETS:
-        raise ValueError(f"{preset!r} is not a preset; use one of {', '.join(PRESETS)}.")
-    recipe = EXPERIMENTS[name][preset]
-    exp = replace(recipe, name=name, preset=preset, **{k: dict(getattr(recipe, k)) for k in MAPPINGS})
+    exp = EXPERIMENTS[name][preset or current_preset()]
+    exp = replace(exp, **{k: dict(getattr(exp, k)) for k in MAPPINGS})
     if verbose:
         print(exp)
     return exp

@@ -14,9 +14,7 @@ import pandas as pd
 __all__ = ["REFERENCE_RESULTS", "load_reference", "reference_results", "summary_table"]
 
 #: Results of `make bench` (benchmarks/time_to_accuracy.py) on a quiet machine, committed with the repo.
-REFERENCE_RESULTS = (
-    Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "time_to_accuracy.json"
-)
+REFERENCE_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "time_to_accuracy.json"
 
 
 def load_reference(path: Path = REFERENCE_RESULTS) -> dict[str, Any]:
@@ -27,11 +25,8 @@ def load_reference(path: Path = REFERENCE_RESULTS) -> dict[str, Any]:
 
 
 def summary_table(measured: Mapping[str, Any]):
-    """The closing table of a notebook: each quantity the reader's own run just measured, as printed.
-
-    ``measured`` maps a description to a value (a float in [0, 1] is shown as a percentage when its
-    description says "accuracy"); returns a pandas DataFrame, which Jupyter shows as a table.
-    """
+    """The closing table of a notebook, a DataFrame: each quantity the reader's run measured, by its
+    description (a float in [0, 1] whose description says "accuracy" is shown as a percentage)."""
 
     def fmt(name: str, value: Any) -> str:
         if isinstance(value, float):
@@ -42,11 +37,8 @@ def summary_table(measured: Mapping[str, Any]):
 
 
 def reference_results(models: Sequence[str] | None = None, path: Path = REFERENCE_RESULTS):
-    """Reference figures from a quiet machine: the committed benchmark, labelled with where it ran.
-
-    Prints one line naming the machine, the date and the training budget, and returns a DataFrame
-    with a row per (model, setting): ``book`` is the book's settings, ``demo`` the demo preset.
-    """
+    """Reference figures from a quiet machine: prints where, when and how long the committed
+    benchmark ran, and returns a DataFrame with a row per model and setting (the book's, the demo's)."""
     results = load_reference(path)
     m = results["machine"]
     print(
