@@ -1,11 +1,8 @@
-"""Measurements, figures and tables of notebook 04 (DenseNet): hand-written, tested
-(tests/test_densenet.py), kept apart from the lesson's code in `d2l_ext.densenet`.
-"""
+"""Measurements, figures and tables of notebook 04 (DenseNet)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import ipywidgets as widgets
 import pandas as pd
@@ -14,7 +11,7 @@ from d2l import torch as d2l
 
 from d2l_ext.densenet import DenseNet, densenet_channels
 from d2l_ext.measure import count_flops, num_params
-from d2l_ext.results import REFERENCE_RESULTS, load_reference
+from d2l_ext.results import load_reference
 
 __all__ = [
     "architecture_table",
@@ -31,23 +28,15 @@ __all__ = [
 def densenet_num_params(
     num_channels: int = 64, growth_rate: int = 32, arch: tuple[int, ...] = (4, 4, 4, 4), **kwargs
 ) -> int:
-    """Parameter count of ``DenseNet(num_channels, growth_rate, arch, **kwargs)`` for 1-channel images.
-
-    The Lazy layers get their shapes from one call on the smallest image the model accepts;
-    ``kwargs`` are DenseNet's other arguments (``num_classes``, ``stem_kernel``, ``stem_stride``).
-    """
+    """Parameter count of ``DenseNet(num_channels, growth_rate, arch, **kwargs)`` for 1-channel images."""
     net = DenseNet(num_channels, growth_rate, arch, **kwargs)
     size = net.min_input()
     return num_params(net, torch.zeros(1, 1, size, size))
 
 
 def plot_connectivity(num_convs: int = 4, in_channels: int = 3, growth_rate: int = 10) -> int:
-    """Draw a chain of residual blocks above a dense block of ``num_convs`` layers (Huang et al., 2017).
-
-    Circles are feature maps (channels below), boxes are layers (input channels below), arrows are
-    inputs, coloured by the map they come from. Returns the number of arrows into the dense block's
-    layers, ``num_convs * (num_convs + 1) / 2``.
-    """
+    """Draw a chain of residual blocks above a dense block of ``num_convs`` layers: circles are maps,
+    boxes layers, arrows inputs. Returns the number of arrows into the dense block's layers."""
     ylims = [(-0.9, 1.2), (-0.9, 0.4 + 0.6 * num_convs)]
     heights = [top - bottom for bottom, top in ylims]
     _, axes = d2l.plt.subplots(
@@ -89,8 +78,8 @@ def plot_connectivity(num_convs: int = 4, in_channels: int = 3, growth_rate: int
 def densenet_channels_view(
     num_channels: int = 64, growth_rate: int = 32, num_convs: int = 4, resnet18_params: int | None = None
 ) -> str:
-    """What the channel explorer prints for ``DenseNet(num_channels, growth_rate, (num_convs,) * 4)``:
-    the channels after every stage and the parameter count (beside ResNet-18's, if given)."""
+    """Print and return the channels after every stage of ``DenseNet(num_channels, growth_rate,
+    (num_convs,) * 4)`` and its parameter count (beside ResNet-18's, if given)."""
     arch = (num_convs,) * 4
     channels = " -> ".join(str(c) for _, c in densenet_channels(num_channels, growth_rate, arch))
     params = f"parameters: {densenet_num_params(num_channels, growth_rate, arch):,}"
@@ -102,8 +91,8 @@ def densenet_channels_view(
 
 
 def densenet_explorer(resnet18_params: int | None = None):
-    """Sliders for the stem's width, the growth rate and the conv blocks per dense block, showing
-    `densenet_channels_view`; computed once at once, so that the cell also runs headless."""
+    """Sliders for `densenet_channels_view`'s arguments; computed once at once, so that the cell also
+    runs headless."""
 
     def slider(low, high, step, value):
         return widgets.IntSlider(value=value, min=low, max=high, step=step, continuous_update=False)
@@ -120,13 +109,8 @@ def densenet_explorer(resnet18_params: int | None = None):
 
 
 def architecture_table(runs: dict):
-    """One row per trained model: parameters, forward MFLOPs per image, training images/s, val acc.
-
-    ``runs`` maps a name to ``(net, trainer, cfg)``: a trained model, its `d2l_ext.Trainer` and its
-    `d2l_ext.Experiment`, whose data settings give the training resolution. FLOPs are counted on
-    one (1, 1, size, size) image in eval mode (`d2l_ext.measure.count_flops`); each model keeps its
-    own mode. Returns a pandas DataFrame indexed by name.
-    """
+    """One row per ``name: (net, trainer, cfg)`` of ``runs``: parameters, forward MFLOPs per image at
+    the training resolution, training images/s and validation accuracy."""
     rows = {}
     for name, (net, trainer, cfg) in runs.items():
         size = cfg.data.get("resize", 28)
@@ -141,17 +125,10 @@ def architecture_table(runs: dict):
     return pd.DataFrame(rows).T
 
 
-def reference_architecture_table(
-    models: Mapping[str, str], setting: str = "demo", path: Path = REFERENCE_RESULTS
-):
-    """The committed benchmark's rows (see `reference_results`) as columns of `architecture_table`.
-
-    ``models`` maps a display name to the benchmark's model name (e.g. ``{"ResNet": "resnet"}``);
-    ``setting`` is "demo" (the demo preset) or "book". Returns a DataFrame indexed by display name with
-    the columns "MFLOPs/image", "images/s", "epochs" and "val acc" (the benchmark's test accuracy,
-    on the same 10,000 test images that the notebooks validate on).
-    """
-    rows = {r["model"]: r for r in load_reference(path)["rows"] if r["setting"] == setting}
+def reference_architecture_table(models: Mapping[str, str], setting: str = "demo"):
+    """The committed benchmark's rows of ``setting`` ("demo" or "book") for ``models`` (a display name
+    -> the benchmark's model name) as `architecture_table`'s columns, with epochs."""
+    rows = {r["model"]: r for r in load_reference()["rows"] if r["setting"] == setting}
     missing = sorted(set(models.values()) - set(rows))
     if missing:
         known = sorted(rows)
@@ -163,12 +140,8 @@ def reference_architecture_table(
 
 
 def relative_to(table, reference: str = "ResNet"):
-    """``table`` (from `architecture_table` or `reference_architecture_table`) with two more columns.
-
-    "MFLOP/s vs {reference}": the FLOPs each model computes per second of training (images/s times
-    MFLOPs/image) over those of the row ``reference``; "acc vs {reference}": its validation accuracy
-    minus the reference's.
-    """
+    """``table`` with each model's FLOPs per second of training over ``reference``'s, and its
+    accuracy minus the reference's."""
     if reference not in table.index:
         raise KeyError(f"No row {reference!r} to compare with; the rows are {list(table.index)}.")
     out = table.copy()
@@ -179,8 +152,7 @@ def relative_to(table, reference: str = "ResNet"):
 
 
 def format_architecture_table(table):
-    """``table`` (from `architecture_table`, `reference_architecture_table` or `relative_to`) styled
-    for display: thousands, one decimal, percentages, ratios with two decimals."""
+    """``table`` styled for display: thousands, one decimal, percentages, ratios with two decimals."""
     formats = {"parameters": "{:,.0f}", "MFLOPs/image": "{:.1f}", "images/s": "{:,.0f}", "epochs": "{:.2f}"}
     formats |= {"val acc": "{:.1%}"}
     formats |= {c: "{:.2f}" for c in table.columns if c.startswith("MFLOP/s vs")}

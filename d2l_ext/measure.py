@@ -1,10 +1,8 @@
-"""Measuring tools shared by the notebooks: modes, parameter and FLOP counts, shapes, memory, time,
-per-layer activation statistics, the order of a model's operations.
+"""Measuring tools that several notebooks share: modes, parameter and FLOP counts, shapes, memory,
+time, activation statistics, the order of a model's operations.
 
-The ground floor of d2l_ext: it imports torch only, and every other module may import it. Each
-topic's own measurements and figures live next to it (`d2l_ext.batch_norm_tools`, ...). Every tool
-that needs a model in eval mode uses `eval_mode`, which puts every submodule back in its own mode
-afterwards, also when the measurement fails or is interrupted (Ctrl-C in a notebook).
+The ground floor of d2l_ext: it imports torch only. Each tool that runs a model in another mode puts
+every submodule back in its own mode afterwards, also when the pass fails or is interrupted.
 """
 
 from __future__ import annotations
@@ -33,8 +31,8 @@ __all__ = [
 
 @contextlib.contextmanager
 def _mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
-    # Each submodule's own flag is restored, not the parent's: a model whose BN layers were frozen
-    # in eval mode while the rest trains comes back exactly as it was.
+    # Each submodule's own flag comes back, not the parent's: BN layers frozen in eval mode inside a
+    # training model stay frozen.
     modes = [(m, m.training) for m in model.modules()]
     model.train(training)
     try:
@@ -45,10 +43,7 @@ def _mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
 
 
 def eval_mode(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
-    """``with eval_mode(net): ...`` runs ``net`` in eval mode, then restores every submodule's mode.
-
-    The mode comes back also when the block raises (a bad input, Ctrl-C).
-    """
+    """``with eval_mode(net): ...`` runs ``net`` in eval mode, then restores every submodule's mode."""
     return _mode(model, False)
 
 
@@ -58,45 +53,37 @@ def train_mode(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]
 
 
 def has_lazy(model: nn.Module) -> bool:
-    """True while some parameter of ``model`` is still uninitialized (a Lazy module before its first call)."""
+    """True while a Lazy layer of ``model`` has not had its first call."""
     return any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters())
 
 
 def _materialize(net: nn.Module, *inputs: torch.Tensor) -> None:
-    """Give Lazy layers their shapes with one call in eval mode (BN's statistics stay untouched)."""
+    # One call in eval mode gives Lazy layers their shapes and leaves BN's statistics untouched.
     if has_lazy(net):
         with eval_mode(net), torch.no_grad():
             net(*inputs)
 
 
 def num_params(net: nn.Module, *inputs: torch.Tensor) -> int:
-    """Number of parameters of ``net``; ``inputs`` materialize Lazy layers first, if it has any."""
-    if has_lazy(net):
-        if not inputs:
-            raise ValueError(
-                f"{type(net).__name__} has Lazy layers without shapes yet; pass an example input, "
-                "e.g. num_params(net, torch.zeros(1, 1, 28, 28))."
-            )
-        _materialize(net, *inputs)
+    """Number of parameters of ``net``; ``inputs`` give Lazy layers their shapes first."""
+    if has_lazy(net) and not inputs:
+        raise ValueError(
+            f"{type(net).__name__} has Lazy layers without shapes yet; pass an example input, "
+            "e.g. num_params(net, torch.zeros(1, 1, 28, 28))."
+        )
+    _materialize(net, *inputs)
     return sum(p.numel() for p in net.parameters())
 
 
 def count_flops(net: nn.Module, *inputs: torch.Tensor) -> int:
-    """Forward FLOPs of ``net(*inputs)`` as ``torch.utils.flop_counter`` counts them.
-
-    A multiply-add is 2 FLOPs; only convolutions and matrix products count, not BN, ReLU or pooling.
-    Runs in eval mode without autograd, so BN's running statistics are left untouched.
-    """
+    """Forward FLOPs of ``net(*inputs)`` in eval mode: 2 per multiply-add of convolutions and matmuls."""
     with eval_mode(net), torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(*inputs)
     return counter.get_total_flops()
 
 
 def stage_shapes(net: nn.Module, X: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """Output shape of every top-level stage of ``net.net`` (stem, stages, head) for the input ``X``.
-
-    In eval mode, so that BN accepts a single image and its running statistics stay untouched.
-    """
+    """Output shape of every top-level stage of ``net.net`` for ``X``, in eval mode (one image will do)."""
     shapes = {}
     with eval_mode(net), torch.no_grad():
         for name, layer in net.net.named_children():
@@ -106,10 +93,9 @@ def stage_shapes(net: nn.Module, X: torch.Tensor) -> dict[str, tuple[int, ...]]:
 
 
 def saved_activation_bytes(net: nn.Module, X: torch.Tensor) -> int:
-    """Bytes of the tensors autograd saves for backward in one training forward pass of ``net`` on ``X``.
+    """Bytes that autograd saves for backward in one training pass of ``net`` on ``X``.
 
-    Counts each storage once and leaves out the parameters and buffers (BN's running statistics),
-    which the model keeps anyway; ``net`` is left in its previous mode.
+    Each storage counts once; parameters and buffers, which the model keeps anyway, do not count.
     """
     _materialize(net, X)
     state = {t.untyped_storage().data_ptr() for t in [*net.parameters(), *net.buffers()]}
@@ -128,7 +114,7 @@ def saved_activation_bytes(net: nn.Module, X: torch.Tensor) -> int:
 
 
 def time_forward(net: nn.Module, X: torch.Tensor, repeat: int = 10) -> float:
-    """Wall time in seconds of ``net(X)`` without autograd: the fastest of ``repeat`` calls after a warm-up.
+    """Seconds of ``net(X)`` without autograd: the fastest of ``repeat`` calls after a warm-up.
 
     The minimum, not the mean: other programs on the machine can only add time.
     """
@@ -143,21 +129,17 @@ def time_forward(net: nn.Module, X: torch.Tensor, repeat: int = 10) -> float:
 
 
 class ActivationRecorder:
-    """Per-unit mean and standard deviation of some layers' outputs, recorded at every training step.
+    """Per-unit mean and standard deviation of the outputs of ``layers`` (a name for each module) at
+    every training step, a unit being a channel or a feature.
 
-    A unit is a channel of a convolution's output (statistics over batch, height and width) or a
-    feature of a fully connected layer's (over the batch). Only training-mode passes on at least
-    ``min_batch`` examples count, which skips the Trainer's initializing pass on two examples.
-    Use it as a context, ``with ActivationRecorder(layers) as recorder: fit(cfg, model, data,
-    records=[recorder])``, so that its hooks are removed even when the training fails or is
-    interrupted, and its recordings are stored with the run and restored when the run is replayed.
-
-    Args:
-        layers: a name for each module whose output is recorded.
+    Only training-mode passes on at least ``min_batch`` examples count, which skips the Trainer's
+    initializing pass on two. Use it as a context around `fit` (``records=[recorder]``), so that its hooks go
+    even when training is interrupted and a replayed run restores its recordings.
     """
 
-    def __init__(self, layers: dict[str, nn.Module], min_batch: int = 8):
-        self.min_batch = min_batch
+    min_batch = 8
+
+    def __init__(self, layers: dict[str, nn.Module]):
         self.means: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
         self.stds: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
         self.handles = [module.register_forward_hook(self._hook(name)) for name, module in layers.items()]
@@ -166,32 +148,27 @@ class ActivationRecorder:
         def hook(module, inputs, Y):
             if module.training and len(Y) >= self.min_batch:
                 Y = Y.detach().float()
-                dims = (0,) if Y.dim() == 2 else (0, 2, 3)
+                dims = [0, *range(2, Y.dim())]
                 self.means[name].append(Y.mean(dim=dims))
                 self.stds[name].append(Y.std(dim=dims))
 
         return hook
 
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
     def __enter__(self) -> ActivationRecorder:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.remove()
+        for handle in self.handles:
+            handle.remove()
 
     def curves(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """For each layer, (means, stds), each of shape (steps, units)."""
         return {name: (torch.stack(self.means[name]), torch.stack(self.stds[name])) for name in self.means}
 
     def state_dict(self) -> dict[str, dict[str, list[torch.Tensor]]]:
-        """What was recorded, for storing with the run (`d2l_ext.runs.fit`)."""
         return {"means": self.means, "stds": self.stds}
 
     def load_state_dict(self, state: dict[str, dict[str, list[torch.Tensor]]]) -> None:
-        """Take the recordings of a stored run (its layers must be this recorder's)."""
         if set(state["means"]) != set(self.means):
             stored, here = sorted(state["means"]), sorted(self.means)
             raise ValueError(f"The stored recordings are of layers {stored}, not of this recorder's {here}.")
@@ -218,13 +195,11 @@ class _OpRecorder(torch.overrides.TorchFunctionMode):
 
 
 def op_order(net: nn.Module, X: torch.Tensor) -> list[str]:
-    """The layer operations that ``net`` runs on ``X`` (N, C, H, W), in the order it runs them.
+    """The layer operations that ``net`` runs on ``X``, in order: "conv", "BN", "ReLU", "add", "cat",
+    "avg-pool", "max-pool", "global-avg-pool", "linear".
 
-    Names are "conv", "BN", "ReLU", "add", "cat", "avg-pool", "max-pool", "global-avg-pool" and
-    "linear". They are read through torch's function overrides (`torch.overrides.TorchFunctionMode`),
-    so a functional call in ``forward`` (``F.relu(Y)``, ``Y += X``) counts as well as a module. Runs
-    in eval mode, without gradients, so that BN's counter of batches (an add) is not counted and its
-    statistics stay put.
+    Read through torch's function overrides, so that a functional call (``F.relu(Y)``, ``Y += X``)
+    counts as well as a module; in eval mode, so that BN's counter of batches (an add) does not.
     """
     _materialize(net, X)
     with eval_mode(net), torch.no_grad(), _OpRecorder() as recorder:

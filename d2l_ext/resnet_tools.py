@@ -1,6 +1,4 @@
-"""Measurements and figures of notebook 02 (ResNet): hand-written, tested (tests/test_resnet.py), kept
-apart from the lesson's code in `d2l_ext.resnet`.
-"""
+"""Measurements and figures of notebook 02 (ResNet)."""
 
 from __future__ import annotations
 
@@ -27,16 +25,11 @@ __all__ = [
 
 
 def conv_grad_rms(net: nn.Module, X: torch.Tensor, y: torch.Tensor) -> list[float]:
-    """Per-parameter RMS of the loss gradient w.r.t. the weight of every convolution of ``net``
-    except the 1x1 ones, input side first, for one minibatch ``X`` (N, C, H, W) with labels ``y`` (N,).
+    """RMS of the loss gradient of the weight of every convolution of ``net`` but the 1x1 ones, input
+    side first, in one training step on ``X``, ``y`` (``.grad`` is overwritten).
 
-    The RMS, ``grad.norm() / grad.numel() ** 0.5``, does not grow with the layer's size, so layers
-    of 1 -> 16 and 64 -> 64 channels compare directly (their norms would not: the second has 256
-    times as many weights). The 1x1 (shortcut) convolutions are left out, so that a ResNet and its
-    PlainNet give lists of the same length. Computed as in a training step, in training mode (BN
-    normalizes with the minibatch's statistics and updates its running ones); every submodule's
-    mode comes back afterwards. ``net`` needs the ``loss`` of a ``d2l.Classifier``; its ``.grad``
-    are overwritten.
+    The RMS, unlike the norm, does not grow with the layer's size, so layers of any width compare;
+    without the 1x1 shortcuts a ResNet and its PlainNet give lists of the same length.
     """
     with train_mode(net):
         net.zero_grad()
@@ -45,20 +38,9 @@ def conv_grad_rms(net: nn.Module, X: torch.Tensor, y: torch.Tensor) -> list[floa
     return [(m.weight.grad.norm() / m.weight.grad.numel() ** 0.5).item() for m in convs]
 
 
-def init_grad_rms(
-    Net: type[nn.Module],
-    num_residuals: int,
-    widths: tuple[int, ...],
-    X: torch.Tensor,
-    y: torch.Tensor,
-    seed: int = 0,
-    **kwargs,
-) -> list[float]:
-    """`conv_grad_rms` at initialization of ``Net(arch, **kwargs)``, with ``num_residuals`` blocks in
-    each stage of ``widths`` channels, initialized as `Trainer` does (Xavier, ``d2l.init_cnn``).
-
-    Seeded with ``seed``, in a forked random state: the caller's generator is left as it was.
-    """
+def init_grad_rms(Net, num_residuals: int, widths, X, y, seed: int = 0, **kwargs) -> list[float]:
+    """`conv_grad_rms` of a fresh ``Net`` of ``num_residuals`` blocks per stage of ``widths``, initialized
+    as `Trainer` does, seeded with ``seed`` without touching the caller's random state."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = Net(tuple((num_residuals, w) for w in widths), **kwargs)
@@ -67,14 +49,8 @@ def init_grad_rms(
 
 
 def residual_parts(blk: nn.Module, X: torch.Tensor):
-    """``(g, s, join)`` for a residual block and its input ``X`` (N, C, H, W): the branch's output
-    ``g`` (N, C', H', W'), the shortcut's ``s`` (same shape) and the function with
-    ``join(g, s) == blk(X)``.
-
-    The book's `Residual` joins with ReLU(g + s), its shortcut ``s`` being ``X`` or the 1x1
-    convolution of ``X``; `PreActResidual` (He et al., 2016b) joins with g + X. Each layer runs once,
-    in the block's current mode.
-    """
+    """``(g, s, join)`` of a `Residual` or `PreActResidual` block on ``X``: the branch's output, the
+    shortcut's, and the function with ``join(g, s) == blk(X)`` (ReLU(g + s), or g + s)."""
     kind = _residual_kind(blk)
     if kind == "PreActResidual":
         g = blk.conv2(F.relu(blk.bn2(blk.conv1(F.relu(blk.bn1(X))))))
@@ -96,12 +72,8 @@ def _residual_kind(m: nn.Module) -> str | None:
 
 
 def shortcut_gradient(blk: nn.Module, X: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
-    """The part of dL/dX that reaches the input ``X`` (N, C, H, W) of a residual block through its
-    shortcut, given the gradient ``grad_out`` = dL/d blk(X): dL/dX minus the part through the branch.
-
-    For an identity shortcut it is ``grad_out`` itself if nothing follows the addition, and
-    ``grad_out`` times the ReLU's 0/1 mask if a ReLU does (the book's block).
-    """
+    """The part of dL/dX that reaches the input ``X`` of a residual block through its shortcut, given
+    ``grad_out`` = dL/d blk(X): dL/dX minus the part through the branch."""
     X = X.detach().requires_grad_()
     g, s, join = residual_parts(blk, X)
     (full,) = torch.autograd.grad(join(g, s), X, grad_out, retain_graph=True)
@@ -110,12 +82,8 @@ def shortcut_gradient(blk: nn.Module, X: torch.Tensor, grad_out: torch.Tensor) -
 
 
 def branch_ratios(net: nn.Module, X: torch.Tensor) -> list[float]:
-    """||g(x)|| / ||s(x)|| for every residual block of ``net`` (input side first) on the minibatch
-    ``X``: how large the branch's output is against the shortcut's it is added to.
-
-    Measured in eval mode (every submodule's mode comes back afterwards), without gradients, on
-    the device of ``net``'s parameters.
-    """
+    """||g(x)|| / ||s(x)|| (branch against shortcut) for every residual block of ``net``, input side
+    first, on the minibatch ``X`` in eval mode."""
     blocks = [m for m in net.modules() if _residual_kind(m)]
     X = X.to(next(net.parameters()).device)
     if not blocks:
@@ -133,8 +101,7 @@ def branch_ratios(net: nn.Module, X: torch.Tensor) -> list[float]:
 
 
 def final_loss(losses: list[float], frac: float = 0.1) -> float:
-    """Mean of the last ``frac`` of ``losses`` (one per step, at least the last one): where a run
-    ended, with less noise than its last step alone."""
+    """Mean of the last ``frac`` of ``losses`` (at least the last one): where a run ended, less noisy."""
     if not 0 < frac <= 1:
         raise ValueError(f"frac is the fraction of the steps to average, in (0, 1]; got {frac!r}.")
     if len(losses) == 0:
@@ -144,12 +111,8 @@ def final_loss(losses: list[float], frac: float = 0.1) -> float:
 
 
 def plot_function_fits(x, f_star, fits: dict, distances: dict):
-    """A 1-D regression as function classes: ``f_star`` and the closest member of some classes
-    (left), and the distance from ``f_star`` to each class (right, one line per family).
-
-    ``x``, ``f_star`` and each value of ``fits`` (a label -> the fitted function) have shape (n,);
-    ``distances`` maps a family's name to its distances, smallest class first. Returns the axes.
-    """
+    """``f_star`` and ``fits`` (a label -> the closest member of a class) over ``x`` (left), and the
+    ``distances`` of each family's classes from ``f_star`` (right). Returns the axes."""
     fig, axes = d2l.plt.subplots(1, 2, figsize=(10, 3.6))
     axes[0].plot(x, f_star, "k-", lw=3, alpha=0.4, label="$f^*$")
     for label, fit in fits.items():
@@ -158,18 +121,16 @@ def plot_function_fits(x, f_star, fits: dict, distances: dict):
     axes[0].legend(fontsize=8)
     for (label, d), marker in zip(distances.items(), ("o-", "s-", "^-", "v-")):
         axes[1].plot(range(1, len(d) + 1), d, marker, label=label)
-    axes[1].set(xlabel="class $i$", ylabel="RMS distance from $f^*$", yscale="log")
-    axes[1].set_title("how close each class gets")
+    axes[1].set(
+        xlabel="class $i$", ylabel="RMS distance from $f^*$", yscale="log", title="how close each class gets"
+    )
     axes[1].legend()
     return axes
 
 
 def plot_step_losses(losses: dict, num_points: int = 25):
-    """Training loss per step, averaged over a sliding window, one panel per network.
-
-    ``losses`` maps (network name, number of layers) to the loss of every step; the window is
-    ``len / num_points`` steps. Returns the axes, one per network in the order first met.
-    """
+    """Training loss per step, ``losses[name, layers]``, averaged over a sliding window of
+    ``len / num_points`` steps, one panel per network. Returns the axes."""
     names = list(dict.fromkeys(name for name, _ in losses))
     fig, axes = d2l.plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), sharey=True, squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -184,28 +145,19 @@ def plot_step_losses(losses: dict, num_points: int = 25):
     return axes[0]
 
 
-def plot_grad_rms(norms: dict, title: str = "", ax=None):
-    """One line per network: the per-parameter RMS of the weight gradient of each convolution,
-    input side first (log scale).
-
-    ``norms`` maps a network's name to its `d2l_ext.measure.conv_grad_rms`. Returns the axes.
-    """
-    if ax is None:
-        _, ax = d2l.plt.subplots(figsize=(6, 3.2))
+def plot_grad_rms(norms: dict, title: str = ""):
+    """One line per network: its `conv_grad_rms`, input side first (log scale). Returns the axes."""
+    _, ax = d2l.plt.subplots(figsize=(6, 3.2))
     for name, g in norms.items():
         ax.plot(range(1, len(g) + 1), g, ".-", label=name)
-    ax.set(yscale="log", xlabel="convolution (input side first)", ylabel="gradient RMS at init")
-    ax.set_title(title)
+    ax.set(yscale="log", xlabel="convolution (input side first)", ylabel="gradient RMS at init", title=title)
     ax.legend()
     return ax
 
 
 def grad_rms_explorer(nets, widths, X, y, value: int, max_value: int = 9, **kwargs):
-    """A slider for the blocks per stage, redrawing `plot_grad_rms` at initialization for each
-    network class in ``nets`` (built with ``widths`` and ``kwargs``, on the minibatch ``X``, ``y``).
-
-    Computed once before it is returned, so that the figure shows also where no browser runs.
-    """
+    """A slider for the blocks per stage, redrawing `plot_grad_rms` of `init_grad_rms` for each class in
+    ``nets``. Drawn once at once, so that the figure shows also where no browser runs."""
 
     def show(num_residuals):
         norms = {Net.__name__: init_grad_rms(Net, num_residuals, widths, X, y, **kwargs) for Net in nets}

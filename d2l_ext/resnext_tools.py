@@ -1,6 +1,4 @@
-"""Measurements and views of notebook 03 (ResNeXt): hand-written, tested (tests/test_resnext.py), kept
-apart from the lesson's code in `d2l_ext.resnext`.
-"""
+"""Measurements and views of notebook 03 (ResNeXt)."""
 
 from __future__ import annotations
 
@@ -17,11 +15,8 @@ __all__ = ["conv_cost", "copy_torchvision_bottleneck", "resnext_cost", "resnext_
 
 
 def conv_cost(c_i: int, c_o: int, groups: int, kernel_size: int = 3, size: int = 28) -> dict[str, int]:
-    """Weights, parameters and forward FLOPs of ``nn.Conv2d(c_i, c_o, kernel_size, groups=groups)``.
-
-    Measured on one (1, c_i, size, size) input, with padding that keeps the size. The layer lives on
-    the meta device, which knows shapes but stores and computes nothing, so a large layer costs no time.
-    """
+    """Weights, parameters and forward FLOPs of ``nn.Conv2d(c_i, c_o, kernel_size, groups=groups)`` on
+    one (1, c_i, size, size) input, measured on the meta device (shapes only, no time)."""
     conv = nn.Conv2d(c_i, c_o, kernel_size, padding=kernel_size // 2, groups=groups, device="meta")
     X = torch.empty(1, c_i, size, size, device="meta")
     weights, flops = conv.weight.numel(), count_flops(conv, X)
@@ -29,14 +24,9 @@ def conv_cost(c_i: int, c_o: int, groups: int, kernel_size: int = 3, size: int =
 
 
 def resnext_cost(c_i: int, c_o: int, groups: int, bot_mul: float, size: int = 28) -> list[dict]:
-    """Parameters and forward FLOPs of ResNet's and ResNeXt's blocks and of their 3x3 convolutions.
-
-    One row per module, in this order: ``Residual(c_o)``, the plain 3x3 convolution c_i -> c_o, the
-    grouped 3x3 convolution b -> b inside the ResNeXt block, and ``ResNeXtBlock(c_o, groups, bot_mul)``;
-    each row holds ``module`` (a label), ``params``, ``flops`` and ``ratio`` (FLOPs relative to the
-    plain convolution). Built on the meta device and run on one (1, c_i, size, size) input. Raises
-    the block's ValueError when ``groups`` cannot split b = round(c_o * bot_mul).
-    """
+    """Rows of ``module``, ``params``, ``flops`` and ``ratio`` (FLOPs over the plain 3x3 convolution's)
+    for ``Residual(c_o)``, the plain 3x3 convolution c_i -> c_o, the grouped b -> b one and
+    ``ResNeXtBlock(c_o, groups, bot_mul)``, on the meta device; the block's ValueError if it refuses."""
     b = bottleneck_channels(c_o, groups, bot_mul)
     shortcut = c_i != c_o
     with torch.device("meta"):
@@ -60,11 +50,8 @@ def resnext_cost(c_i: int, c_o: int, groups: int, bot_mul: float, size: int = 28
 
 
 def copy_torchvision_bottleneck(blk: nn.Module, ref: nn.Module) -> nn.Module:
-    """Copy the weights and BN statistics of torchvision's ``Bottleneck`` ``ref`` into ``blk``, a
-    `d2l_ext.resnext.ResNeXtBlock` of the same shape (built, or materialized by one call); returns ``blk``.
-
-    ``blk``'s convolutions keep their own biases, which torchvision's lack (``bias=False`` before BN).
-    """
+    """Copy the weights and BN statistics of torchvision's ``Bottleneck`` ``ref`` into the built
+    `ResNeXtBlock` ``blk``, whose convolutions keep their own biases; returns ``blk``."""
     names = {n: n for n in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")}
     if blk.conv4 is not None:
         names |= dict(conv4="downsample.0", bn4="downsample.1")
@@ -76,9 +63,8 @@ def copy_torchvision_bottleneck(blk: nn.Module, ref: nn.Module) -> nn.Module:
 
 
 def resnext_cost_view(c_i: int, c_o: int, groups: int, bot_mul: float):
-    """What the cost explorer shows: `d2l_ext.measure.resnext_cost` as a table (parameters, FLOPs
-    relative to the plain 3x3 convolution, MFLOPs), displayed and returned; or, for numbers the block
-    refuses, the reason, printed, and None."""
+    """`resnext_cost` as a table, displayed and returned; or, for numbers the block refuses, the
+    reason, printed, and None."""
     try:
         rows = resnext_cost(c_i, c_o, groups, bot_mul)
     except ValueError as e:

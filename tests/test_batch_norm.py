@@ -1,6 +1,7 @@
 """d2l_ext.batch_norm: the from-scratch layers against PyTorch's; notebook 01's tools in batch_norm_tools."""
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,6 @@ from d2l_ext.batch_norm import (
 from d2l_ext.batch_norm_tools import (
     GhostBatchNorm,
     batch_noise_explorer,
-    batch_noise_figure,
     batch_stat_noise,
     bn_inputs,
     bn_layers,
@@ -33,7 +33,6 @@ from d2l_ext.batch_norm_tools import (
 from d2l_ext.measure import ActivationRecorder
 
 SHAPES = [(16, 7), (4, 3, 5, 6)]  # fully connected (N, C) and convolutional (N, C, H, W)
-MOMENTA = [0.1, 0.5, 0.0, 1.0, None]
 
 
 def pair(shape, momentum=0.1, dtype=torch.float64, seed=0):
@@ -55,91 +54,45 @@ def batches(shape, n, dtype=torch.float64, seed=1):
     return [torch.randn(shape, generator=g, dtype=dtype) * (1 + i) + i for i in range(n)]
 
 
+def same_step(layer, ref, X):
+    """One training step of both layers on X: outputs and input gradients must be equal."""
+    X1, X2 = X.clone().requires_grad_(), X.clone().requires_grad_()
+    Y1, Y2 = layer(X1), ref(X2)
+    torch.testing.assert_close(Y1, Y2)
+    G = torch.randn_like(X)
+    (Y1 * G).sum().backward(), (Y2 * G).sum().backward()
+    torch.testing.assert_close(X1.grad, X2.grad)
+
+
 # ---- the layer against nn.BatchNorm1d / nn.BatchNorm2d -----------------------------------------
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("momentum", MOMENTA)
-def test_training_outputs_gradients_and_running_stats_equal_torch(shape, momentum):
-    ours, ref = pair(shape, momentum)
-    for X in batches(shape, 5):
-        X1, X2 = X.clone().requires_grad_(), X.clone().requires_grad_()
-        G = torch.randn_like(X)
-        Y1, Y2 = ours(X1), ref(X2)
-        torch.testing.assert_close(Y1, Y2)
-        (Y1 * G).sum().backward()
-        (Y2 * G).sum().backward()
-        torch.testing.assert_close(X1.grad, X2.grad)
+@pytest.mark.parametrize("shape", [*SHAPES, (1, 3, 5, 5)])  # and a batch of one image
+@pytest.mark.parametrize(
+    "momentum, dtype", [(m, torch.float64) for m in (0.1, 0.5, 0.0, 1.0, None)] + [(0.1, torch.float32)]
+)
+def test_training_and_eval_mode_state_dict_and_gradients_equal_torch(shape, momentum, dtype):
+    ours, ref = pair(shape, momentum, dtype)
+    for X in batches(shape, 5, dtype):
+        same_step(ours, ref, X)
         torch.testing.assert_close(ours.gamma.grad.flatten(), ref.weight.grad)
         torch.testing.assert_close(ours.beta.grad.flatten(), ref.bias.grad)
-        ours.zero_grad()
-        ref.zero_grad()
-    torch.testing.assert_close(ours.moving_mean.flatten(), ref.running_mean)
-    torch.testing.assert_close(ours.moving_var.flatten(), ref.running_var)
-    assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 5
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-def test_eval_mode_equals_torch_and_ignores_the_batch(shape):
-    ours, ref = pair(shape)
-    for X in batches(shape, 3):
-        ours(X), ref(X)
-    ours.eval(), ref.eval()
-    X = batches(shape, 1, seed=7)[0].requires_grad_()  # autograd on: still prediction mode
-    Y = ours(X)
+        ours.zero_grad(), ref.zero_grad()
+    with torch.no_grad():  # autograd off in training mode: still batch statistics, still updated
+        torch.testing.assert_close(ours(X), ref(X))
+    names = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_var": "running_var"}
+    for ours_name, ref_name in names.items():
+        torch.testing.assert_close(ours.state_dict()[ours_name].flatten(), ref.state_dict()[ref_name])
+    fresh = BatchNorm(shape[1], num_dims=len(shape), momentum=momentum).to(dtype)
+    fresh.load_state_dict(ours.state_dict())
+    fresh.eval(), ref.eval()
+    X = batches(shape, 1, dtype, seed=7)[0].requires_grad_()  # autograd on: still prediction mode
+    Y = fresh(X)
     torch.testing.assert_close(Y, ref(X))
-    torch.testing.assert_close(ours(X[:1]), Y[:1])  # an example's output does not depend on its batch
+    torch.testing.assert_close(fresh(X[:1]), Y[:1])  # an example's output does not depend on its batch
     Y.sum().backward()
     assert X.grad is not None
-    assert int(ours.num_batches_tracked) == 3  # eval mode does not count batches
-
-
-def test_float32_equals_torch_within_float32_tolerance():
-    for shape in SHAPES:
-        ours, ref = pair(shape, dtype=torch.float32)
-        for X in batches(shape, 3, dtype=torch.float32):
-            torch.testing.assert_close(ours(X), ref(X))
-        torch.testing.assert_close(ours.moving_var.flatten(), ref.running_var)
-
-
-def test_momentum_is_the_weight_of_the_new_batch():
-    X = batches((32, 4), 1, dtype=torch.float32)[0]
-    bn = BatchNorm(4, num_dims=2, momentum=0.1)
-    bn(X)
-    torch.testing.assert_close(bn.moving_mean.flatten(), 0.1 * X.mean(0))
-    torch.testing.assert_close(bn.moving_var.flatten(), 0.9 + 0.1 * X.var(0))  # unbiased
-
-
-def test_running_stats_keep_their_dtype_whatever_the_input():
-    bn = BatchNorm(4, num_dims=2)
-    bn(torch.randn(8, 4, dtype=torch.float64))
-    assert bn.moving_mean.dtype == bn.moving_var.dtype == torch.float32
-
-
-def test_no_grad_in_training_mode_still_uses_and_updates_batch_stats():
-    ours, ref = pair((8, 3, 4, 4))
-    X = batches((8, 3, 4, 4), 1)[0]
-    with torch.no_grad():
-        torch.testing.assert_close(ours(X), ref(X))
-    torch.testing.assert_close(ours.moving_mean.flatten(), ref.running_mean)
-    assert ours.moving_mean.abs().sum() > 0
-
-
-def test_conv_statistics_are_per_channel_over_batch_and_positions():
-    X = batches((3, 2, 4, 5), 1)[0]
-    bn = BatchNorm(2, num_dims=4, momentum=1.0).double()
-    bn(X)
-    for c in range(2):
-        values = X[:, c].flatten()
-        assert len(values) == 3 * 4 * 5
-        torch.testing.assert_close(bn.moving_mean[0, c, 0, 0], values.mean())
-        torch.testing.assert_close(bn.moving_var[0, c, 0, 0], values.var())
-
-
-def test_batch_of_one_image_works_for_convolutions():
-    ours, ref = pair((1, 3, 5, 5))
-    X = batches((1, 3, 5, 5), 1)[0]
-    torch.testing.assert_close(ours(X), ref(X))
+    assert int(fresh.num_batches_tracked) == int(ref.num_batches_tracked) == 6  # eval mode counts none
 
 
 def test_batch_of_one_vector_is_refused_like_torch():
@@ -154,47 +107,23 @@ def test_batch_of_one_vector_is_refused_like_torch():
     assert bn(X).shape == (1, 5)  # prediction mode is fine
 
 
-# ---- state, device, dtype ------------------------------------------------------------------------
-
-
-def test_running_stats_are_buffers_in_the_state_dict():
+@pytest.mark.parametrize(
+    "dtype, device", [(torch.float64, "cpu"), (torch.bfloat16, "cpu"), (torch.float32, "meta")]
+)  # meta: a device every machine has, to which the buffers must follow
+def test_running_statistics_are_buffers_that_move_with_the_layer(dtype, device):
     bn = BatchNorm(3, num_dims=4)
     assert list(bn.state_dict()) == ["gamma", "beta", "moving_mean", "moving_var", "num_batches_tracked"]
     assert [n for n, _ in bn.named_parameters()] == ["gamma", "beta"]
     assert bn.gamma.shape == bn.moving_var.shape == (1, 3, 1, 1)
     assert BatchNorm(3, num_dims=2).moving_mean.shape == (1, 3)
-
-
-def test_state_dict_round_trip_and_torch_mapping():
-    ours, ref = pair((8, 4, 3, 3))
-    for X in batches((8, 4, 3, 3), 4):
-        ours(X), ref(X)
-    fresh = BatchNorm(4, num_dims=4).double()
-    fresh.load_state_dict(ours.state_dict())
-    fresh.eval(), ref.eval()
-    X = batches((8, 4, 3, 3), 1, seed=3)[0]
-    torch.testing.assert_close(fresh(X), ref(X))
-    names = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_var": "running_var"}
-    for ours_name, ref_name in names.items():
-        torch.testing.assert_close(ours.state_dict()[ours_name].flatten(), ref.state_dict()[ref_name])
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_dtype_moves_buffers(dtype):
-    bn = BatchNorm(3, num_dims=4).to(dtype)
+    bn(torch.randn(8, 3, 2, 2, dtype=torch.float64))  # an input of another dtype does not change theirs
+    assert bn.moving_mean.dtype == bn.moving_var.dtype == torch.float32
+    bn = bn.to(device=device, dtype=dtype)
     assert all(t.dtype == dtype for t in (bn.gamma, bn.beta, bn.moving_mean, bn.moving_var))
+    assert {t.device.type for t in bn.state_dict().values()} == {device}
     assert bn.num_batches_tracked.dtype == torch.long
-    Y = bn(torch.randn(2, 3, 4, 4, dtype=dtype))
-    assert Y.dtype == bn.moving_mean.dtype == dtype
-
-
-def test_device_moves_buffers():
-    bn = BatchNorm(3, num_dims=2).to("meta")  # a device every machine has: the buffers must follow
-    assert {t.device.type for t in bn.state_dict().values()} == {"meta"}
-    assert bn(torch.empty(4, 3, device="meta")).device.type == "meta"
-
-
-# ---- the function and bad input -------------------------------------------------------------------
+    Y = bn(torch.randn(2, 3, 4, 4, dtype=dtype, device=device))
+    assert Y.dtype == bn.moving_mean.dtype == dtype and Y.device.type == device
 
 
 def test_function_matches_f_batch_norm_in_both_modes():
@@ -209,50 +138,48 @@ def test_function_matches_f_batch_norm_in_both_modes():
     torch.testing.assert_close(new_mm.flatten(), rm)
     torch.testing.assert_close(new_mv.flatten(), rv)
     Y, same_mm, same_mv = batch_norm(X, gamma, beta, mm, mv, eps=1e-5, momentum=0.3, training=False)
-    ref = F.batch_norm(
-        X, mm.flatten(), mv.flatten(), gamma.flatten(), beta.flatten(), training=False, eps=1e-5
-    )
+    ref = F.batch_norm(X, mm.flatten(), mv.flatten(), gamma.flatten(), beta.flatten(), False, eps=1e-5)
     torch.testing.assert_close(Y, ref)
     assert same_mm is mm and same_mv is mv
 
 
-def test_function_rejects_other_ranks():
-    with pytest.raises(ValueError, match=r"\(N, C\) or \(N, C, H, W\).*\(2, 3, 4\)"):
-        batch_norm(torch.randn(2, 3, 4), 1.0, 0.0, torch.zeros(1, 3, 1), torch.ones(1, 3, 1), 1e-5, 0.1)
+# ---- bad arguments and input: refused with what to pass ------------------------------------------
+
+X2, X3, X4 = torch.randn(2, 5), torch.randn(2, 3, 4), torch.randn(2, 3, 5, 5)
+MOMENTUM, INTS = r"momentum must be a number in \[0, 1\]", r"must be an int or a tuple of ints"
+REFUSED = [  # (what is called, its arguments, keyword arguments, error, message)
+    (BatchNorm, (6, 3), {}, ValueError, r"num_dims is 2 \(fully connected\) or 4 \(convolution\), not 3"),
+    (BatchNorm, (6, 4), dict(eps=-1e-5), ValueError, r"eps must be >= 0.*1e-05.*got -1e-05"),
+    (BatchNorm, (6, 4), dict(eps="1e-5"), TypeError, r"eps must be a number.*got '1e-5'"),
+    (BatchNorm, (6, 4), dict(momentum=1.5), ValueError, MOMENTUM + r".*None.*got 1.5"),
+    (BatchNorm, (6, 4), dict(momentum=-0.1), ValueError, MOMENTUM + r".*got -0.1"),
+    (BatchNorm, (6, 2), dict(momentum="0.1"), TypeError, MOMENTUM + r".*got '0.1'"),
+    (BatchNorm, (6, 2), dict(momentum=True), TypeError, MOMENTUM + r".*got True"),
+    (BatchNorm, (6, 4, 0.1), {}, TypeError, "positional"),  # eps? momentum? it must be said
+    (BatchNorm(6, 4), (X4,), {}, ValueError, r"input \(2, 3, 5, 5\) does not fit BatchNorm\(6, num_dims=4\)"),
+    (BatchNorm(3, 2), (X4,), {}, ValueError, r"input \(2, 3, 5, 5\) does not fit BatchNorm\(3, num_dims=2\)"),
+    (BatchNorm(6, 2), (torch.randn(6),), {}, ValueError, r"input \(6,\) does not fit"),  # no channel axis
+    (batch_norm, (X3, 1, 0, 0, 1, 1e-5, 0.1), {}, ValueError, r"\(N, C\) or \(N, C, H, W\).*\(2, 3, 4\)"),
+    (LayerNorm, (10,), dict(eps=-1e-5), ValueError, r"eps must be >= 0.*1e-05.*got -1e-05"),
+    (LayerNorm, (10,), dict(eps="1e-5"), TypeError, r"eps must be a number.*got '1e-5'"),
+    (LayerNorm, (10, 1e-5, 1e-5), {}, TypeError, r"elementwise_affine must be True or False"),
+    (LayerNorm, (2.5,), {}, TypeError, INTS + r".*LayerNorm\(X.shape\[1:\]\).*eps=\.\.\."),
+    (LayerNorm, ((4, 0),), {}, ValueError, r"normalized_shape must be positive.*\(4, 0\)"),
+    (LayerNorm((4, 6)), (X3,), {}, ValueError, r"normalizing over \(4, 6\).*ends in \(4, 6\).*\(2, 3, 4\)"),
+    (layer_norm, (torch.randn(5),), {}, ValueError, "batch axis"),
+    (layer_norm, (X2, 1e-3), {}, TypeError, INTS + r".*eps goes by name"),  # the old positional eps
+    (layer_norm, (X2,), dict(eps=-1.0), ValueError, "eps must be >= 0"),
+    (layer_norm, (X2, 4), {}, ValueError, r"ends in \(4,\).*\(2, 5\)"),
+]
 
 
-def test_layer_rejects_mismatched_input():
-    with pytest.raises(ValueError, match=r"input \(2, 3, 5, 5\) does not fit BatchNorm\(6, num_dims=4\)"):
-        BatchNorm(6, num_dims=4)(torch.randn(2, 3, 5, 5))
-    with pytest.raises(ValueError, match=r"input \(2, 6, 5, 5\) does not fit BatchNorm\(6, num_dims=2\)"):
-        BatchNorm(6, num_dims=2)(torch.randn(2, 6, 5, 5))
-    # no channel axis: refused, not an IndexError
-    with pytest.raises(ValueError, match=r"input \(6,\) does not fit"):
-        BatchNorm(6, num_dims=2)(torch.randn(6))
-    with pytest.raises(ValueError, match="num_dims is 2 .* or 4"):
-        BatchNorm(6, num_dims=3)
-
-
-@pytest.mark.parametrize(
-    "kwargs, error, message",
-    [
-        (dict(num_dims=3), ValueError, r"num_dims is 2 \(fully connected\) or 4 \(convolution\), not 3"),
-        (dict(num_dims=4, eps=-1e-5), ValueError, r"eps must be >= 0.*1e-05.*got -1e-05"),
-        (dict(num_dims=4, eps="1e-5"), TypeError, r"eps must be a number.*got '1e-5'"),
-        (dict(num_dims=4, momentum=1.5), ValueError, r"momentum must be a number in \[0, 1\].*None.*got 1.5"),
-        (dict(num_dims=4, momentum=-0.1), ValueError, r"momentum must be a number in \[0, 1\].*got -0.1"),
-        (dict(num_dims=2, momentum="0.1"), TypeError, r"momentum must be a number in \[0, 1\].*got '0.1'"),
-        (dict(num_dims=2, momentum=True), TypeError, r"momentum must be a number in \[0, 1\].*got True"),
-    ],
-)
-def test_batch_norm_layer_refuses_bad_arguments_saying_what_to_pass(kwargs, error, message):
+@pytest.mark.parametrize("call, args, kwargs, error, message", REFUSED)
+def test_bad_arguments_and_input_are_refused_saying_what_to_pass(call, args, kwargs, error, message):
     with pytest.raises(error, match=message):
-        BatchNorm(6, **kwargs)
+        call(*args, **kwargs)
 
 
-def test_batch_norm_eps_and_momentum_are_keyword_only():
-    with pytest.raises(TypeError, match="positional"):
-        BatchNorm(6, 4, 0.1)  # eps? momentum? it must be said
+def test_eps_and_momentum_by_name_accept_their_whole_range():
     for momentum in (0.0, 1.0, None):
         assert BatchNorm(6, 4, eps=0.0, momentum=momentum).momentum == momentum
 
@@ -260,7 +187,7 @@ def test_batch_norm_eps_and_momentum_are_keyword_only():
 # ---- the models ------------------------------------------------------------------------------------
 
 
-def test_bn_lenets_shapes_and_parameter_counts():
+def test_bn_lenets_shapes_parameter_counts_and_placement():
     X = torch.randn(4, 1, 28, 28)
     models = [BNLeNetScratch(), BNLeNet(), BNLeNetAfter()]
     for model in models:
@@ -271,6 +198,9 @@ def test_bn_lenets_shapes_and_parameter_counts():
     )
     assert counts == [convs_and_linears + 2 * (6 + 16 + 120 + 84)] * 3
     assert BNLeNet(num_classes=3)(X).shape == (4, 3) and BNLeNet(lr=0.5).lr == 0.5
+    kinds = [type(m).__name__ for m in BNLeNetAfter().net]  # BN after each sigmoid
+    bns = [i for i, kind in enumerate(kinds) if kind.startswith("LazyBatchNorm")]
+    assert len(bns) == 4 and all(kinds[i - 1] == "Sigmoid" for i in bns)
 
 
 def test_scratch_and_concise_bn_lenet_compute_the_same_function():
@@ -282,14 +212,6 @@ def test_scratch_and_concise_bn_lenet_compute_the_same_function():
     torch.testing.assert_close(scratch(X), concise(X))
     scratch.eval(), concise.eval()
     torch.testing.assert_close(scratch(X), concise(X))
-
-
-def test_placement_puts_bn_after_each_sigmoid():
-    kinds = [type(m).__name__ for m in BNLeNetAfter().net]
-    for i, kind in enumerate(kinds):
-        if kind.startswith("LazyBatchNorm"):
-            assert kinds[i - 1] == "Sigmoid"
-    assert sum(k.startswith("LazyBatchNorm") for k in kinds) == 4
 
 
 # ---- layer normalization ---------------------------------------------------------------------------
@@ -317,14 +239,7 @@ def test_layer_norm_layer_equals_torch_in_outputs_gradients_and_state_dict(shape
         k: v.shape for k, v in ref.state_dict().items()
     }
     assert ours.normalized_shape == ref.normalized_shape and ours.eps == ref.eps == 1e-5
-    X = torch.randn(shape, dtype=torch.float64) * 3 + 1
-    X1, X2 = X.clone().requires_grad_(), X.clone().requires_grad_()
-    Y1, Y2 = ours(X1), ref(X2)
-    torch.testing.assert_close(Y1, Y2)
-    G = torch.randn_like(X)
-    (Y1 * G).sum().backward()
-    (Y2 * G).sum().backward()
-    torch.testing.assert_close(X1.grad, X2.grad)
+    same_step(ours, ref, torch.randn(shape, dtype=torch.float64) * 3 + 1)
     torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
     torch.testing.assert_close(ours.bias.grad, ref.bias.grad)
     ref.load_state_dict(ours.state_dict())  # and back
@@ -345,37 +260,11 @@ def test_layer_norm_first_argument_is_the_shape_not_eps():
     torch.testing.assert_close(Y.std(1, unbiased=False), torch.ones(32), rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize(
-    "args, kwargs, error, message",
-    [
-        ((10,), dict(eps=-1e-5), ValueError, r"eps must be >= 0.*1e-05.*got -1e-05"),
-        ((10,), dict(eps="1e-5"), TypeError, r"eps must be a number.*got '1e-5'"),
-        ((10, 1e-5, 1e-5), {}, TypeError, r"elementwise_affine must be True or False"),
-        ((2.5,), {}, TypeError, r"must be an int or a tuple of ints.*LayerNorm\(X.shape\[1:\]\).*eps=\.\.\."),
-        (((4, 0),), {}, ValueError, r"normalized_shape must be positive.*\(4, 0\)"),
-    ],
-)
-def test_layer_norm_layer_refuses_bad_arguments(args, kwargs, error, message):
-    with pytest.raises(error, match=message):
-        LayerNorm(*args, **kwargs)
-
-
-def test_layer_norm_layer_refuses_input_of_another_shape():
-    with pytest.raises(ValueError, match=r"normalizing over \(4, 6\).*ends in \(4, 6\).*\(3, 6, 4\)"):
-        LayerNorm((4, 6))(torch.randn(3, 6, 4))
-
-
 @pytest.mark.parametrize("shape", [(5, 7), (3, 4, 6), (2, 3, 5, 5)])
 def test_layer_norm_function_equals_torch_with_gradients(shape):
     X = torch.randn(shape, dtype=torch.float64) * 3 + 1
-    X1, X2 = X.clone().requires_grad_(), X.clone().requires_grad_()
-    Y1 = layer_norm(X1)  # every element of an example: the lecture's LN
-    Y2 = F.layer_norm(X2, shape[1:])
-    torch.testing.assert_close(Y1, Y2)
-    G = torch.randn_like(X)
-    (Y1 * G).sum().backward()
-    (Y2 * G).sum().backward()
-    torch.testing.assert_close(X1.grad, X2.grad)
+    # every element of an example: the lecture's LN
+    same_step(layer_norm, lambda X: F.layer_norm(X, shape[1:]), X)
     torch.testing.assert_close(layer_norm(X, eps=1e-3), F.layer_norm(X, shape[1:], eps=1e-3))
     w, b = torch.rand(shape[-1:], dtype=X.dtype), torch.randn(shape[-1:], dtype=X.dtype)
     torch.testing.assert_close(
@@ -389,17 +278,6 @@ def test_layer_norm_is_scale_invariant_until_eps_and_batch_independent():
     assert layer_norm(1e-4 * X).abs().max() < 0.1  # eps dominates: the output collapses
     torch.testing.assert_close(layer_norm(X[:1]), layer_norm(X)[:1])
     assert layer_norm(X, eps=0).std(1, unbiased=False).sub(1).abs().max() < 1e-12  # eps=0: exact
-
-
-def test_layer_norm_function_refuses_bad_input():
-    with pytest.raises(ValueError, match="batch axis"):
-        layer_norm(torch.randn(5))
-    with pytest.raises(TypeError, match=r"must be an int or a tuple of ints.*eps goes by name"):
-        layer_norm(torch.randn(2, 5), 1e-3)  # the old positional eps
-    with pytest.raises(ValueError, match="eps must be >= 0"):
-        layer_norm(torch.randn(2, 5), eps=-1.0)
-    with pytest.raises(ValueError, match=r"ends in \(4,\).*\(2, 5\)"):
-        layer_norm(torch.randn(2, 5), 4)
 
 
 # ---- measurement helpers ---------------------------------------------------------------------------
@@ -461,7 +339,7 @@ def test_companion_outputs_vary_and_leave_the_model_as_it_was():
     model = BNLeNet()
     model(torch.zeros(2, 1, 28, 28))
     model.eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = state(model)
     pool = torch.randn(20, 1, 28, 28)
     out = companion_outputs(model, pool[0], pool[1:], batch_size=4, num_batches=5)
     assert out.shape == (5, 10) and not model.training
@@ -478,15 +356,16 @@ def test_activation_recorder_and_sigmoid_inputs():
     assert list(layers) == ["conv 1", "conv 2", "fc 1", "fc 2"]
     assert all(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in layers.values())
     assert all(isinstance(m, nn.Conv2d | nn.Linear) for m in sigmoid_inputs(d2l.LeNet()).values())
-    recorder = ActivationRecorder(layers)
     X = torch.randn(16, 1, 28, 28)
-    model(X), model(X[:2])  # a pass on two examples is not recorded
-    model.eval()
-    model(X)  # nor one in eval mode
+    with pytest.raises(KeyboardInterrupt), ActivationRecorder(layers) as recorder:
+        model(X), model(X[:2])  # a pass on two examples is not recorded
+        model.eval()
+        model(X)  # nor one in eval mode
+        raise KeyboardInterrupt  # the context removes the hooks even so
     curves = recorder.curves()
-    recorder.remove()
     model.train()
     model(X)
+    assert hooks(model) == 0 and len(recorder.means["conv 1"]) == 1  # removed: nothing more recorded
     assert {name: tuple(m.shape) for name, (m, _) in curves.items()} == {
         "conv 1": (1, 6),
         "conv 2": (1, 16),
@@ -495,35 +374,9 @@ def test_activation_recorder_and_sigmoid_inputs():
     }
     means, stds = curves["fc 1"]
     torch.testing.assert_close(means, torch.zeros(1, 120), atol=1e-5, rtol=0)  # BN output: centred
-    assert len(recorder.means["conv 1"]) == 1  # removed: nothing more recorded
 
 
-# ---- the tools put the model back as it was, also when its forward raises --------------------------
-
-
-class Raising(nn.Module):
-    """Passes its input through, or raises ``error`` while armed (a bad batch, a Ctrl-C)."""
-
-    def __init__(self, error=None):
-        super().__init__()
-        self.error = error
-
-    def forward(self, X):
-        if self.error is not None:
-            raise self.error("stop")
-        return X
-
-
-def mixed_net(error=None):
-    """tiny_net after a Raising layer, in training mode but for a frozen BN (eval mode)."""
-    net = nn.Sequential(Raising(error), *tiny_net())
-    net.train()
-    net[2].eval()
-    return net
-
-
-def modes(net):
-    return [m.training for m in net.modules()]
+# ---- exact_bn_statistics puts the model back when interrupted (tests/test_measure.py: every tool) ----
 
 
 def state(net):
@@ -534,67 +387,24 @@ def hooks(net):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
 
 
-TOOLS = {
-    "bn_inputs": lambda net, X: bn_inputs(net, X),
-    "exact_bn_statistics": lambda net, X: exact_bn_statistics(net, [(X, None), (X, None)]),
-    "companion_outputs": lambda net, X: companion_outputs(net, X[0], X[1:], batch_size=3, num_batches=2),
-}
-
-
-@pytest.mark.parametrize("tool", TOOLS)
-def test_tools_restore_every_submodules_mode(tool):
-    net = mixed_net()
-    before = modes(net)
-    TOOLS[tool](net, torch.randn(8, 3))
-    assert modes(net) == before  # the frozen BN stays frozen
-    assert hooks(net) == 0
-
-
-@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
-@pytest.mark.parametrize("tool", TOOLS)
-def test_tools_restore_mode_state_and_hooks_when_the_forward_raises(tool, error):
-    net = mixed_net(error)
-    before, values = modes(net), state(net)
-    with pytest.raises(error):
-        TOOLS[tool](net, torch.randn(8, 3))
-    assert modes(net) == before
-    assert hooks(net) == 0
-    for k, v in net.state_dict().items():
-        assert torch.equal(v, values[k]), k  # no running estimate half replaced
-    net[0].error = None
-    net(torch.randn(4, 3))  # and it still runs
-
-
 def test_exact_bn_statistics_restores_the_estimates_when_interrupted_midway():
     net = tiny_net().double()
     values = state(net)
     X = torch.randn(16, 3, dtype=torch.float64)
 
-    def loader():  # the first layer's pass completes, the second one's is interrupted
-        yield from [(X, None), (X, None)]
-        if net[1].running_mean.eq(values["1.running_mean"]).all():
-            return
-        yield (X, None)
-        raise KeyboardInterrupt
-
-    class Loader:
+    class Loader:  # the first layer's pass completes, the second one's is interrupted
         def __iter__(self):
-            return loader()
+            yield from [(X, None), (X, None)]
+            if net[1].running_mean.eq(values["1.running_mean"]).all():
+                return
+            yield (X, None)
+            raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         exact_bn_statistics(net, Loader())
     for k, v in net.state_dict().items():
         assert torch.equal(v, values[k]), k
     assert net.training and hooks(net) == 0
-
-
-def test_activation_recorder_removes_its_hooks_when_used_as_a_context():
-    model = BNLeNet()
-    model(torch.zeros(2, 1, 28, 28))
-    with pytest.raises(KeyboardInterrupt), ActivationRecorder(sigmoid_inputs(model)) as recorder:
-        model(torch.randn(8, 1, 28, 28))
-        raise KeyboardInterrupt
-    assert hooks(model) == 0 and len(recorder.means["conv 1"]) == 1
 
 
 # ---- the generated module holds the lecture's code only --------------------------------------------
@@ -614,37 +424,24 @@ def test_generated_module_holds_only_the_lectures_layers_models_and_shared_helpe
     }  # fmt: skip
 
 
-# ---- figures and widget views ----------------------------------------------------------------------
+# ---- the explorer ----------------------------------------------------------------------------------
 
 
-def noise_features():
+def test_batch_noise_explorer_draws_both_statistics_at_once_and_on_every_move():
     g = torch.Generator().manual_seed(0)
-    return {"conv": torch.randn(64, 3, 4, 4, generator=g), "fc": torch.randn(64, 5, generator=g)}
-
-
-def test_batch_noise_figure_draws_both_statistics_of_every_layer():
-    fig = batch_noise_figure(noise_features(), batch_size=8, num_batches=10)
-    try:
-        left, right = fig.axes
-        assert "batch size 8" in left.get_title()
-        for ax in (left, right):
-            assert len(ax.patches) == 2 * 60  # one 60-bin histogram per layer
-            assert [t.get_text() for t in right.get_legend().get_texts()] == ["conv", "fc"]
-        # density histograms: each layer's bars cover an area of 1 (the values are clamped into range)
-        widths = [p.get_width() for p in left.patches[:60]]
-        heights = [p.get_height() for p in left.patches[:60]]
-        assert sum(w * h for w, h in zip(widths, heights)) == pytest.approx(1.0)
-    finally:
-        d2l.plt.close(fig)
-
-
-def test_batch_noise_explorer_draws_at_once_and_on_every_move():
+    features = {"conv": torch.randn(64, 3, 4, 4, generator=g), "fc": torch.randn(64, 5, generator=g)}
     d2l.plt.close("all")
-    explorer = batch_noise_explorer(noise_features(), sizes=[1, 8, 32], num_batches=5)
+    explorer = batch_noise_explorer(features, sizes=[1, 8, 32], num_batches=10)
     try:
         slider = explorer.children[0]
         assert list(slider.options) == [1, 8, 32] and slider.value == 8
-        assert "batch size 8" in d2l.plt.gcf().axes[0].get_title()  # drawn without a kernel
+        left, right = d2l.plt.gcf().axes  # drawn without a kernel
+        assert "batch size 8" in left.get_title()
+        for ax in (left, right):
+            assert len(ax.patches) == 2 * 60  # one 60-bin histogram per layer
+        assert [t.get_text() for t in right.get_legend().get_texts()] == ["conv", "fc"]
+        # density histograms: each layer's bars cover an area of 1 (the values are clamped into range)
+        assert sum(p.get_width() * p.get_height() for p in left.patches[:60]) == pytest.approx(1.0)
         slider.value = 32
         assert "batch size 32" in d2l.plt.gcf().axes[0].get_title()
     finally:
@@ -663,8 +460,6 @@ def book_layer(path=NOTEBOOK):
     reference is what the book's code computes: PyTorch's update with momentum 0.1, eps 1e-5, a
     biased running variance, and prediction mode whenever autograd is off.
     """
-    import json
-
     cells = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
     namespace = {"torch": torch, "nn": nn}
     sources = [c for c in cells if "def book_batch_norm(" in c or "class BookBatchNorm(" in c]
@@ -672,15 +467,6 @@ def book_layer(path=NOTEBOOK):
     for source in sources:
         exec(compile(source, str(path), "exec"), namespace)
     return namespace["BookBatchNorm"]
-
-
-def same_step(layer, ref, X):
-    """One training step of both layers on X: outputs and input gradients must be equal."""
-    X1, X2 = X.clone().requires_grad_(), X.clone().requires_grad_()
-    Y1, Y2 = layer(X1), ref(X2)
-    torch.testing.assert_close(Y1, Y2)
-    Y1.square().sum().backward(), Y2.square().sum().backward()
-    torch.testing.assert_close(X1.grad, X2.grad)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -710,9 +496,9 @@ def test_book_transcription_computes_what_the_books_code_does(shape):
 
 
 @pytest.mark.parametrize("shape", [(12, 5), (12, 3, 4, 4)])
-def test_ghost_batch_of_the_whole_batch_equals_torch(shape):
+def test_ghost_batches_normalize_each_group_alone_and_one_group_equals_torch(shape):
     bn, ref = pair(shape)[1], pair(shape)[1]
-    ghost = GhostBatchNorm(bn, size=shape[0])
+    ghost = GhostBatchNorm(bn, size=shape[0])  # one group: PyTorch's layer
     for X in batches(shape, 3):
         same_step(ghost, ref, X)
         torch.testing.assert_close(bn.weight.grad, ref.weight.grad)
@@ -720,13 +506,8 @@ def test_ghost_batch_of_the_whole_batch_equals_torch(shape):
     torch.testing.assert_close(bn.running_var, ref.running_var)
     ghost.eval(), ref.eval()
     torch.testing.assert_close(ghost(X), ref(X))
-
-
-@pytest.mark.parametrize("shape", [(12, 5), (12, 3, 4, 4)])
-def test_ghost_batches_normalize_each_group_alone(shape):
     bn = pair(shape)[1]
-    ghost = GhostBatchNorm(bn, size=3)
-    X = batches(shape, 1)[0]
+    ghost = GhostBatchNorm(bn, size=3)  # four groups
     Y = ghost(X)
     dims = (0,) if len(shape) == 2 else (0, 2, 3)
     means, variances = [], []
@@ -740,17 +521,14 @@ def test_ghost_batches_normalize_each_group_alone(shape):
     assert int(bn.num_batches_tracked) == 1
 
 
-def test_ghost_batches_refuse_what_they_cannot_do():
+def test_ghost_batches_wrap_every_bn_layer_keep_eval_mode_and_refuse_what_they_cannot_do():
     with pytest.raises(ValueError, match="size must be an int >= 2"):
         GhostBatchNorm(nn.BatchNorm1d(3), size=1)
     with pytest.raises(ValueError, match="multiple of it"):
         GhostBatchNorm(nn.BatchNorm1d(3), size=4)(torch.randn(6, 3))
-    with pytest.raises(ValueError, match="call the model once"):
-        ghost_batches(BNLeNet(), 4)
-
-
-def test_ghost_batches_wrap_every_bn_layer_and_keep_eval_mode():
     model = BNLeNet()
+    with pytest.raises(ValueError, match="call the model once"):
+        ghost_batches(model, 4)
     model(torch.zeros(2, 1, 28, 28))
     X = torch.randn(8, 1, 28, 28)
     model.eval()

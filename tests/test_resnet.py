@@ -1,4 +1,5 @@
-"""Tests of d2l_ext.resnet (generated from notebook 02), with torch and torchvision as oracles."""
+"""Tests of d2l_ext.resnet (generated from notebook 02), with torch and torchvision as oracles, and of
+the notebook's tools in d2l_ext.resnet_tools."""
 
 import math
 import re
@@ -32,8 +33,7 @@ from d2l_ext.resnet_tools import (
 )
 from d2l_ext.training import StepLosses, Trainer
 
-RESNET18_PARAMS = 11_178_378  # the book's ResNet-18, 1 input channel, 10 classes
-TORCHVISION_PARAMS = 11_175_370  # torchvision's resnet18(num_classes=10) with a 1-channel conv1
+SMALL = dict(stem_kernel=3, stem_stride=1)
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-def materialized(net, shape):
+def materialized(net, shape=(2, 1, 8, 8)):
     net.apply_init([torch.zeros(shape)], d2l.init_cnn)
     return net
 
@@ -96,21 +96,14 @@ def to_torchvision(model):
 # -- the residual block ---------------------------------------------------------------------
 @pytest.mark.parametrize("strides", [1, 2, 3])
 @pytest.mark.parametrize("c_in, c_out", [(3, 3), (3, 6), (8, 4)])
-@pytest.mark.parametrize("hw", [(6, 6), (7, 5)])
-def test_residual_shapes_with_1x1conv(strides, c_in, c_out, hw):
-    X = torch.randn(2, c_in, *hw)
-    Y = Residual(c_out, use_1x1conv=True, strides=strides)(X)
-    assert Y.shape == (2, c_out, math.ceil(hw[0] / strides), math.ceil(hw[1] / strides))
-
-
 @pytest.mark.parametrize("hw", [(6, 6), (7, 5), (1, 1)])
-def test_residual_without_1x1conv_keeps_the_shape(hw):
-    X = torch.randn(4, 3, *hw)
-    assert Residual(3)(X).shape == X.shape
-
-
-def test_lecture_shape_check():
-    assert Residual(6, use_1x1conv=True, strides=2)(torch.randn(4, 3, 6, 6)).shape == (4, 6, 3, 3)
+def test_residual_and_plain_block_shapes(strides, c_in, c_out, hw):
+    X = torch.randn(2, c_in, *hw)
+    out = (2, c_out, math.ceil(hw[0] / strides), math.ceil(hw[1] / strides))
+    assert Residual(c_out, use_1x1conv=True, strides=strides)(X).shape == out
+    assert PlainBlock(c_out, strides=strides)(X).shape == out
+    if c_in == c_out and strides == 1:
+        assert Residual(c_out)(X).shape == X.shape  # the identity shortcut
 
 
 def test_residual_equals_its_formula_in_torch_functional():
@@ -127,22 +120,16 @@ def test_residual_equals_its_formula_in_torch_functional():
     torch.testing.assert_close(Y, expected)
 
 
-def test_residual_parameters_match_torch_layers():
-    blk = Residual(6, use_1x1conv=True)
-    blk(torch.randn(2, 3, 5, 5))
-    expected = (3 * 9 * 6 + 6) + (6 * 9 * 6 + 6) + (3 * 6 + 6) + 2 * (2 * 6)
-    assert num_params(blk) == expected
-
-
-@pytest.mark.parametrize("strides", [2, 3])
-def test_stride_without_1x1conv_is_a_clear_error(strides):
-    with pytest.raises(ValueError, match=rf"strides={strides} changes the shape; pass use_1x1conv=True"):
-        Residual(6, strides=strides)
-
-
-def test_channel_mismatch_without_1x1conv_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"3 channels in, 6 out: pass use_1x1conv=True"):
-        Residual(6)(torch.randn(4, 3, 6, 6))
+def test_preact_residual_is_x_plus_bn_relu_conv_twice():
+    blk = PreActResidual(4)
+    X = torch.randn(2, 4, 5, 5)
+    blk(X)  # materialize
+    with torch.no_grad():
+        for bn in (blk.bn1, blk.bn2):
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
+    Y = blk.conv1(F.relu(F.batch_norm(X, None, None, blk.bn1.weight, blk.bn1.bias, training=True)))
+    Y = blk.conv2(F.relu(F.batch_norm(Y, None, None, blk.bn2.weight, blk.bn2.bias, training=True)))
+    torch.testing.assert_close(blk(X), X + Y)
 
 
 # -- identity -------------------------------------------------------------------------------
@@ -152,25 +139,19 @@ def zero_branch(blk):
     return blk
 
 
+@pytest.mark.parametrize("Block, identity", [(Residual, True), (PlainBlock, False)])
 @pytest.mark.parametrize("train", [True, False])
-def test_zero_branch_is_the_identity_on_nonnegative_inputs(train):
-    blk = Residual(3)
+def test_zero_branch_is_the_identity_on_nonnegative_inputs_and_zero_without_shortcut(Block, identity, train):
+    blk = Block(3)
     X = F.relu(torch.randn(4, 3, 6, 6))
     blk(X)
     zero_branch(blk).train(train)
-    assert torch.equal(blk(X), X)
-
-
-def test_plain_block_with_zero_branch_is_zero():
-    blk = PlainBlock(3)
-    X = F.relu(torch.randn(4, 3, 6, 6))
-    blk(X)
-    assert torch.equal(zero_branch(blk)(X), torch.zeros_like(X))
+    assert torch.equal(blk(X), X if identity else torch.zeros_like(X))
 
 
 def test_deeper_resnet_contains_the_shallower():
-    shallow = materialized(ResNet(((1, 8), (1, 16)), stem_kernel=3, stem_stride=1), (2, 1, 28, 28))
-    deep = materialized(ResNet(((3, 8), (3, 16)), stem_kernel=3, stem_stride=1), (2, 1, 28, 28))
+    shallow = materialized(ResNet(((1, 8), (1, 16)), **SMALL), (2, 1, 28, 28))
+    deep = materialized(ResNet(((3, 8), (3, 16)), **SMALL), (2, 1, 28, 28))
     randomize_bn(shallow)
     s, d = shallow.net, deep.net
     d.b1.load_state_dict(s.b1.state_dict())
@@ -187,26 +168,25 @@ def test_deeper_resnet_contains_the_shallower():
 # -- stages and the model -------------------------------------------------------------------
 @pytest.mark.parametrize("first_block", [True, False])
 @pytest.mark.parametrize("num_residuals", [1, 3])
-def test_stage_shapes(first_block, num_residuals):
-    model = ResNet(((1, 8),), stem_kernel=3, stem_stride=1)
-    c_in = 8 if first_block else 4
-    stage = model.block(num_residuals, 8, first_block=first_block)
-    Y = stage(torch.randn(2, c_in, 10, 10))
+def test_a_stage_halves_the_size_unless_it_is_the_first(first_block, num_residuals):
+    stage = ResNet(((1, 8),), **SMALL).block(num_residuals, 8, first_block=first_block)
+    Y = stage(torch.randn(2, 8 if first_block else 4, 10, 10))
     assert Y.shape == ((2, 8, 10, 10) if first_block else (2, 8, 5, 5))
     assert len(stage) == num_residuals
     assert [blk.conv3 is not None for blk in stage] == [not first_block] + [False] * (num_residuals - 1)
 
 
-def test_resnet18_stage_shapes_at_96():
-    shapes = stage_shapes(ResNet18(), torch.zeros(1, 1, 96, 96))
-    assert shapes == {
-        "b1": (1, 64, 24, 24),
-        "b2": (1, 64, 24, 24),
-        "b3": (1, 128, 12, 12),
-        "b4": (1, 256, 6, 6),
-        "b5": (1, 512, 3, 3),
-        "last": (1, 10),
-    }
+NARROW = ((1, 16), (1, 32), (1, 64), (1, 128))
+STAGES = {  # (model, input size, (channels, size) after each stage)
+    "book's ResNet-18": (ResNet18, 96, [(64, 24), (64, 24), (128, 12), (256, 6), (512, 3)]),
+    "narrow": (lambda: ResNet(NARROW, **SMALL), 28, [(16, 14), (16, 14), (32, 7), (64, 4), (128, 2)]),
+}
+
+
+@pytest.mark.parametrize("model, size, expected", STAGES.values(), ids=STAGES.keys())
+def test_stage_shapes(model, size, expected):
+    shapes = stage_shapes(model(), torch.zeros(1, 1, size, size))
+    assert shapes == {f"b{i + 1}": (1, c, s, s) for i, (c, s) in enumerate(expected)} | {"last": (1, 10)}
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -218,18 +198,6 @@ def test_preset_model_output_shapes(preset):
     assert shapes["last"] == (2, 10)
     assert shapes["b1"][1] == cfg.model["arch"][0][1]
     assert model(torch.randn(3, 1, size, size)).shape == (3, 10)
-
-
-def test_narrow_preset_shapes():
-    model = ResNet(((1, 16), (1, 32), (1, 64), (1, 128)), stem_kernel=3, stem_stride=1)
-    shapes = stage_shapes(model, torch.zeros(1, 1, 28, 28))
-    assert [shapes[k] for k in ("b1", "b2", "b3", "b4", "b5")] == [
-        (1, 16, 14, 14),
-        (1, 16, 14, 14),
-        (1, 32, 7, 7),
-        (1, 64, 4, 4),
-        (1, 128, 2, 2),
-    ]
 
 
 def test_resnet18_is_the_book_arch():
@@ -280,51 +248,52 @@ def test_arch_accepts_lists_numpy_ints_and_generators():
     np = pytest.importorskip("numpy")
     arch = [[np.int64(1), np.int64(4)], (2, 8)]
     for given in (arch, (stage for stage in arch)):
-        assert ResNet(given, stem_kernel=3, stem_stride=1).arch == ((1, 4), (2, 8))
+        assert ResNet(given, **SMALL).arch == ((1, 4), (2, 8))
 
 
-@pytest.mark.parametrize(
-    "kwargs, error, match",
-    [
-        (dict(stem_kernel=4), ValueError, r"stem_kernel \(odd\) and stem_stride are positive ints.*4 and 2"),
-        (dict(stem_kernel=7.0), TypeError, "got 7.0 and 2"),
-        (dict(stem_stride=0), ValueError, "got 7 and 0"),
-        (dict(num_classes=0), ValueError, "num_classes must be a positive int, e.g. 10; got 0"),
-        (dict(num_classes=10.0), TypeError, "num_classes must be a positive int"),
-    ],
-)
-def test_bad_stem_and_head_arguments_are_clear_errors(kwargs, error, match):
-    with pytest.raises(error, match=match):
-        ResNet(((1, 16),), **kwargs)
+USAGE = r"e\.g\. Residual\(128, use_1x1conv=True, strides=2\)"
+STEM = r"stem_kernel \(odd\) and stem_stride are positive ints"
+STRIDES = rf"strides must be a positive int, {USAGE}; got "
+CHANNELS = rf"num_channels must be a positive int, {USAGE}; got "
+ONE = ((1, 16),)
+REFUSED = [  # (what is called, its arguments, keyword arguments, error, message)
+    (ResNet, (ONE,), dict(stem_kernel=4), ValueError, STEM + ".*4 and 2"),
+    (ResNet, (ONE,), dict(stem_kernel=7.0), TypeError, "got 7.0 and 2"),
+    (ResNet, (ONE,), dict(stem_stride=0), ValueError, "got 7 and 0"),
+    (ResNet, (ONE,), dict(num_classes=0), ValueError, "num_classes must be a positive int, e.g. 10; got 0"),
+    (ResNet, (ONE,), dict(num_classes=10.0), TypeError, "num_classes must be a positive int"),
+    (Residual, (64, True, 0), {}, ValueError, STRIDES + "0"),
+    (Residual, (64, True, -2), {}, ValueError, STRIDES + "-2"),
+    (Residual, (64, True, 1.5), {}, TypeError, STRIDES + "1.5"),
+    (Residual, (64, True, "2"), {}, TypeError, STRIDES + "'2'"),
+    (Residual, (16.5,), {}, TypeError, CHANNELS + r"16\.5"),
+    (Residual, ("64",), {}, TypeError, CHANNELS + "'64'"),
+    (Residual, (None,), {}, TypeError, CHANNELS + "None"),
+    (Residual, (0,), {}, ValueError, CHANNELS + "0"),
+    (Residual, (-3,), {}, ValueError, CHANNELS + "-3"),
+    (Residual, (6,), dict(strides=2), ValueError, r"strides=2 changes the shape; pass use_1x1conv=True"),
+    (Residual, (6,), dict(strides=3), ValueError, r"strides=3 changes the shape; pass use_1x1conv=True"),
+    (Residual(6), (torch.randn(4, 3, 6, 6),), {}, ValueError, r"3 channels in, 6 out: pass use_1x1conv=True"),
+    (PreActResidual, (0,), {}, ValueError, "num_channels"),
+    (PreActResidual(4), (torch.randn(2, 3, 5, 5),), {}, ValueError, "identity shortcut"),
+    (residual_parts, (PlainBlock(4), torch.randn(2, 4, 6, 6)), {}, TypeError, "Residual or a PreActResidual"),
+    (branch_ratios, (PlainNet(ONE, **SMALL), torch.randn(2, 1, 8, 8)), {}, ValueError, "no Residual"),
+    (final_loss, ([],), {}, ValueError, "no losses"),
+    (final_loss, ([1.0], 0), {}, ValueError, "frac"),
+    (final_loss, ([1.0], 1.5), {}, ValueError, "frac"),
+]
 
 
-RESIDUAL_USAGE = r"e\.g\. Residual\(128, use_1x1conv=True, strides=2\)"
-
-
-@pytest.mark.parametrize(
-    "strides, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError), ("2", TypeError)]
-)
-def test_malformed_residual_stride_is_a_clear_error(strides, error):
-    with pytest.raises(error, match=rf"strides must be a positive int, {RESIDUAL_USAGE}; got {strides!r}"):
-        Residual(64, use_1x1conv=True, strides=strides)
-
-
-@pytest.mark.parametrize(
-    "num_channels, error",
-    [(16.5, TypeError), ("64", TypeError), (None, TypeError), (0, ValueError), (-3, ValueError)],
-)
-def test_malformed_residual_channels_is_a_clear_error(num_channels, error):
-    pattern = rf"num_channels must be a positive int, {RESIDUAL_USAGE}; got {re.escape(repr(num_channels))}"
-    with pytest.raises(error, match=pattern):
-        Residual(num_channels)
+@pytest.mark.parametrize("call, args, kwargs, error, message", REFUSED)
+def test_bad_arguments_are_clear_errors(call, args, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        call(*args, **kwargs)
 
 
 # -- torchvision as the reference -----------------------------------------------------------
 def test_parameter_count_against_torchvision():
-    ours = materialized(ResNet18(), (2, 1, 96, 96))
-    ref = torchvision_resnet18()
-    assert num_params(ours) == RESNET18_PARAMS
-    assert num_params(ref) == TORCHVISION_PARAMS
+    ours, ref = materialized(ResNet18(), (2, 1, 96, 96)), torchvision_resnet18()
+    assert (num_params(ours), num_params(ref)) == (11_178_378, 11_175_370)  # 1 channel in, 10 classes
     conv_biases = sum(m.bias.numel() for m in ours.modules() if isinstance(m, nn.Conv2d))
     shortcut_bn = sum(p.numel() for name, p in ref.named_parameters() if ".downsample.1." in name)
     assert (conv_biases, shortcut_bn) == (4800, 1792)
@@ -355,10 +324,6 @@ def test_plain_net_differs_only_by_the_shortcuts():
     assert stage_shapes(plain, X) == stage_shapes(res, X)
 
 
-def test_plain_block_strides():
-    assert PlainBlock(6, strides=2)(torch.randn(2, 3, 8, 8)).shape == (2, 6, 4, 4)
-
-
 def test_grad_norms_one_per_conv_and_plain_explodes():
     X, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
     kw = dict(stem_kernel=3, stem_stride=2)
@@ -369,23 +334,43 @@ def test_grad_norms_one_per_conv_and_plain_explodes():
     assert plain[0] / plain[-1] > 5 * res[0] / res[-1]
 
 
-def test_conv_grad_rms_matches_autograd():
-    net = materialized(ResNet(((1, 4),), stem_kernel=3, stem_stride=1), (2, 1, 8, 8))
+def test_conv_grad_rms_matches_autograd_in_training_mode_then_restores_the_mode():
+    net = materialized(ResNet(((1, 4),), **SMALL)).eval()
     X, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    before = net.net.b1[1].running_mean.clone()
     norms = conv_grad_rms(net, X, y)
+    assert not any(m.training for m in net.modules())
+    assert not torch.equal(net.net.b1[1].running_mean, before)  # measured in training mode
     weights = [net.net.b1[0].weight, net.net.b2[0].conv1.weight, net.net.b2[0].conv2.weight]
-    grads = torch.autograd.grad(F.cross_entropy(net(X), y), weights)
+    grads = torch.autograd.grad(F.cross_entropy(net.train()(X), y), weights)  # the same step, by hand
     expected = torch.stack([g.norm() / g.numel() ** 0.5 for g in grads])  # per parameter
     torch.testing.assert_close(torch.tensor(norms), expected)
+    with pytest.raises(RuntimeError):
+        conv_grad_rms(net.eval(), torch.randn(4, 3, 8, 8), y)
+    assert not any(m.training for m in net.modules())
 
 
-def test_step_losses_record_every_step_of_a_plain_net():
+def test_init_grad_rms_leaves_the_callers_random_state_alone():
+    X, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = init_grad_rms(ResNet, 1, (4, 8), X, y, seed=1, **SMALL)
+    assert torch.equal(torch.rand(3), expected)
+    assert init_grad_rms(ResNet, 1, (4, 8), X, y, seed=1, **SMALL) == a
+
+
+def test_step_losses_record_every_step_of_a_plain_net_and_final_loss_averages_the_last():
     data = FashionMNIST(batch_size=32, train_subset=320, val_subset=100, verbose=False)
     rec = StepLosses()  # as the notebook's degradation runs record their losses
     trainer = Trainer(max_epochs=5, max_steps=4, plot=False, callbacks=[rec])
     trainer.fit(PlainNet(((1, 4),), stem_kernel=3), data)
     assert len(rec.losses) == 4 and all(0 < v < 10 for v in rec.losses)
     assert final_loss(rec.losses) == rec.losses[-1]
+    losses = [float(v) for v in range(1, 101)]  # 1..100
+    assert final_loss(losses) == sum(range(91, 101)) / 10
+    assert final_loss(losses, frac=0.5) == sum(range(51, 101)) / 50
+    assert final_loss([2.0, 4.0], frac=0.1) == 4.0  # at least the last step
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -397,63 +382,6 @@ def test_degradation_preset(preset):
     PlainNet(tuple((deep, w) for w in cfg.extra["widths"]), **cfg.model)
 
 
-def test_stage_shapes_leaves_mode_and_statistics_alone():
-    model = materialized(ResNet(((1, 4),), stem_kernel=3, stem_stride=1), (2, 1, 8, 8))
-    before = model.net.b1[1].running_mean.clone()
-    model.train()
-    assert stage_shapes(model, torch.zeros(1, 1, 8, 8))["last"] == (1, 10)  # batch 1: BN in eval mode
-    assert model.training and torch.equal(model.net.b1[1].running_mean, before)
-
-
-# -- measuring tools on ResNet: the mode always comes back ---------------------------------
-@pytest.mark.parametrize("mode", [True, False])
-def test_stage_shapes_restores_the_mode_when_forward_raises(mode):
-    model = materialized(ResNet(((1, 4),), stem_kernel=3, stem_stride=1), (2, 1, 8, 8))
-    model.train(mode)
-    with pytest.raises(RuntimeError, match="channels"):
-        stage_shapes(model, torch.zeros(1, 3, 8, 8))  # 3 channels into a stem built for 1
-    assert all(m.training is mode for m in model.modules())
-
-
-def test_conv_grad_rms_trains_then_restores_the_mode_even_when_forward_raises():
-    model = materialized(ResNet(((1, 4),), stem_kernel=3, stem_stride=1), (2, 1, 8, 8))
-    model.eval()
-    X, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
-    before = model.net.b1[1].running_mean.clone()
-    conv_grad_rms(model, X, y)
-    assert not any(m.training for m in model.modules())
-    assert not torch.equal(model.net.b1[1].running_mean, before)  # measured in training mode
-    with pytest.raises(RuntimeError):
-        conv_grad_rms(model, torch.randn(4, 3, 8, 8), y)
-    assert not any(m.training for m in model.modules())
-
-
-def test_init_grad_rms_leaves_the_callers_random_state_alone():
-    X, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
-    a = init_grad_rms(ResNet, 1, (4, 8), X, y, seed=1, stem_kernel=3, stem_stride=1)
-    assert torch.equal(torch.rand(3), expected)
-    assert init_grad_rms(ResNet, 1, (4, 8), X, y, seed=1, stem_kernel=3, stem_stride=1) == a
-
-
-# -- final_loss ------------------------------------------------------------------------------
-def test_final_loss_is_the_mean_of_the_last_steps():
-    losses = [float(v) for v in range(1, 101)]  # 1..100
-    assert final_loss(losses) == sum(range(91, 101)) / 10
-    assert final_loss(losses, frac=0.5) == sum(range(51, 101)) / 50
-    assert final_loss([2.0, 4.0], frac=0.1) == 4.0  # at least the last step
-
-
-@pytest.mark.parametrize(
-    "losses, frac, match", [([], 0.1, "no losses"), ([1.0], 0, "frac"), ([1.0], 1.5, "frac")]
-)
-def test_final_loss_bad_input_is_a_clear_error(losses, frac, match):
-    with pytest.raises(ValueError, match=match):
-        final_loss(losses, frac)
-
-
 # -- figures and the slider ------------------------------------------------------------------
 @pytest.fixture
 def figures():
@@ -463,8 +391,9 @@ def figures():
 
 def test_plot_function_fits_draws_target_fits_and_distances(figures):
     x = torch.linspace(-1, 1, 5)
-    fits = {"F_3": x**2, "F_4": x}
-    axes = plot_function_fits(x, x**3, fits, {"non-nested": [3.0, 1.5], "nested": [2.0, 1.0]})
+    axes = plot_function_fits(
+        x, x**3, {"F_3": x**2, "F_4": x}, {"non-nested": [3.0, 1.5], "nested": [2.0, 1.0]}
+    )
     assert [line.get_label() for line in axes[0].lines] == ["$f^*$", "F_3", "F_4"]
     assert list(axes[0].lines[2].get_ydata()) == x.tolist()
     assert [list(line.get_ydata()) for line in axes[1].lines] == [[3.0, 1.5], [2.0, 1.0]]
@@ -488,39 +417,18 @@ def test_plot_grad_rms_one_line_per_network(figures):
 @pytest.mark.filterwarnings("ignore:FigureCanvasAgg is non-interactive")
 def test_grad_rms_explorer_draws_now_and_on_every_slider_move(figures):
     X, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
-    kw = dict(stem_kernel=3, stem_stride=1)
-    explorer = grad_rms_explorer((PlainNet, ResNet), (4, 8), X, y, value=1, max_value=3, **kw)
+    explorer = grad_rms_explorer((PlainNet, ResNet), (4, 8), X, y, value=1, max_value=3, **SMALL)
     slider = explorer.children[0]
     assert (slider.value, slider.min, slider.max) == (1, 1, 3)
     ax = matplotlib.pyplot.gcf().axes[0]
     assert ax.get_title() == "6 layers"  # 2 stages of 1 block: 2 x 2 convolutions, stem, head
-    expected = init_grad_rms(PlainNet, 1, (4, 8), X, y, **kw)
-    assert list(ax.lines[0].get_ydata()) == expected
+    assert list(ax.lines[0].get_ydata()) == init_grad_rms(PlainNet, 1, (4, 8), X, y, **SMALL)
     slider.value = 3
     ax = matplotlib.pyplot.gcf().axes[0]
     assert ax.get_title() == "14 layers" and len(ax.lines[1].get_ydata()) == 1 + 2 * 3 * 2
 
 
-# -- the pre-activation block and the measures of residual blocks ----------------------------
-def test_preact_residual_is_x_plus_bn_relu_conv_twice():
-    blk = PreActResidual(4)
-    X = torch.randn(2, 4, 5, 5)
-    blk(X)  # materialize
-    with torch.no_grad():
-        for bn in (blk.bn1, blk.bn2):
-            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
-    Y = blk.conv1(F.relu(F.batch_norm(X, None, None, blk.bn1.weight, blk.bn1.bias, training=True)))
-    Y = blk.conv2(F.relu(F.batch_norm(Y, None, None, blk.bn2.weight, blk.bn2.bias, training=True)))
-    torch.testing.assert_close(blk(X), X + Y)
-
-
-def test_preact_residual_bad_input_is_a_clear_error():
-    with pytest.raises(ValueError, match="num_channels"):
-        PreActResidual(0)
-    with pytest.raises(ValueError, match="identity shortcut"):
-        PreActResidual(4)(torch.randn(2, 3, 5, 5))
-
-
+# -- the measures of residual blocks ----------------------------------------------------------
 BLOCKS = {
     "identity": lambda: Residual(4),
     "1x1": lambda: Residual(8, use_1x1conv=True, strides=2),
@@ -535,11 +443,6 @@ def test_residual_parts_join_to_the_block(make):
     g, s, join = residual_parts(blk, X)
     assert g.shape == s.shape == out.shape
     torch.testing.assert_close(join(g, s), out)
-
-
-def test_residual_parts_rejects_a_block_without_shortcut():
-    with pytest.raises(TypeError, match="Residual or a PreActResidual"):
-        residual_parts(PlainBlock(4), torch.randn(2, 4, 6, 6))
 
 
 def test_shortcut_gradient_identity_gated_by_relu_preact_whole_projection_transposed():
@@ -561,21 +464,14 @@ def test_shortcut_gradient_identity_gated_by_relu_preact_whole_projection_transp
 
 
 def test_branch_ratios_one_per_block_zero_for_a_zeroed_branch_mode_restored():
-    net = materialized(ResNet(((2, 4), (1, 8)), stem_kernel=3, stem_stride=1), (2, 1, 8, 8))
+    net = materialized(ResNet(((2, 4), (1, 8)), **SMALL))
     blocks = [m for m in net.modules() if isinstance(m, Residual)]
-    nn.init.zeros_(blocks[1].bn2.weight), nn.init.zeros_(blocks[1].bn2.bias)
+    zero_branch(blocks[1])
     net.train()
     X = torch.randn(4, 1, 8, 8)
     ratios = branch_ratios(net, X)
     assert len(ratios) == 3 and ratios[1] == 0 and ratios[0] > 0 and ratios[2] > 0
     assert all(m.training for m in net.modules())
     with eval_mode(net), torch.no_grad():  # the first block by hand: its input is the stem's output
-        H = net.net.b1(X)
-        g, s, _ = residual_parts(blocks[0], H)
+        g, s, _ = residual_parts(blocks[0], net.net.b1(X))
     assert ratios[0] == pytest.approx((g.norm() / s.norm()).item())
-
-
-def test_branch_ratios_of_a_plain_net_is_a_clear_error():
-    net = materialized(PlainNet(((1, 4),), stem_kernel=3, stem_stride=1), (2, 1, 8, 8))
-    with pytest.raises(ValueError, match="no Residual"):
-        branch_ratios(net, torch.randn(2, 1, 8, 8))

@@ -1,5 +1,5 @@
-"""d2l_ext.resnext and d2l_ext.resnext_tools: group semantics,
-torchvision as the oracle, split-and-concatenate, shapes, errors, costs and the explorer's view."""
+"""d2l_ext.resnext and d2l_ext.resnext_tools: group semantics, torchvision as the oracle,
+split-and-concatenate, shapes, errors, costs and the explorer's view."""
 
 import ast
 import inspect
@@ -62,7 +62,7 @@ def test_first_bottleneck_of_resnext50_32x4d(tv_bottleneck):
     assert num_params(ours) == num_params(tv_bottleneck) + biases
 
 
-def test_same_output_as_torchvision_in_training_mode(tv_bottleneck):
+def test_same_output_as_torchvision_in_training_mode_and_in_eval_mode_once_biases_are_zero(tv_bottleneck):
     """The convolutions' biases are the only difference, and BN cancels them on a minibatch."""
     torch.manual_seed(1)
     ours = copy_torchvision_bottleneck(built(ResNeXtBlock(256, 32, 0.5, use_1x1conv=True), 64), tv_bottleneck)
@@ -73,15 +73,11 @@ def test_same_output_as_torchvision_in_training_mode(tv_bottleneck):
     (g_ours,) = torch.autograd.grad(Y_ours.square().sum(), X)
     (g_ref,) = torch.autograd.grad(Y_ref.square().sum(), X)
     torch.testing.assert_close(g_ours, g_ref)
-
-
-def test_same_output_as_torchvision_in_eval_mode_once_biases_are_zero(tv_bottleneck):
-    ours = copy_torchvision_bottleneck(built(ResNeXtBlock(256, 32, 0.5, use_1x1conv=True), 64), tv_bottleneck)
+    ours = copy_torchvision_bottleneck(ours, tv_bottleneck)  # the running statistics moved with the step
     with torch.no_grad():
         for i in (1, 2, 3, 4):
             getattr(ours, f"conv{i}").bias.zero_()
-    X = torch.randn(2, 64, 8, 8)
-    with eval_mode(ours), eval_mode(tv_bottleneck):
+    with eval_mode(ours), eval_mode(tv_bottleneck), torch.no_grad():
         torch.testing.assert_close(ours(X), tv_bottleneck(X))
 
 
@@ -100,13 +96,8 @@ def test_grouped_conv_equals_split_and_concatenate(c_i, c_o, groups, stride, pad
     grads_ref = torch.autograd.grad(Y_ref.sum(), (X, conv.weight))
     for g, g_ref in zip(grads, grads_ref):
         torch.testing.assert_close(g, g_ref)
-
-
-def test_split_without_bias_and_bad_groups():
-    X, W = torch.randn(1, 6, 5, 5), torch.randn(4, 3, 3, 3)
+    X, W = torch.randn(1, 6, 5, 5), torch.randn(4, 3, 3, 3)  # without a bias
     torch.testing.assert_close(group_conv_by_split(X, W, groups=2), F.conv2d(X, W, groups=2))
-    with pytest.raises(ValueError, match="groups=4 must divide c_i=6"):
-        group_conv_by_split(X, torch.randn(4, 1, 3, 3), groups=4)
 
 
 # -- shapes across strides --------------------------------------------------------------------
@@ -114,71 +105,61 @@ def test_split_without_bias_and_bad_groups():
 def test_shapes_across_strides(strides, size, out):
     blk = ResNeXtBlock(32, 8, 0.5, use_1x1conv=True, strides=strides)
     assert blk(torch.randn(2, 16, size, size)).shape == (2, 32, out, out)
+    assert ResNeXtBlock(24, 3, 1)(torch.randn(2, 24, 7, 7)).shape == (2, 24, 7, 7)  # identity shortcut
 
 
-def test_identity_shortcut_keeps_the_shape():
-    assert ResNeXtBlock(24, 3, 1)(torch.randn(2, 24, 7, 7)).shape == (2, 24, 7, 7)
+# -- clear errors: a value of the wrong type is a TypeError, a number out of range a ValueError,
+# as for ResNet's Residual; either message shows the expected form of the call ------------------
+GROUPS = r"number of groups, a positive int, e\.g\. ResNeXtBlock\(256, groups=32"
+CHANNELS = r"num_channels is the number of output channels, a positive int, e\.g\."
+BOT_MUL = r"bot_mul is the bottleneck multiplier, a positive number, e\.g\."
+STRIDES = r"strides is the stride of the 3x3 convolution, a positive int"
+ARCH = r"arch is a sequence of \(num_residuals, num_channels\) pairs"
+X8 = torch.randn(1, 8, 4, 4)
+REFUSED = [  # (what is called, its arguments, error, message)
+    (ResNeXtBlock, (48, 32, 1), ValueError, r"b = round\(48 \* 1\) = 48 .* 32 groups .* divisors of 48"),
+    (ResNeXtBlock, (256, 3, 0.5), ValueError, r"b = round\(256 \* 0.5\) = 128 .* 3 groups"),
+    (ResNeXtBlock, (32, 0, 1), ValueError, GROUPS),
+    (ResNeXtBlock, (32, -2, 1), ValueError, GROUPS),
+    (ResNeXtBlock, (32, True, 1), ValueError, GROUPS),
+    (ResNeXtBlock, (32, 2.0, 1), TypeError, GROUPS),
+    (ResNeXtBlock, (0, 4, 1), ValueError, CHANNELS),
+    (ResNeXtBlock, (-8, 4, 1), ValueError, CHANNELS),
+    (ResNeXtBlock, (True, 4, 1), ValueError, CHANNELS),
+    (ResNeXtBlock, (16.0, 4, 1), TypeError, CHANNELS),
+    (ResNeXtBlock, ("16", 4, 1), TypeError, CHANNELS),
+    (ResNeXtBlock, (16, 4, 0), ValueError, BOT_MUL),
+    (ResNeXtBlock, (16, 4, -0.5), ValueError, BOT_MUL),
+    (ResNeXtBlock, (16, 4, float("nan")), ValueError, BOT_MUL),
+    (ResNeXtBlock, (16, 4, True), ValueError, BOT_MUL),
+    (ResNeXtBlock, (16, 4, "0.5"), TypeError, BOT_MUL),
+    (ResNeXtBlock, (16, 4, None), TypeError, BOT_MUL),
+    (ResNeXtBlock, (16, 4, 1, True, 0), ValueError, STRIDES),
+    (ResNeXtBlock, (16, 4, 1, True, -1), ValueError, STRIDES),
+    (ResNeXtBlock, (16, 4, 1, True, 1.5), TypeError, STRIDES),
+    (ResNeXtBlock, (16, 1, 0.01), ValueError, "larger bot_mul"),
+    (ResNeXtBlock, (16, 4, 1, False, 2), ValueError, "use_1x1conv=True"),
+    (ResNeXtBlock(16, 4, 1), (X8,), ValueError, "8 channels in, 16 out: pass use_1x1conv=True"),
+    (
+        group_conv_by_split,
+        (X8[:, :6], torch.randn(4, 1, 3, 3), None, 4),
+        ValueError,
+        "groups=4 must divide c_i=6",
+    ),
+    # ResNet.__init__ checks arch before ResNeXt swaps a block: one message for both models
+    (ResNeXt, ([(2, 64), 3], 8, 1), TypeError, ARCH),
+    (ResNeXt, ([(2, 64, 1)], 8, 1), TypeError, ARCH),
+    (ResNeXt, ([], 8, 1), ValueError, ARCH),
+    (ResNeXt, ([(0, 64)], 8, 1), ValueError, ARCH),
+    (ResNeXt, (((1, 16), (1, 24)), 16, 1), ValueError, r"b = round\(24 \* 1\) = 24"),
+    (resnext_cost, (16, 16, 8, 0.25), ValueError, r"b = round\(16 \* 0.25\) = 4"),
+]
 
 
-# -- clear errors -----------------------------------------------------------------------------
-def test_groups_that_do_not_divide_the_bottleneck_are_refused():
-    with pytest.raises(ValueError, match=r"b = round\(48 \* 1\) = 48 .* 32 groups .* divisors of 48"):
-        ResNeXtBlock(48, groups=32, bot_mul=1)
-    with pytest.raises(ValueError, match=r"b = round\(256 \* 0.5\) = 128 .* 3 groups"):
-        ResNeXtBlock(256, groups=3, bot_mul=0.5)
-
-
-# A value of the wrong type is a TypeError, a number out of range a ValueError, as for ResNet's Residual;
-# either message shows the expected form of the call.
-WRONG_TYPE, OUT_OF_RANGE = TypeError, ValueError
-
-
-@pytest.mark.parametrize(
-    "groups, error", [(0, OUT_OF_RANGE), (-2, OUT_OF_RANGE), (True, OUT_OF_RANGE), (2.0, WRONG_TYPE)]
-)
-def test_groups_must_be_a_positive_int(groups, error):
-    with pytest.raises(error, match=r"number of groups, a positive int, e\.g\. ResNeXtBlock\(256, groups=32"):
-        ResNeXtBlock(32, groups, 1)
-
-
-@pytest.mark.parametrize(
-    "num_channels, error",
-    [(0, OUT_OF_RANGE), (-8, OUT_OF_RANGE), (True, OUT_OF_RANGE), (16.0, WRONG_TYPE), ("16", WRONG_TYPE)],
-)
-def test_num_channels_must_be_a_positive_int(num_channels, error):
-    with pytest.raises(error, match=r"num_channels is the number of output channels, a positive int, e\.g\."):
-        ResNeXtBlock(num_channels, 4, 1)
-
-
-@pytest.mark.parametrize(
-    "bot_mul, error",
-    [
-        (0, OUT_OF_RANGE),
-        (-0.5, OUT_OF_RANGE),
-        (float("nan"), OUT_OF_RANGE),
-        (True, OUT_OF_RANGE),
-        ("0.5", WRONG_TYPE),
-        (None, WRONG_TYPE),
-    ],
-)
-def test_bot_mul_must_be_a_positive_number(bot_mul, error):
-    with pytest.raises(error, match=r"bot_mul is the bottleneck multiplier, a positive number, e\.g\."):
-        ResNeXtBlock(16, 4, bot_mul)
-
-
-@pytest.mark.parametrize("strides, error", [(0, OUT_OF_RANGE), (-1, OUT_OF_RANGE), (1.5, WRONG_TYPE)])
-def test_strides_must_be_a_positive_int(strides, error):
-    with pytest.raises(error, match=r"strides is the stride of the 3x3 convolution, a positive int"):
-        ResNeXtBlock(16, 4, 1, use_1x1conv=True, strides=strides)
-
-
-def test_tiny_bot_mul_and_stride_without_shortcut_are_refused():
-    with pytest.raises(ValueError, match="larger bot_mul"):
-        ResNeXtBlock(16, 1, 0.01)
-    with pytest.raises(ValueError, match="use_1x1conv=True"):
-        ResNeXtBlock(16, 4, 1, strides=2)
-    with pytest.raises(ValueError, match="8 channels in, 16 out: pass use_1x1conv=True"):
-        ResNeXtBlock(16, 4, 1)(torch.randn(1, 8, 4, 4))
+@pytest.mark.parametrize("call, args, error, message", REFUSED)
+def test_bad_arguments_are_refused_saying_what_to_pass(call, args, error, message):
+    with pytest.raises(error, match=message):
+        call(*args)
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -225,59 +206,16 @@ def test_model_has_resnets_layout_block_for_block(arch):
     assert net.hparams == dict(resnet.hparams, groups=4, bot_mul=0.5)
 
 
-@pytest.mark.parametrize(
-    "arch, error",
-    [([(2, 64), 3], WRONG_TYPE), ([(2, 64, 1)], WRONG_TYPE), ([], OUT_OF_RANGE), ([(0, 64)], OUT_OF_RANGE)],
-)
-def test_model_refuses_a_malformed_arch_with_resnets_message(arch, error):
-    """ResNet.__init__ checks arch before ResNeXt swaps a block: one message for both models."""
-    with pytest.raises(error, match=r"arch is a sequence of \(num_residuals, num_channels\) pairs"):
-        ResNeXt(arch, groups=8, bot_mul=1)
-
-
-def test_model_refuses_a_width_the_groups_cannot_split():
-    with pytest.raises(ValueError, match=r"b = round\(24 \* 1\) = 24"):
-        ResNeXt(((1, 16), (1, 24)), groups=16, bot_mul=1)
-
-
 # -- cost (d2l_ext.resnext_tools) ---------------------------------------------------------------
-@pytest.mark.parametrize("groups", [1, 4, 64])
+@pytest.mark.parametrize("groups", [1, 4, 64, 128])
 def test_conv_cost_is_c_i_c_o_over_g(groups):
-    cost = conv_cost(64, 128, groups, kernel_size=3, size=10)
-    assert cost["weights"] == 9 * 64 * 128 // groups
+    cost = conv_cost(128, 128, groups, kernel_size=3, size=10)
+    assert cost["weights"] == 9 * 128 * 128 // groups
     assert cost["params"] == cost["weights"] + 128
-    assert cost["flops"] == 2 * 10 * 10 * 9 * 64 * 128 // groups
-
-
-@pytest.mark.parametrize("groups", [1, 8, 128])
-def test_flops_of_the_timed_layer_follow_the_formula(groups):
-    """The timing cell's layer on a real batch: 2 k^2 c_i c_o / g FLOPs per output pixel and image."""
+    assert cost["flops"] == 2 * 10 * 10 * 9 * 128 * 128 // groups
+    # the timing cell's layer on a real batch: 2 k^2 c_i c_o / g FLOPs per output pixel and image
     conv = nn.Conv2d(128, 128, 3, padding=1, groups=groups)
     assert count_flops(conv, torch.randn(2, 128, 6, 6)) == 2 * 2 * 6 * 6 * 9 * 128 * 128 // groups
-
-
-def test_count_flops_leaves_bn_statistics_and_mode_alone():
-    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).train()
-    before = net[1].running_mean.clone()
-    assert count_flops(net, torch.randn(2, 3, 5, 5)) == 2 * 2 * 25 * 3 * 4
-    assert net.training and torch.equal(net[1].running_mean, before)
-
-
-class Raises(nn.Module):
-    def __init__(self, error: type[BaseException]):
-        super().__init__()
-        self.error = error
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        raise self.error("raised inside the forward pass")
-
-
-@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
-def test_count_flops_brings_training_mode_back_when_the_forward_pass_raises(error):
-    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), Raises(error)).train()
-    with pytest.raises(error, match="raised inside"):
-        count_flops(net, torch.randn(2, 1, 5, 5))
-    assert all(m.training for m in net.modules())
 
 
 def test_resnext_cost_matches_real_layers():
@@ -312,20 +250,12 @@ def test_a_narrower_bottleneck_saves_more_than_half(c, groups):
     assert doubled_groups > 1.9 * flops[1]
 
 
-def test_resnext_cost_refuses_what_the_block_refuses():
-    with pytest.raises(ValueError, match=r"b = round\(16 \* 0.25\) = 4"):
-        resnext_cost(16, 16, groups=8, bot_mul=0.25)
-
-
-def test_cost_view_shows_the_table_in_mflops(capsys):
+def test_cost_view_shows_the_table_in_mflops_or_refuses_with_the_reason(capsys):
     table = resnext_cost_view(64, 256, 32, 0.5)
     assert list(table.columns) == ["params", "ratio", "MFLOPs"]
     assert table.params.iloc[3] == 64_256
     assert table.MFLOPs.iloc[2] == round(2 * 28 * 28 * 9 * 128 * 128 / 32 / 1e6, 3)
     assert "ResNeXtBlock(256, 32, 0.5)" in capsys.readouterr().out  # displayed, not only returned
-
-
-def test_cost_view_refuses_with_the_reason(capsys):
     assert resnext_cost_view(16, 16, groups=8, bot_mul=0.25) is None
     assert "b = round(16 * 0.25) = 4" in capsys.readouterr().out
 
