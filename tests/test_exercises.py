@@ -1,21 +1,11 @@
 """The exercises: solutions/ (the instructor's otter-assign sources) and exercises/ (what students get).
 
-For every solutions notebook found in solutions/:
-
-- the student version and its checks in exercises/ are exactly what ``tools/exercises.py``
-  generates (and an edited source makes ``--check`` fail, naming the file);
-- every exercise states the lecture notebook's text, says whether it is checked, and a checked
-  exercise has tests, and an open one has none;
-- the student notebook holds no line of any solution, and every name a check reads is left in it
-  as an empty answer (``name = ...`` or a stub ``def``/``class``) under its exercise, by one
-  exercise only (the checks read the notebook's globals when they run);
-- run as a student gets it (every code cell in order, in this process, from a copy of the
-  folder), every check fails on the empty answers, with a hint, and shows no solution line;
-- the checks cannot print an expected value: their ``assert`` lines compare no literal, and their
-  messages are fixed hints;
-- every test cell of a solutions notebook calls its test function with the globals of the same
-  names, as otter does, so the notebook tier (nbval over solutions/, ``make test``) runs each check
-  on the executed solution and fails if it does not pass.
+For every solutions notebook: exercises/ is exactly what ``tools/exercises.py`` generates; every
+exercise states the lecture notebook's text; the student notebook holds no line of a solution and
+leaves every name a check reads as an empty answer under its exercise, for one exercise only (the
+checks read the notebook's globals); run as a student gets it, every check fails on the empty
+answers with a fixed hint and shows no solution; and every test cell calls its test function as
+otter does, so that nbval over solutions/ (``make test``) runs each check on the solution.
 """
 
 from __future__ import annotations
@@ -28,6 +18,7 @@ import re
 import shutil
 from pathlib import Path
 
+import nbformat
 import pytest
 from repo_scripts import script
 
@@ -40,40 +31,34 @@ CHECK_CELL = re.compile(r'^grader\.check\("(ex\d+)"\)$')
 MARK = re.compile(r"#\s*SOLUTION( NO PROMPT)?\s*$")
 
 
-def cells(notebook: Path) -> list[dict]:
-    return json.loads(notebook.read_text())["cells"]
+def cells(notebook: Path) -> list:
+    return nbformat.read(notebook, as_version=4).cells
 
 
-def source(cell: dict) -> str:
-    src = cell["source"]
-    return src if isinstance(src, str) else "".join(src)
+def blocks(notebook: Path):
+    """Each cell of a solutions notebook but the block boundaries, with the innermost block it is in."""
+    block = []
+    for cell in cells(notebook):
+        if cell.cell_type == "raw" and (m := tool.BLOCK.match(cell.source)):
+            block = [*block, m[2].upper()] if m[1].upper() == "BEGIN" else block[:-1]
+        else:
+            yield cell, (block or [None])[-1]
 
 
 def solution_lines(notebook: Path) -> set[str]:
-    """The lines of a solutions notebook that the student version must not hold: every line of a
-    Markdown cell in a solution block, and in its code cells each line between ``# BEGIN SOLUTION``
-    and ``# END SOLUTION`` or ending in ``# SOLUTION`` (without the mark); lines that a visible cell
-    holds too, and short ones, aside."""
-    hidden, shown, block = set(), set(), []
-    for cell in cells(notebook):
-        m = tool.BLOCK.match(source(cell)) if cell["cell_type"] == "raw" else None
-        if m:
-            block = [*block, m[2].upper()] if m[1].upper() == "BEGIN" else block[:-1]
-            continue
-        lines = [line.strip() for line in source(cell).splitlines()]
-        if not (block and block[-1] == "SOLUTION"):
-            shown.update(lines)
-        elif cell["cell_type"] == "markdown":
-            hidden.update(lines)
-        else:
-            inside = False
-            for line in lines:
-                if re.match(r"#\s*(BEGIN|END) SOLUTION", line):
-                    inside = line.startswith("# BEGIN") or line.startswith("#BEGIN")
-                elif inside or MARK.search(line):
-                    hidden.add(MARK.sub("", line).strip())
-                else:
-                    shown.add(line)
+    """The lines (12 characters or more) that the student version must not hold: those of a solution
+    block's Markdown cells, and of its code between ``# BEGIN``/``# END SOLUTION`` or marked
+    ``# SOLUTION``; lines that a visible cell holds too aside."""
+    hidden, shown = set(), set()
+    for cell, block in blocks(notebook):
+        lines, inside = [line.strip() for line in cell.source.splitlines()], cell.cell_type == "markdown"
+        for line in lines:
+            if block == "SOLUTION" and re.match(r"#\s*(BEGIN|END) SOLUTION", line):
+                inside = "BEGIN" in line
+            elif block == "SOLUTION" and (inside or MARK.search(line)):
+                hidden.add(MARK.sub("", line).strip())
+            else:
+                shown.add(line)
     return {line for line in hidden - shown if len(line) >= 12}
 
 
@@ -81,193 +66,122 @@ def student(stem: str) -> Path:
     return tool.EXERCISES / f"{stem}.ipynb"
 
 
-def check_files(stem: str) -> list[Path]:
-    return sorted((tool.EXERCISES / "tests" / stem).glob("*.py"))
-
-
-def check_functions(path: Path) -> list[ast.FunctionDef]:
-    return [node for node in ast.parse(path.read_text()).body if isinstance(node, ast.FunctionDef)]
+def check_functions(stem: str) -> list[tuple[Path, ast.FunctionDef]]:
+    return [
+        (path, node)
+        for path in sorted((tool.EXERCISES / "tests" / stem).glob("*.py"))
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.FunctionDef)
+    ]
 
 
 # -- the tool ------------------------------------------------------------------------------------
 
 
-def test_there_are_solutions_notebooks():
-    assert SOURCES, "solutions/ holds no NN_topic.ipynb"
-
-
 def test_student_versions_are_what_the_solutions_generate():
-    found = tool.check()
-    assert not found, "\n".join(found)
+    assert SOURCES, "solutions/ holds no NN_topic.ipynb"
+    changes, errors = tool.plan()
+    assert not errors and not changes, errors + [str(rel) for rel in changes]
 
 
-@pytest.fixture(scope="module")
-def copy(tmp_path_factory) -> tuple[Path, Path]:
-    """solutions/ and exercises/ for the first solutions notebook, in a folder of their own."""
-    base = tmp_path_factory.mktemp("exercises")
-    first = SOURCES[0]
-    (base / "solutions").mkdir()
-    shutil.copyfile(first, base / "solutions" / first.name)
-    (base / "exercises").mkdir()
-    for rel in [
-        Path(f"{first.stem}.ipynb"),
-        *(p.relative_to(tool.EXERCISES) for p in check_files(first.stem)),
-    ]:
-        (base / "exercises" / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tool.EXERCISES / rel, base / "exercises" / rel)
-    return base / "solutions" / first.name, base / "exercises"
-
-
-def run_check(solutions: Path, exercises: Path) -> tuple[int, str]:
+def run(*argv: str) -> tuple[int, str]:
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = tool.main(["--check", "--solutions", str(solutions), "--exercises", str(exercises)])
+        code = tool.main(list(argv))
     return code, err.getvalue()
 
 
-def test_check_names_an_edited_solution(copy):
-    nb_path, exercises = copy
-    assert run_check(nb_path.parent, exercises) == (0, "")
-    original = nb_path.read_text()
-    nb = json.loads(original)
-    # The first "# SOLUTION" line: a new answer there changes nothing a student sees...
-    cell = next(c for c in nb["cells"] if c["cell_type"] == "code" and "# SOLUTION\n" in source(c) + "\n")
-    lines = source(cell).splitlines()
-    i = next(i for i, line in enumerate(lines) if line.endswith("# SOLUTION"))
-    lines[i] = lines[i].split("=")[0] + "= None  # SOLUTION"
-    cell["source"] = "\n".join(lines)
-    nb_path.write_text(json.dumps(nb, indent=1) + "\n")
-    try:
-        assert run_check(nb_path.parent, exercises) == (0, "")
-        # ... but an edited exercise text, or a new check, does: the check names the file.
-        for c in nb["cells"]:
-            if c["cell_type"] == "markdown" and tool.EXERCISE.match(source(c).splitlines()[0]):
-                c["source"] = source(c).replace("Checked: yes.", "Checked: yes. Edited.", 1)
-                break
-        nb_path.write_text(json.dumps(nb, indent=1) + "\n")
-        code, err = run_check(nb_path.parent, exercises)
-        assert code == 1 and f"{nb_path.stem}.ipynb differs from what" in err and "make exercises" in err
-    finally:
-        nb_path.write_text(original)
-    assert run_check(nb_path.parent, exercises) == (0, "")
-
-
-def test_check_names_a_missing_and_a_stale_file(copy):
-    nb_path, exercises = copy
-    tests = exercises / "tests" / nb_path.stem
-    first = sorted(tests.glob("*.py"))[0]
-    kept = first.read_bytes()
-    first.unlink()
+def test_check_names_what_differs_and_writing_mends_it(tmp_path, monkeypatch):
+    first = SOURCES[0]
+    solution, tests = tmp_path / "solutions" / first.name, tmp_path / "exercises" / "tests" / first.stem
+    shutil.copytree(tool.EXERCISES / "tests" / first.stem, tests)
+    shutil.copyfile(student(first.stem), tmp_path / "exercises" / first.name)
+    solution.parent.mkdir()
+    shutil.copyfile(first, solution)
+    monkeypatch.setattr(tool, "SOLUTIONS", solution.parent)
+    monkeypatch.setattr(tool, "EXERCISES", tmp_path / "exercises")
+    assert run("--check") == (0, "")
+    # A new answer on a "# SOLUTION" line changes nothing a student sees...
+    solution.write_text(re.sub(r'= [^"\n]*  # SOLUTION', "= None  # SOLUTION", first.read_text(), count=1))
+    assert solution.read_text() != first.read_text() and run("--check") == (0, "")
+    # ... but an edited exercise text does, and so do a missing and a stale check: --check names them.
+    solution.write_text(first.read_text().replace("Checked: yes.", "Checked: yes. Edited.", 1))
+    missing = sorted(tests.glob("*.py"))[0]
+    kept = missing.read_bytes()
+    missing.unlink()
     (tests / "ex99.py").write_text("name = 'ex99'\n")
-    try:
-        code, err = run_check(nb_path.parent, exercises)
-        assert code == 1 and f"{first.name} is missing" in err and "ex99.py is stale" in err
-        with contextlib.redirect_stdout(io.StringIO()):
-            assert tool.main(["--solutions", str(nb_path.parent), "--exercises", str(exercises)]) == 0
-        assert first.read_bytes() == kept and not (tests / "ex99.py").exists()
-    finally:
-        first.write_bytes(kept)
-        (tests / "ex99.py").unlink(missing_ok=True)
+    code, err = run("--check")
+    assert code == 1 and "make exercises" in err
+    assert (
+        f"{first.name} differs from what" in err
+        and f"{missing.name} is missing" in err
+        and "ex99.py is stale" in err
+    )
+    assert run()[0] == 0 and run("--check") == (0, "")  # writing mends all three
+    assert missing.read_bytes() == kept and not (tests / "ex99.py").exists()
 
 
 def notebook_with(tmp_path: Path, config: str, *cells: tuple[str, str]) -> Path:
-    import nbformat
-
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [nbformat.v4.new_raw_cell(config)]
-    for kind, text in cells:
-        nb.cells.append(getattr(nbformat.v4, f"new_{kind}_cell")(text))
+    nb.cells += [getattr(nbformat.v4, f"new_{kind}_cell")(text) for kind, text in cells]
     path = tmp_path / "07_toy.ipynb"
     nbformat.write(nb, path)
     return path
 
 
 CONFIG = "# ASSIGNMENT CONFIG\n" + "\n".join(f"{k}: {json.dumps(v)}" for k, v in tool.REQUIRED_CONFIG.items())
+TEST = "def test(x):\n    assert x, 'hint'\n\n\ntest(x)"
 
 
-@pytest.mark.parametrize(
-    "change, said",
-    [
-        ("generate: true", "generate: True"),
-        ("export_cell: true", "export_cell: True"),
-        ("tests: {files: false, ok_format: false}", "tests: {'files': False"),
-        ("requirements: requirements.txt", "sets requirements"),
-    ],
-)
-def test_a_config_for_gradescope_is_refused_with_what_to_write(tmp_path, change, said):
-    key = change.split(":")[0]
-    config = "\n".join(line for line in CONFIG.splitlines() if not line.startswith(key + ":"))
-    path = notebook_with(tmp_path, config + "\n" + change)
-    with pytest.raises(tool.ExerciseError, match="config must hold") as e:
-        tool.assignment_config(path)
-    assert said in str(e.value) and "generate: false" in str(e.value)
+def exercise(number: int, question: str | None, checked: str, tests=(), body=()) -> list[tuple[str, str]]:
+    """The cells of an exercise: its question block with its text, ``body`` and a test cell per test."""
+    text = ("markdown", f"## Exercise {number}\n\n(easy) Text.\n\nChecked: {checked}.")
+    tested = (
+        [("raw", "# BEGIN TESTS"), *(("code", t) for t in tests), ("raw", "# END TESTS")] if tests else []
+    )
+    if question is None:
+        return [text]
+    return [("raw", f"# BEGIN QUESTION\nname: {question}"), text, *body, *tested, ("raw", "# END QUESTION")]
 
 
-def test_a_config_without_the_cell_is_refused(tmp_path):
-    path = notebook_with(tmp_path, "just a raw cell")
-    with pytest.raises(tool.ExerciseError, match="found 0 raw cells '# ASSIGNMENT CONFIG'"):
-        tool.assignment_config(path)
+GOOD = [(1, "ex1", "yes", [TEST]), (2, "ex2", "no")]
 
 
-QUESTION = ("raw", "# BEGIN QUESTION\nname: {name}"), ("raw", "# END QUESTION")
-TESTS = (
-    ("raw", "# BEGIN TESTS"),
-    ("code", "def test(x):\n    assert x, 'hint'\n\n\ntest(x)"),
-    ("raw", "# END TESTS"),
-)
+# A config line to set, the exercises' layout, and what problems() says.
+PROBLEMS = {
+    "good": ("", GOOD, []),
+    "checked-without-tests": (
+        "",
+        [(1, "ex1", "yes")],
+        ["Exercise 1 says 'Checked: yes', but ex1 has no test"],
+    ),
+    "open-with-tests": ("", [(1, "ex1", "no", [TEST])], ["Exercise 1 says 'Checked: no', but ex1 has tests"]),
+    "misnumbered": (
+        "",
+        [(2, "ex1", "no")],
+        ["numbered [2], not 1, 2, ...", "Exercise 2 is in question 'ex1'"],
+    ),
+    "outside": ("", [(1, None, "no")], ["Exercise 1 is outside every question block"]),
+    "generate": ("generate: true", GOOD, ["says generate: True"]),
+    "export-cell": ("export_cell: true", GOOD, ["says export_cell: True"]),
+    "tests-in-notebook": ("tests: {files: false, ok_format: false}", GOOD, ["says tests: {'files': False"]),
+    "requirements": ("requirements: requirements.txt", GOOD, ["says requirements: requirements.txt"]),
+    "no-config": (None, GOOD, ["found 0 raw cells '# ASSIGNMENT CONFIG'"]),
+}
 
 
-@pytest.mark.parametrize(
-    "layout, found",
-    [
-        ([("ex1", "yes", True), ("ex2", "no", False)], []),
-        ([("ex1", "yes", False)], ["says 'Checked: yes', but ex1 has no test cell"]),
-        ([("ex1", "no", True)], ["says 'Checked: no', but ex1 has tests"]),
-        ([("ex2", "no", False)], ["numbered [2], not 1, 2, ...", "Exercise 2 is in question 'ex1'"]),
-        ([(None, "no", False)], ["Exercise 1 is outside every question block"]),
-    ],
-    ids=["good", "checked-without-tests", "open-with-tests", "misnumbered", "outside"],
-)
-def test_layout_problems_are_named(tmp_path, layout, found):
-    parts = []
-    for n, (name, checked, tests) in enumerate(layout, start=1):
-        number = int(name[2:]) if name else n
-        text = ("markdown", f"## Exercise {number}\n\n(easy) Text.\n\nChecked: {checked}.")
-        if name is None:
-            parts.append(text)
-            continue
-        begin, end = QUESTION
-        parts += [(begin[0], begin[1].format(name=f"ex{n}")), text, *(TESTS if tests else ()), end]
-    path = notebook_with(tmp_path, CONFIG, *parts)
-    problems = tool.problems(path)
+@pytest.mark.parametrize("config, layout, found", PROBLEMS.values(), ids=PROBLEMS)
+def test_problems_are_named_with_what_to_write(tmp_path, config, layout, found):
+    key = (config or "").split(":")[0]
+    kept = "\n".join(line for line in CONFIG.splitlines() if not key or not line.startswith(key + ":"))
+    parts = [part for args in layout for part in exercise(*args)]
+    problems = tool.problems(
+        notebook_with(tmp_path, "a raw cell" if config is None else f"{kept}\n{config}", *parts)
+    )
     assert len(problems) == len(found) and all(f in p for f, p in zip(found, problems)), problems
-
-
-def test_a_student_version_that_would_fail_lint_is_refused_with_the_fix(tmp_path):
-    # The set-up imports what only the solution uses: unused in the student version.
-    test = (
-        '""" # BEGIN TEST CONFIG\nfailure_message: ' + "a hint " * 13 + '\n""" # END TEST CONFIG\n\n\n'
-        'def test_ex1(answer):\n    assert answer, "hint"\n\n\ntest_ex1(answer)'
-    )
-    path = notebook_with(
-        tmp_path,
-        CONFIG,
-        ("code", "import os"),
-        QUESTION[0],
-        ("markdown", "## Exercise 1\n\n(easy) Text.\n\nChecked: yes."),
-        ("raw", "# BEGIN SOLUTION"),
-        ("code", "answer = os.sep  # SOLUTION"),
-        ("raw", "# END SOLUTION"),
-        ("raw", "# BEGIN TESTS"),
-        ("code", test),
-        ("raw", "# END TESTS"),
-        QUESTION[1],
-    )
-    path.write_text(path.read_text().replace("{name}", "ex1"))
-    with pytest.raises(tool.ExerciseError, match="would fail `make lint`") as e:
-        tool.generate(path)
-    assert "F401" in str(e.value) and "E501" in str(e.value) and "inside a solution block" in str(e.value)
+    assert all("generate: false" in p for p in problems if "CONFIG" in p)  # what to write
 
 
 def test_an_exercise_without_its_checked_line_is_refused(tmp_path):
@@ -276,36 +190,80 @@ def test_an_exercise_without_its_checked_line_is_refused(tmp_path):
         tool.exercises(path)
 
 
+def test_a_student_version_that_would_fail_lint_is_refused_with_the_fix(tmp_path):
+    # The set-up imports what only the solution uses: unused in the student version.
+    test = (
+        '""" # BEGIN TEST CONFIG\nfailure_message: ' + "a hint " * 13 + '\n""" # END TEST CONFIG\n\n\n'
+        'def test_ex1(answer):\n    assert answer, "hint"\n\n\ntest_ex1(answer)'
+    )
+    solution = [
+        ("raw", "# BEGIN SOLUTION"),
+        ("code", "answer = os.sep  # SOLUTION"),
+        ("raw", "# END SOLUTION"),
+    ]
+    path = notebook_with(
+        tmp_path, CONFIG, ("code", "import os"), *exercise(1, "ex1", "yes", [test], solution)
+    )
+    with pytest.raises(tool.ExerciseError, match="would fail `make lint`") as e:
+        tool.generate(path)
+    assert "F401" in str(e.value) and "E501" in str(e.value) and "inside a solution block" in str(e.value)
+
+
 def test_count_is_a_table_of_every_solutions_notebook():
-    out = io.StringIO()
+    code, out = 0, io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert tool.main(["--count"]) == 0
+        code = tool.main(["--count"])
     rows = [line.split("|")[1:-1] for line in out.getvalue().splitlines()[2:]]
     counts = {name.strip(): [int(c.split()[0]) for c in cols] for name, *cols in rows}
-    for path in SOURCES:
-        exs = tool.exercises(path)
-        assert counts[path.stem] == [len(exs), sum(e.checked for e in exs), sum(not e.checked for e in exs)]
+    exs = {path.stem: tool.exercises(path) for path in SOURCES}
+    for stem, found in exs.items():
+        assert counts[stem] == [len(found), sum(e.checked for e in found), sum(not e.checked for e in found)]
     total, checked, _ = counts["all"]
-    assert total == sum(len(tool.exercises(p)) for p in SOURCES)
+    assert code == 0 and total == sum(map(len, exs.values()))
     assert checked >= 2 * total / 3, "at least two thirds of the exercises must have checks"
 
 
 # -- every solutions notebook ----------------------------------------------------------------------
 
 
+def lecture_exercises(notebook: Path) -> dict[int, str]:
+    """The numbered items of a lecture notebook's "## Exercises" cell, whitespace collapsed."""
+    items: dict[int, list[str]] = {}
+    cell = next(
+        c for c in cells(notebook) if c.cell_type == "markdown" and c.source.startswith("## Exercises")
+    )
+    for line in cell.source.splitlines()[1:]:
+        if m := re.match(r"^(\d+)\.\s+(.*)$", line):
+            items[int(m[1])] = [m[2]]
+        elif items:
+            items[max(items)].append(line)
+    return {n: " ".join(" ".join(text).split()) for n, text in items.items()}
+
+
 @pytest.mark.parametrize("notebook", SOURCES, ids=IDS)
-def test_exercises_are_the_lectures_in_its_order(notebook):
+def test_exercises_are_the_lectures_and_each_test_cell_calls_its_test(notebook):
     assert tool.problems(notebook) == []
-    lecture = tool.lecture_exercises(tool.NOTEBOOKS / notebook.name)
-    ours = {ex.number: ex.text for ex in tool.exercises(notebook)}
-    assert sorted(ours) == sorted(lecture), "one question per exercise of the lecture notebook"
-    for n, text in lecture.items():
-        assert ours[n] == text, f"Exercise {n} is not stated as in notebooks/{notebook.name}"
+    lecture = lecture_exercises(ROOT / "notebooks" / notebook.name)
+    assert {ex.number: ex.text for ex in tool.exercises(notebook)} == lecture, (
+        f"not as notebooks/{notebook.name}"
+    )
+    # As otter does: the test function, then its call with the globals of the names it reads.
+    for cell in [cell for cell, block in blocks(notebook) if block == "TESTS" and cell.cell_type == "code"]:
+        body = ast.parse(cell.source).body
+        body = body[1:] if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else body
+        assert len(body) == 2 and isinstance(body[0], ast.FunctionDef), "a test function, then its call"
+        fn, call, params = body[0], getattr(body[1], "value", None), [a.arg for a in body[0].args.args]
+        assert (
+            isinstance(call, ast.Call)
+            and getattr(call.func, "id", None) == fn.name
+            and [getattr(a, "id", None) for a in call.args] == params
+            and not call.keywords
+        ), f"{notebook.name}: {fn.name} must be called as {fn.name}({', '.join(params)})"
 
 
 @pytest.mark.parametrize("notebook", SOURCES, ids=IDS)
 def test_the_student_notebook_holds_no_solution(notebook):
-    text = "\n".join(source(c) for c in cells(student(notebook.stem)))
+    text = "\n".join(cell.source for cell in cells(student(notebook.stem)))
     leaked = sorted(line for line in solution_lines(notebook) if line in text)
     assert not leaked, f"exercises/{notebook.name} shows lines of the solutions: {leaked[:5]}"
 
@@ -313,44 +271,14 @@ def test_the_student_notebook_holds_no_solution(notebook):
 def answer_names(notebook: Path) -> dict[str, set[str]]:
     """Per exercise question, the names its answer cells in the student notebook bind."""
     names: dict[str, set[str]] = {}
-    current = None
     for cell in cells(notebook):
-        lines = source(cell).strip().splitlines()
-        if cell["cell_type"] == "markdown" and lines and (m := tool.EXERCISE.match(lines[0])):
-            current = f"ex{m[1]}"
-            names[current] = set()
-        if cell["cell_type"] != "code" or "otter_answer_cell" not in cell["metadata"].get("tags", []):
-            continue
-        for node in ast.parse(source(cell)).body:
-            if isinstance(node, ast.Assign):
-                names[current] |= {t.id for t in node.targets if isinstance(t, ast.Name)}
-            elif isinstance(node, ast.FunctionDef | ast.ClassDef):
-                names[current].add(node.name)
+        if cell.cell_type == "markdown" and (m := tool.EXERCISE.match(cell.source.strip().split("\n")[0])):
+            current = names.setdefault(f"ex{m[1]}", set())
+        if cell.cell_type == "code" and "otter_answer_cell" in cell.metadata.get("tags", []):
+            for node in ast.parse(cell.source).body:
+                targets = node.targets if isinstance(node, ast.Assign) else [node]
+                current |= {getattr(t, "id", getattr(t, "name", None)) for t in targets} - {None}
     return names
-
-
-@pytest.mark.parametrize("notebook", SOURCES, ids=IDS)
-def test_each_check_reads_the_answers_left_empty_under_its_exercise(notebook):
-    nb = student(notebook.stem)
-    checked = [ex for ex in tool.exercises(notebook) if ex.checked]
-    checks = [m[1] for c in cells(nb) if c["cell_type"] == "code" and (m := CHECK_CELL.match(source(c)))]
-    assert checks == [ex.question for ex in checked], "a grader.check cell after each checked exercise"
-    assert [p.stem for p in check_files(notebook.stem)] == sorted(checks)
-    names, read_by = answer_names(nb), {}
-    for path in check_files(notebook.stem):
-        for fn in check_functions(path):
-            wanted = {a.arg for a in fn.args.args} - {"env"}
-            missing = wanted - names[path.stem]
-            assert wanted and not missing, (
-                f"{path.relative_to(ROOT)}: {fn.name} reads {sorted(missing)}, which the answer cells of "
-                f"{path.stem} in exercises/{notebook.name} do not leave for the student to fill in"
-            )
-            for name in wanted:
-                read_by.setdefault(name, set()).add(path.stem)
-    # A check reads the notebook's globals when it runs: a name that two questions answer would make
-    # an earlier question's check fail once a later answer has overwritten it.
-    shared = {name: sorted(qs) for name, qs in read_by.items() if len(qs) > 1}
-    assert not shared, f"exercises/{notebook.name}: names that several questions' checks read: {shared}"
 
 
 def literals(node: ast.AST) -> list[object]:
@@ -364,78 +292,54 @@ def literals(node: ast.AST) -> list[object]:
 
 
 @pytest.mark.parametrize("notebook", SOURCES, ids=IDS)
-def test_a_failing_check_can_print_a_hint_only(notebook):
-    for path in check_files(notebook.stem):
-        for fn in check_functions(path):
-            (deco,) = fn.decorator_list
-            hint = next((k.value for k in deco.keywords if k.arg == "failure_message"), None)
-            assert isinstance(hint, ast.Constant) and hint.value, (
-                f"{path.name}: {fn.name} has no failure_message"
-            )
-            for node in ast.walk(fn):
-                if not isinstance(node, ast.Assert):
-                    continue
-                where = f"{path.relative_to(ROOT)}, line {node.lineno}"
-                assert isinstance(node.msg, ast.Constant) and isinstance(node.msg.value, str), (
-                    f"{where}: an assert's message must be a fixed hint, never a computed value"
-                )
-                assert not literals(node.test), (
-                    f"{where}: the failing line is shown to the student; compare with a name "
-                    f"(ok = ...; assert ok, 'hint'), not with {literals(node.test)}"
-                )
-
-
-@pytest.mark.parametrize("notebook", SOURCES, ids=IDS)
-def test_every_test_cell_calls_its_test_as_otter_does(notebook):
-    block = []
-    for cell in cells(notebook):
-        m = tool.BLOCK.match(source(cell)) if cell["cell_type"] == "raw" else None
-        if m:
-            block = [*block, m[2].upper()] if m[1].upper() == "BEGIN" else block[:-1]
-            continue
-        if not (block and block[-1] == "TESTS" and cell["cell_type"] == "code"):
-            continue
-        body = ast.parse(source(cell)).body
-        body = body[1:] if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else body
-        assert len(body) == 2 and isinstance(body[0], ast.FunctionDef), "a test function, then its call"
-        fn, call = body[0], body[1].value if isinstance(body[1], ast.Expr) else None
-        params = [a.arg for a in fn.args.args]
-        ok = (
-            isinstance(call, ast.Call)
-            and isinstance(call.func, ast.Name)
-            and call.func.id == fn.name
-            and [a.id for a in call.args if isinstance(a, ast.Name)] == params
-            and not call.keywords
+def test_each_check_reads_empty_answers_of_its_exercise_and_can_print_a_hint_only(notebook):
+    nb, stem = student(notebook.stem), notebook.stem
+    checked = [ex.question for ex in tool.exercises(notebook) if ex.checked]
+    checks = [m[1] for c in cells(nb) if c.cell_type == "code" and (m := CHECK_CELL.match(c.source))]
+    assert checks == checked, "a grader.check cell after each checked exercise"
+    assert sorted({path.stem for path, _ in check_functions(stem)}) == sorted(checks)
+    names, read_by = answer_names(nb), {}
+    for path, fn in check_functions(stem):
+        wanted = {a.arg for a in fn.args.args} - {"env"}
+        missing = sorted(wanted - names[path.stem])
+        assert wanted and not missing, (
+            f"{path.relative_to(ROOT)}: {fn.name} reads {missing}, which no answer cell of {path.stem} "
+            f"in exercises/{notebook.name} leaves empty for the student to fill in"
         )
-        assert ok, f"{notebook.name}: {fn.name} must be called as {fn.name}({', '.join(params)})"
-
-
-# -- the student notebooks, run ------------------------------------------------------------------
-
-
-def run_as_student(notebook: Path, folder: Path) -> dict[str, object]:
-    """Run every code cell of the student version in order, in a copy of exercises/; the results of
-    the grader.check cells by question."""
-    stem = notebook.stem
-    shutil.copyfile(student(stem), folder / f"{stem}.ipynb")
-    shutil.copytree(tool.EXERCISES / "tests" / stem, folder / "tests" / stem)
-    results, namespace = {}, {"__name__": "__main__"}
-    with contextlib.chdir(folder), contextlib.redirect_stdout(io.StringIO()):  # otter logs to .OTTER_LOG here
-        for cell in cells(folder / f"{stem}.ipynb"):
-            if cell["cell_type"] != "code":
-                continue
-            code = source(cell)
-            if m := CHECK_CELL.match(code):
-                results[m[1]] = eval(code, namespace)
-            else:
-                exec(compile(code, f"{stem}.ipynb", "exec"), namespace)
-    return results
+        for name in wanted:
+            read_by.setdefault(name, set()).add(path.stem)
+        (deco,) = fn.decorator_list
+        hint = next((k.value for k in deco.keywords if k.arg == "failure_message"), None)
+        assert isinstance(hint, ast.Constant) and hint.value, f"{path.name}: {fn.name} has no failure_message"
+        for node in [node for node in ast.walk(fn) if isinstance(node, ast.Assert)]:
+            where = f"{path.relative_to(ROOT)}, line {node.lineno}"
+            assert isinstance(node.msg, ast.Constant) and isinstance(node.msg.value, str), (
+                f"{where}: an assert's message must be a fixed hint, never a computed value"
+            )
+            assert not literals(node.test), (
+                f"{where}: the failing line is shown to the student; compare with a name "
+                f"(ok = ...; assert ok, 'hint'), not with {literals(node.test)}"
+            )
+    # A check reads the notebook's globals when it runs: a name that two questions answer would make
+    # an earlier question's check fail once a later answer has overwritten it.
+    shared = {name: sorted(qs) for name, qs in read_by.items() if len(qs) > 1}
+    assert not shared, f"exercises/{notebook.name}: names that several questions' checks read: {shared}"
 
 
 @pytest.mark.parametrize("notebook", SOURCES, ids=IDS)
 def test_every_check_fails_on_the_empty_answers_with_a_hint(notebook, tmp_path):
-    results = run_as_student(notebook, tmp_path)
-    assert sorted(results) == sorted(ex.question for ex in tool.exercises(notebook) if ex.checked)
+    """Every code cell of the student version in order, in a copy of exercises/, as a student runs it."""
+    stem, results, namespace = notebook.stem, {}, {"__name__": "__main__"}
+    shutil.copyfile(student(stem), tmp_path / f"{stem}.ipynb")
+    shutil.copytree(tool.EXERCISES / "tests" / stem, tmp_path / "tests" / stem)
+    # otter logs to .OTTER_LOG in the folder it runs in
+    with contextlib.chdir(tmp_path), contextlib.redirect_stdout(io.StringIO()):
+        for cell in [c for c in cells(tmp_path / f"{stem}.ipynb") if c.cell_type == "code"]:
+            if m := CHECK_CELL.match(cell.source):
+                results[m[1]] = eval(cell.source, namespace)
+            else:
+                exec(compile(cell.source, f"{stem}.ipynb", "exec"), namespace)
+    assert sorted(results) == sorted({path.stem for path, _ in check_functions(stem)})
     secret = solution_lines(notebook)
     for question, result in results.items():
         shown = repr(result) + result._repr_html_()  # what the notebook shows, as text and as HTML

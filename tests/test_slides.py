@@ -4,8 +4,6 @@ cell skipped and collapsed, every other cell shown, and the checks still where t
 import ast
 import copy
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -27,43 +25,37 @@ def slide_type(cell) -> str | None:
     return cell.metadata.get("slideshow", {}).get("slide_type")
 
 
+def is_restore(cell) -> bool:
+    return cell.cell_type == "code" and "restore" in cell.metadata.get("tags", [])
+
+
 def hidden(cell) -> bool:
     return bool(cell.metadata.get("jupyter", {}).get("source_hidden"))
 
 
-def asserts(source: str) -> bool:
-    """Whether the code asserts anything: an assert statement or an ``assert_*(...)`` call."""
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Assert):
-            return True
-        if isinstance(node, ast.Call):
-            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-            if name.startswith("assert"):
-                return True
-    return False
+def test_check_passes_on_the_repository(capsys):
+    """The metadata of every notebook is what the rules give, and no slide is too long to read."""
+    code, out = slides.main(["--check"]), capsys.readouterr()
+    assert code == 0 and f"{len(NOTEBOOKS)} notebooks carry the slide metadata" in out.out, out.err
 
 
-def raises_or_defines(source: str) -> bool:
-    """Whether the code raises an error (an argument check) or defines a function (an oracle's helper)."""
-    return any(isinstance(node, ast.Raise | ast.FunctionDef) for node in ast.walk(ast.parse(source)))
-
-
-def test_check_passes_on_the_repository():
-    out = subprocess.run(
-        [sys.executable, "tools/slides.py", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    assert f"{len(NOTEBOOKS)} notebooks carry the slide metadata" in out.stdout
+# Only level 1-3 headings outside code fences need a cell of their own.
+SECTION = "## A section\n\nThe claim.\n\n```python\n# a comment, no heading\n```\n\n#### A paragraph title"
+RESTORE = """if "x" not in globals():  # after a restart: what the section before made
+    x = torch.ones(3)"""
 
 
 @pytest.fixture
 def toy(tmp_path) -> Path:
-    """A small lecture notebook: title, set-up, a section with code, its check and a plot, a subsection."""
+    """A small lecture notebook: title, set-up, a section with a restore cell (it re-creates, only when
+    missing after a kernel restart, what earlier sections made), code, its check and a plot, and a
+    subsection."""
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_markdown_cell("# 07 · Toy\n\nWhat it shows.", id="title"),
         nbformat.v4.new_code_cell("import torch", id="setup"),
-        nbformat.v4.new_markdown_cell("## A section\n\nThe claim.", id="section"),
+        nbformat.v4.new_markdown_cell(SECTION, id="section"),
+        nbformat.v4.new_code_cell(RESTORE, id="restore", metadata={"tags": ["restore"]}),
         nbformat.v4.new_code_cell("x = torch.ones(3)\nx.sum()", id="code"),
         nbformat.v4.new_code_cell("assert x.sum() == 3  # the claim", id="code-check"),
         nbformat.v4.new_code_cell("d2l.plot(x)", id="plot", metadata={"tags": ["fragment"]}),
@@ -81,23 +73,20 @@ def toy(tmp_path) -> Path:
 def test_the_rules_on_a_toy_notebook(toy):
     nb = read(toy)
     assert [slide_type(c) for c in nb.cells] == [
-        "slide", "-", "slide", "-", "skip", "fragment", "subslide", "skip", "subslide"
+        "slide", "-", "slide", "skip", "-", "skip", "fragment", "subslide", "skip", "subslide"
     ]  # fmt: skip
-    assert [hidden(c) for c in nb.cells] == [False] * 4 + [True, False, False, True, False]
-    assert [c.metadata.get("tags") for c in nb.cells[4:8]] == [
-        ["hide-input"], ["fragment"], None, ["check", "hide-input"]
+    assert [hidden(c) for c in nb.cells] == [False] * 3 + [True, False, True, False, False, True, False]
+    assert [c.metadata.get("tags") for c in nb.cells[3:9]] == [
+        ["restore", "hide-input"], None, ["hide-input"], ["fragment"], None, ["check", "hide-input"]
     ]  # fmt: skip
+    assert is_restore(nb.cells[3]) and slides.is_validation(nb.cells[3])
     # RISE's sections: the title slide, the section with one fragment, two subslides of it.
     assert [(s.h, s.v, s.cells, s.fragments) for s in slides.sections(nb)] == [
-        (0, 0, [0, 1], 0), (1, 0, [2, 3, 4, 5], 1), (1, 1, [6, 7], 0), (1, 2, [8], 0)
+        (0, 0, [0, 1], 0), (1, 0, [2, 3, 4, 5, 6], 1), (1, 1, [7, 8], 0), (1, 2, [9], 0)
     ]  # fmt: skip
     assert slides.steps(nb) == 5
-
-
-def test_writing_again_changes_nothing(toy):
     before = toy.read_bytes()
-    assert slides.main([str(toy)]) == 0
-    assert toy.read_bytes() == before
+    assert slides.main([str(toy)]) == 0 and toy.read_bytes() == before  # writing again changes nothing
 
 
 def mutate(path: Path, index: int, change) -> None:
@@ -110,110 +99,63 @@ def set_type(kind):
     return lambda cell: cell.metadata["slideshow"].update(slide_type=kind)
 
 
-def show(cell):
-    del cell.metadata["jupyter"]
-
-
-def untag(name):
-    return lambda cell: cell.metadata.__setitem__("tags", [t for t in cell.metadata.tags if t != name])
-
-
-def retag(cell):
-    cell.metadata.tags = ["check"]
-
-
 def tag(*names):
     return lambda cell: cell.metadata.__setitem__("tags", list(names))
 
 
-def add_assert(cell):
-    cell.source = "assert torch.ones(1).item() == 1"
+def set_source(text):
+    return lambda cell: setattr(cell, "source", text)
+
+
+# A difference from the rules, which writing fixes: (cell, change, what the rules give).
+DIFFERENCES = {
+    "section-not-a-slide": (2, set_type("-"), "'slide_type': 'slide'"),
+    "subsection-a-slide": (7, set_type("slide"), "'slide_type': 'subslide'"),
+    "fragment-lost": (6, set_type("-"), "'slide_type': 'fragment'"),
+    "check-shown": (5, lambda cell: cell.metadata.pop("jupyter"), "'source_hidden': True"),
+    "hide-input-lost": (5, tag(), "'tags': ['hide-input']"),
+    "check-untagged": (8, tag("hide-input"), "'slide_type': '-'"),
+    "restore-untagged": (3, tag("hide-input"), "'slide_type': '-'"),  # lecture code again
+    "code-tagged-check": (4, tag("check"), "'slide_type': 'skip'"),
+    "new-assert-only-cell": (1, set_source("assert torch.ones(1).item() == 1"), "'slide_type': 'skip'"),
+}
+# A cell the rules cannot place, which writing refuses too.
+UNPLACED = {
+    "heading-inside": (2, set_source("The claim.\n\n## A section"), "the heading '## A section'"),
+    "check-on-markdown": (2, tag("check"), "tag 'check' on a markdown cell"),
+    "subslide-on-check": (5, tag("subslide"), "tag 'subslide' on a cell whose place"),
+    "fragment-on-heading": (7, tag("fragment"), "tag 'fragment' on a cell whose place"),
+    "both": (4, tag("subslide", "fragment"), "together: keep one"),
+    "restore-on-markdown": (2, tag("restore"), "tag 'restore' on a markdown cell"),
+    "subslide-on-restore": (3, tag("restore", "subslide"), "tag 'subslide' on a cell whose place"),
+    "fragment-on-restore": (3, tag("restore", "fragment"), "tag 'fragment' on a cell whose place"),
+}
 
 
 @pytest.mark.parametrize(
-    "index, change, message",
-    [
-        (2, set_type("-"), "cell 3 (id section): slide_type is '-', the rules give 'slide'"),
-        (6, set_type("slide"), "cell 7 (id sub): slide_type is 'slide', the rules give 'subslide'"),
-        (5, set_type("-"), "cell 6 (id plot): slide_type is '-', the rules give 'fragment'"),
-        (4, show, "cell 5 (id code-check): source_hidden should be True"),
-        (4, untag("hide-input"), "cell 5 (id code-check): the tag 'hide-input' should be there"),
-        (7, untag("check"), "cell 8 (id arg): slide_type is 'skip', the rules give '-'"),
-        (3, retag, "cell 4 (id code): slide_type is '-', the rules give 'skip'"),
-        (1, add_assert, "cell 2 (id setup): slide_type is '-', the rules give 'skip'"),
-    ],
-    ids=["section-not-a-slide", "subsection-a-slide", "fragment-lost", "check-shown", "hide-input-lost",
-         "check-untagged", "code-tagged-check", "new-assert-only-cell"],
-)  # fmt: skip
-def test_check_names_notebook_cell_and_difference(toy, capsys, index, change, message):
-    mutate(toy, index, change)
-    assert slides.main(["--check", str(toy)]) == 1
-    err = capsys.readouterr().err
-    assert f"{toy}, {message}" in err and "run `python tools/slides.py`" in err
-    assert slides.main([str(toy)]) == 0  # writing fixes it
-    assert slides.main(["--check", str(toy)]) == 0
-
-
-@pytest.mark.parametrize(
-    "index, change, message",
-    [
-        (2, lambda c: setattr(c, "source", "The claim.\n\n## A section"), "the heading '## A section'"),
-        (2, tag("check"), "tag 'check' on a markdown cell"),
-        (4, tag("subslide"), "tag 'subslide' on a cell whose place"),
-        (6, tag("fragment"), "tag 'fragment' on a cell whose place"),
-        (3, tag("subslide", "fragment"), "together: keep one"),
-        (2, tag("restore"), "tag 'restore' on a markdown cell"),
-        (3, tag("restore", "subslide"), "tag 'subslide' on a cell whose place"),
-        (3, tag("restore", "fragment"), "tag 'fragment' on a cell whose place"),
-    ],
-    ids=["heading-inside", "check-on-markdown", "subslide-on-check", "fragment-on-heading", "both",
-         "restore-on-markdown", "subslide-on-restore", "fragment-on-restore"],
-)  # fmt: skip
-def test_cells_the_rules_cannot_place_are_refused(toy, capsys, index, change, message):
+    "index, change, said, fixable",
+    [(*case, True) for case in DIFFERENCES.values()] + [(*case, False) for case in UNPLACED.values()],
+    ids=[*DIFFERENCES, *UNPLACED],
+)
+def test_check_names_notebook_cell_and_what_the_rules_give(toy, capsys, index, change, said, fixable):
     mutate(toy, index, change)
     before = toy.read_bytes()
-    for argv in (["--check", str(toy)], [str(toy)]):
-        assert slides.main(argv) == 1
-        err = capsys.readouterr().err
-        assert message in err and f"cell {index + 1} (id " in err and "cannot place these cells" in err
-    assert toy.read_bytes() == before  # nothing written
-
-
-RESTORE = """if "x" not in globals():  # after a restart: what the section before made
-    x = torch.ones(3)"""
-
-
-def test_a_restore_cell_is_skipped_and_collapsed_like_a_check(toy):
-    """A restore cell opens a section and re-creates, only when missing, what earlier sections made:
-    after a kernel restart the section runs on its own; in the slides it is one click away."""
-    nb = read(toy)
-    nb.cells.insert(3, nbformat.v4.new_code_cell(RESTORE, id="restore", metadata={"tags": ["restore"]}))
-    nbformat.write(nb, toy)
-    assert slides.main([str(toy)]) == 0
-    cell = read(toy).cells[3]  # right after the section's heading
-    assert slides.is_restore(cell) and slides.is_validation(cell)
-    assert slide_type(cell) == "skip" and hidden(cell) and cell.metadata.tags == ["restore", "hide-input"]
-    assert slides.steps(read(toy)) == 5  # the presentation is unchanged
-    assert slides.main(["--check", str(toy)]) == 0
-    mutate(toy, 3, untag("restore"))  # untagged, it is lecture code again
     assert slides.main(["--check", str(toy)]) == 1
+    err = capsys.readouterr().err
+    assert f"{toy}, cell {index + 1} (id " in err and said in err
+    assert ("run `python tools/slides.py`" if fixable else "cannot place these cells") in err
+    assert slides.main([str(toy)]) == (0 if fixable else 1)  # writing fixes a difference, nothing else
+    assert (toy.read_bytes() != before) is fixable
+    assert slides.main(["--check", str(toy)]) == (0 if fixable else 1)
 
 
 def test_check_refuses_a_slide_too_long_to_read(toy, capsys):
-    mutate(toy, 3, lambda cell: setattr(cell, "source", "\n".join(f"x{i} = {i}" for i in range(58))))
+    mutate(toy, 4, set_source("\n".join(f"x{i} = {i}" for i in range(52))))
     assert slides.main([str(toy)]) == 0  # writing is not stopped by it
     assert slides.main(["--check", str(toy)]) == 1
     assert "slide-1-0 (from cell 3) holds 62 lines of source, more than 60" in capsys.readouterr().err
-    mutate(toy, 3, lambda cell: cell.metadata.__setitem__("tags", ["subslide"]))  # the long cell on its own
+    mutate(toy, 4, tag("subslide"))  # the long cell on its own
     assert slides.main([str(toy)]) == 0 and slides.main(["--check", str(toy)]) == 0
-
-
-def test_only_level_1_to_3_headings_outside_code_fences_need_a_cell_of_their_own():
-    md = "Text.\n\n```python\n# a comment, no heading\n```\n\n#### A paragraph title\n\n### A subsection"
-    assert slides.later_headings(nbformat.v4.new_markdown_cell(md)) == ["### A subsection"]
-    assert slides.later_headings({"cell_type": "markdown", "source": md.splitlines(True)}) == [
-        "### A subsection"
-    ]
 
 
 @pytest.mark.parametrize(
@@ -235,86 +177,36 @@ def test_a_cell_that_only_asserts_is_a_validation_cell(source, validation):
     assert slides.is_validation(nbformat.v4.new_markdown_cell(source)) is False
 
 
+def test_sections_follow_rise_on_skipped_cells_first():
+    """RISE opens the first slide with the first cell that is neither skipped nor a note, whatever
+    its type: a fragment there is no fragment, and skipped cells before it belong to that slide."""
+    nb = nbformat.v4.new_notebook()
+    kinds = ["skip", "notes", "fragment", "-", "fragment", "subslide", "skip", "slide"]
+    nb.cells = [nbformat.v4.new_code_cell("x", metadata={"slideshow": {"slide_type": k}}) for k in kinds]
+    assert [(s.h, s.v, s.cells, s.fragments) for s in slides.sections(nb)] == [
+        (0, 0, [0, 1, 2, 3, 4], 1), (0, 1, [5, 6], 0), (1, 0, [7], 0)
+    ]  # fmt: skip
+    assert slides.steps(copy.deepcopy(nb)) == 4
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
-def test_every_section_is_a_slide(nb):
+def test_the_title_opens_the_notebook_and_exercises_and_references_close_it(nb):
     cells = read(nb).cells
-    assert slide_type(cells[0]) == "slide" and cells[0].source.startswith("# ")
-    levels = {n: slides.heading_level(c) for n, c in enumerate(cells)}
-    for n, cell in enumerate(cells):
-        inside = [line for line in cell.source.splitlines()[1:] if re.match(r"#{1,3}\s", line)]
-        assert cell.cell_type == "code" or not inside, f"{nb.name}, cell {n + 1}: a heading inside, {inside}"
-        if levels[n] == 2:
-            assert slide_type(cell) == "slide", f"{nb.name}, cell {n + 1}: section {cell.source[:40]!r}"
-        if levels[n] == 3:
-            assert slide_type(cell) == "subslide", f"{nb.name}, cell {n + 1}: {cell.source[:40]!r}"
-    # One slide per section and one for the title; nothing else opens a slide.
-    sections = [s for s in slides.sections(read(nb)) if s.v == 0]
-    assert len(sections) == 1 + sum(level == 2 for level in levels.values())
-    assert [cells[s.cells[0]].source.split("\n")[0] for s in sections[1:]] == [
-        c.source.split("\n")[0] for c in cells if slides.heading_level(c) == 2
-    ]
+    assert len({c.id for c in cells}) == len(cells), "cell ids name the cells: they must be unique"
+    levels = [slides.heading_level(c) for c in cells]  # with the rules, every "##" opens a slide
+    assert levels[0] == 1 and 1 not in levels[1:], "one title, the first cell"
     # The lecture ends with exercises and references, a slide each.
     assert [c.source.split("\n")[0] for c in cells[-2:]] == ["## Exercises", "## References"]
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
-def test_no_slide_holds_more_source_than_a_screen_shows(nb):
-    assert slides.too_long(read(nb)) == []
-
-
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
-def test_validation_cells_are_skipped_and_collapsed_and_nothing_else_is(nb):
-    cells = read(nb).cells
-    checks = [n for n, c in enumerate(cells) if slides.is_validation(c)]
-    assert checks, f"{nb.name} has no validation cell"
-    for n, cell in enumerate(cells):
-        tags = cell.metadata.get("tags", [])
-        where = f"{nb.name}, cell {n + 1} (id {cell.id})"
-        if n in checks:
-            assert slide_type(cell) == "skip" and hidden(cell) and "hide-input" in tags, where
-        else:
-            assert slide_type(cell) != "skip" and not hidden(cell) and "hide-input" not in tags, where
-            assert not cell.metadata.get("jupyter", {}).get("outputs_hidden"), where
-
-
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
-def test_the_checks_still_run_where_they_did(nb):
-    """Each check stands right after the code it checks and runs in every runner: no tag, magic or
-    comment keeps it from running, and each validation cell checks something: it asserts, raises a
-    clear error where it validates arguments, or defines an oracle's helper."""
-    cells = read(nb).cells
-    for n, cell in enumerate(cells):
-        where = f"{nb.name}, cell {n + 1} (id {cell.id})"
-        tags = set(cell.metadata.get("tags", []))
-        assert not tags & NOT_RUN, f"{where}: tags {tags & NOT_RUN} keep it from running"
-        if cell.cell_type != "code":
-            continue
-        assert not re.search(r"^\s*#\s*assert\b", cell.source, re.M), f"{where}: an assert commented out"
-        assert not cell.source.lstrip().startswith("%%"), f"{where}: a cell magic may keep it from running"
-        if slides.is_validation(cell) and not slides.is_restore(cell):
-            assert asserts(cell.source) or raises_or_defines(cell.source), f"{where}: it checks nothing"
-            if asserts(cell.source):  # the checks of a result stand right after the code that makes it
-                assert cells[n - 1].cell_type == "code", f"{where}: a check after no code"
-
-
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
-def test_restore_cells_open_their_section_and_change_nothing_in_a_run_from_the_top(nb):
-    """A restore cell stands at the top of its section, right after the ``##`` heading (or another
-    restore cell), and does its work only where a name is missing, or holds another section's value:
-    ``if "name" not in globals():``, optionally ``or`` a test of that value."""
-    cells = read(nb).cells
-    for n, cell in enumerate(cells):
-        if not slides.is_restore(cell):
-            continue
-        where = f"{nb.name}, cell {n + 1} (id {cell.id})"
-        before = cells[n - 1]
-        assert slides.is_restore(before) or slides.heading_level(before) == 2, (
-            f"{where}: not at a section's top"
-        )
-        body = ast.parse(cell.source).body
-        assert body and all(isinstance(node, ast.If) and guarded(node.test) for node in body), (
-            f'{where}: its code is not guarded by `if "name" not in globals():`'
-        )
+def asserts(source: str) -> bool:
+    """Whether the code asserts anything: an assert statement or an ``assert_*(...)`` call."""
+    for node in ast.walk(ast.parse(source)):
+        func = node.func if isinstance(node, ast.Call) else None
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if isinstance(node, ast.Assert) or name.startswith("assert"):
+            return True
+    return False
 
 
 def guarded(test: ast.expr) -> bool:
@@ -324,19 +216,34 @@ def guarded(test: ast.expr) -> bool:
     return re.fullmatch(r"""["']\w+["'] not in globals\(\)""", ast.unparse(test)) is not None
 
 
-def test_the_shipped_notebooks_keep_their_cell_ids_unique():
-    for nb in NOTEBOOKS:
-        ids = [c.id for c in read(nb).cells]
-        assert len(ids) == len(set(ids)), nb.name
-
-
-def test_sections_follow_rise_on_skipped_cells_first():
-    """RISE opens the first slide with the first cell that is neither skipped nor a note, whatever
-    its type: a fragment there is no fragment, and skipped cells before it belong to that slide."""
-    nb = nbformat.v4.new_notebook()
-    kinds = ["skip", "fragment", "-", "fragment", "notes", "subslide", "skip", "slide"]
-    nb.cells = [nbformat.v4.new_code_cell("x", metadata={"slideshow": {"slide_type": k}}) for k in kinds]
-    assert [(s.h, s.v, s.cells, s.fragments) for s in slides.sections(nb)] == [
-        (0, 0, [0, 1, 2, 3, 4], 1), (0, 1, [5, 6], 0), (1, 0, [7], 0)
-    ]  # fmt: skip
-    assert slides.steps(copy.deepcopy(nb)) == 4
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_checks_still_run_where_they_did(nb):
+    """Each check stands right after the code it checks and runs in every runner: no tag, magic or
+    comment keeps it from running, and each validation cell checks something: it asserts, raises a
+    clear error where it validates arguments, or defines an oracle's helper. A restore cell stands
+    right after its section's heading (or another restore cell) and does its work only where a name
+    is missing: ``if "name" not in globals():``, optionally ``or`` a test of its value."""
+    cells = read(nb).cells
+    assert any(map(slides.is_validation, cells)), f"{nb.name} has no validation cell"
+    for n, cell in enumerate(cells):
+        where = f"{nb.name}, cell {n + 1} (id {cell.id})"
+        tags = set(cell.metadata.get("tags", []))
+        assert not tags & NOT_RUN, f"{where}: tags {tags & NOT_RUN} keep it from running"
+        assert not cell.metadata.get("jupyter", {}).get("outputs_hidden"), f"{where}: its outputs hidden"
+        if cell.cell_type != "code":
+            continue
+        assert not re.search(r"^\s*#\s*assert\b", cell.source, re.M), f"{where}: an assert commented out"
+        assert not cell.source.lstrip().startswith("%%"), f"{where}: a cell magic may keep it from running"
+        if is_restore(cell):
+            before, body = cells[n - 1], ast.parse(cell.source).body
+            assert is_restore(before) or slides.heading_level(before) == 2, f"{where}: not at its top"
+            assert body and all(isinstance(node, ast.If) and guarded(node.test) for node in body), (
+                f'{where}: its code is not guarded by `if "name" not in globals():`'
+            )
+        elif slides.is_validation(cell):
+            defines = any(
+                isinstance(node, ast.Raise | ast.FunctionDef) for node in ast.walk(ast.parse(cell.source))
+            )
+            assert asserts(cell.source) or defines, f"{where}: it checks nothing"
+            if asserts(cell.source):  # the checks of a result stand right after the code that makes it
+                assert cells[n - 1].cell_type == "code", f"{where}: a check after no code"
