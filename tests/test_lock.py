@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -37,6 +38,21 @@ def declared(extras=("lab", "test", "site")) -> list[Requirement]:
     return [Requirement(line) for line in lines]
 
 
+def binder_environment() -> dict[str, str]:
+    """Marker values of Binder's interpreter: Linux on x86_64, the base environment's Python."""
+    python = lock.binder_base()["python"]
+    return default_environment() | {
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "x86_64",
+        "os_name": "posix",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "python_version": python.rsplit(".", 1)[0],
+        "python_full_version": python,
+    }
+
+
 def unmet(requirements: list[Requirement], pinned: dict[str, str], environment: dict[str, str] | None):
     """The requirements that hold in ``environment`` and that ``pinned`` does not satisfy."""
     return [
@@ -49,7 +65,7 @@ def unmet(requirements: list[Requirement], pinned: dict[str, str], environment: 
 
 @pytest.mark.parametrize("where", ["here", "binder"])
 def test_lock_satisfies_pyproject(where):
-    environment = None if where == "here" else lock.binder_environment()
+    environment = None if where == "here" else binder_environment()
     pinned = lock.pins(lock.LOCK.read_text(), environment)
     lines = (REPO / "requirements.in").read_text().splitlines()
     inputs = [Requirement(line) for line in lines if line[:1].isalpha()]
@@ -73,7 +89,7 @@ def test_venv_is_the_lock():
 
 
 def test_binder_is_the_locks_share():
-    environment = lock.binder_environment()
+    environment = binder_environment()
     text = lock.BINDER.read_text()
     binder, locked = lock.pins(text, environment), lock.pins(lock.LOCK.read_text(), environment)
     assert {n: v for n, v in binder.items() if locked.get(n) != v} == {}, "run `make lock`"
@@ -105,7 +121,7 @@ def test_pins_refuse_anything_but_an_exact_pin(line):
 def test_pins_follow_markers():
     text = "numpy==2.4.6 ; python_full_version < '3.12'\nnumpy==2.5.5 ; python_full_version >= '3.12'\n"
     text += "appnope==1.0.0 ; sys_platform == 'darwin'\n"
-    linux = lock.binder_environment()
+    linux = binder_environment()
     assert lock.pins(text, linux | {"python_full_version": "3.11.14"}) == {"numpy": "2.4.6"}
     assert lock.pins(text, linux | {"python_full_version": "3.12.1", "sys_platform": "darwin"}) == {
         "numpy": "2.5.5",

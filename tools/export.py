@@ -1,26 +1,13 @@
 #!/usr/bin/env python3
-"""Export the notebooks' ``#@save`` definitions into ``d2l_ext``, or check that they are in sync.
+"""Write the notebooks' ``#@save`` definitions into ``d2l_ext``, or check (``--check``) that they are.
 
-d2l's convention: a trailing ``#@save`` on a top-level ``class`` or ``def`` line, or on one of its
-decorators' lines, saves that whole definition with its decorators; on a top-level import or
-assignment it saves that statement (``ruff format`` writes the mark as ``# @save``; both count).
-``notebooks/NN_topic.ipynb`` becomes ``d2l_ext/topic.py``, which has
-
-- a header saying it is generated (a module without it is hand-written and never overwritten);
-- ``__all__``: the public names it defines, in notebook order (imports are not its own names);
-- before each definition, a comment naming its cell, ``# notebooks/02_resnet.ipynb, cell 7``, so
-  that a traceback into the module leads back to the notebook. Cells are counted from 1 over all
-  cells, markdown included, from the top of the notebook, as a reader counts them;
-- each class in one place: a function saved with ``@d2l.add_to_class(C)`` (the book's way to spread
-  a class over cells), where ``C`` is a class saved earlier in the same notebook, becomes an
-  ordinary method at the end of ``C``'s body, with its own cell comment, and the decorator is
-  dropped: the class ends up with the same methods as in the notebook. It stays a decorated
-  top-level function where moving it would change its meaning: ``C`` is decorated or its body
-  shares its header's line, ``add_to_class`` is not the outermost decorator, or the function uses
-  a ``__private`` name (Python mangles those inside a class body, not outside).
-
-    python tools/export.py           # write the modules
-    python tools/export.py --check   # exit 1 if a module differs from what the notebooks give
+As in d2l, a trailing ``#@save`` (``# @save`` after ruff) on a top-level definition's header or
+decorator saves the definition, on an import or assignment the statement. ``notebooks/NN_topic.ipynb``
+becomes ``d2l_ext/topic.py``: a generated header (a module without it is never overwritten),
+``__all__``, and above each definition a comment naming its cell (from 1, markdown included). A
+function saved with ``@add_to_class(C)``, ``C`` a class saved earlier, becomes a method at the end of
+``C``'s body unless that changes its meaning: ``C`` decorated or on one line, another decorator
+outside it, or a ``__private`` name (a class body mangles those).
 """
 
 from __future__ import annotations
@@ -33,12 +20,11 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MARK = "#@save"
-# `ruff format` rewrites a trailing `#@save` as `# @save`; both mark a definition.
-MARK_RE = re.compile(r"#\s*@save\s*$")
+MARK = re.compile(r"\s*#\s*@save\s*$")
 # Two lines, so that the header stays within the line length that ruff checks.
 HEADER = (
     "# Generated from {nb} by tools/export.py.\n# Do not edit: change the notebook and run `make export`."
@@ -47,46 +33,25 @@ NAME = re.compile(r"^\d\d_(?P<topic>[a-z][a-z0-9_]*)\.ipynb$")
 INDENT = "    "
 
 
+@dataclass
 class Chunk:
-    """One saved top-level statement of a notebook."""
+    """One saved top-level statement: its cell (from 1), its lines without the marks, parsed."""
 
-    def __init__(self, cell: int, node: ast.stmt, lines: list[str]):
-        self.cell = cell  # counted from 1 over all cells, as in the cell comment
-        self.node = node  # parsed from ``lines``, so its line numbers count from the chunk's start
-        self.lines = lines  # decorators included, the save marks removed
-        self.methods: list[Chunk] = []  # add_to_class functions moved into this class
-
-    @property
-    def is_import(self) -> bool:
-        return isinstance(self.node, ast.Import | ast.ImportFrom)
-
-
-def cell_marker(notebook_rel: str, cell: int) -> str:
-    """The comment that precedes a generated definition and names its cell."""
-    return f"# {notebook_rel}, cell {cell}"
-
-
-def _code(cell_source: str) -> str:
-    """Cell source as Python: IPython magics and shell lines become blank lines (line numbers kept)."""
-    return "\n".join(
-        "" if line.lstrip().startswith(("%", "!")) else line for line in cell_source.splitlines()
-    )
-
-
-def _cells(notebook: Path) -> list[dict]:
-    return json.loads(notebook.read_text())["cells"]
+    cell: int
+    lines: list[str]
+    node: ast.stmt
+    methods: list[Chunk] = field(default_factory=list)  # add_to_class functions moved into it
 
 
 def saved_chunks(notebook: Path) -> list[Chunk]:
     """The saved top-level statements of ``notebook``, in notebook order."""
     chunks = []
-    for n, cell in enumerate(_cells(notebook), start=1):
-        if cell["cell_type"] != "code":
-            continue
+    for n, cell in enumerate(json.loads(notebook.read_text())["cells"], start=1):
         src = "".join(cell["source"])
-        if not any(MARK_RE.search(line) for line in src.splitlines()):
+        if cell["cell_type"] != "code" or not any(MARK.search(line) for line in src.splitlines()):
             continue
-        lines = _code(src).splitlines()
+        # IPython magics and shell lines become blank lines, so that line numbers stay.
+        lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in src.splitlines()]
         try:
             tree = ast.parse("\n".join(lines))
         except SyntaxError as e:
@@ -94,18 +59,13 @@ def saved_chunks(notebook: Path) -> list[Chunk]:
                 f"{notebook.name}, cell {n} (counted from 1, markdown included): cannot parse ({e})."
             ) from None
         for node in tree.body:
-            # The mark sits on the def/class line, on any line of a signature that ruff wrapped,
-            # or, as in the book, on a decorator's line: `@d2l.add_to_class(ResNet)  #@save`.
             first = min([d.lineno for d in getattr(node, "decorator_list", [])] + [node.lineno])
             body = getattr(node, "body", None)
             header_end = max(node.lineno, body[0].lineno - 1) if body else node.lineno
-            marked = [i for i in range(first, header_end + 1) if MARK_RE.search(lines[i - 1])]
-            if not marked:
-                continue
-            text = lines[first - 1 : node.end_lineno]
-            for i in marked:
-                text[i - first] = MARK_RE.sub("", lines[i - 1]).rstrip()
-            chunks.append(Chunk(n, ast.parse("\n".join(text)).body[0], text))
+            header = lines[first - 1 : header_end]
+            if any(MARK.search(line) for line in header):
+                text = [MARK.sub("", line) for line in header] + lines[header_end : node.end_lineno]
+                chunks.append(Chunk(n, text, ast.parse("\n".join(text)).body[0]))
     return chunks
 
 
@@ -113,66 +73,46 @@ def add_to_class_target(node: ast.stmt) -> str | None:
     """``C`` when ``node`` is a function whose outermost decorator is ``[d2l.]add_to_class(C)``."""
     if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or not node.decorator_list:
         return None
-    deco = node.decorator_list[0]
-    if not (isinstance(deco, ast.Call) and len(deco.args) == 1 and not deco.keywords):
-        return None
-    func, arg = deco.func, deco.args[0]
-    named = (isinstance(func, ast.Name) and func.id == "add_to_class") or (
-        isinstance(func, ast.Attribute) and func.attr == "add_to_class"
-    )
-    return arg.id if named and isinstance(arg, ast.Name) else None
+    m = re.fullmatch(r"(.+\.)?add_to_class\(([A-Za-z_]\w*)\)", ast.unparse(node.decorator_list[0]))
+    return m and m[2]
 
 
 def _uses_private_names(node: ast.AST) -> bool:
-    """Whether the code names a ``__private`` identifier, which a class body would mangle."""
-
-    def private(name) -> bool:
-        return isinstance(name, str) and name.startswith("__") and not name.endswith("__")
-
+    """Whether ``node`` names a ``__private`` identifier, which a class body would mangle."""
     for n in ast.walk(node):
         names = [getattr(n, a, None) for a in ("id", "attr", "arg", "name", "asname")]
-        if any(map(private, names + list(getattr(n, "names", [])))):  # also global/nonlocal
+        names += getattr(n, "names", [])  # global and nonlocal
+        if any(isinstance(s, str) and s.startswith("__") and not s.endswith("__") for s in names):
             return True
     return False
 
 
-def _string_continuation_lines(node: ast.AST) -> set[int]:
-    """Lines (1-based) inside a multi-line string other than a docstring: indenting them would
-    change the string's value."""
-    docstrings = {
-        id(n.body[0].value)
-        for n in ast.walk(node)
-        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-        and n.body
-        and isinstance(n.body[0], ast.Expr)
-        and isinstance(n.body[0].value, ast.Constant)
-        and isinstance(n.body[0].value.value, str)
-    }
-    inside = set()
-    for n in ast.walk(node):
-        strings = isinstance(n, ast.JoinedStr) or (isinstance(n, ast.Constant) and isinstance(n.value, str))
-        if strings and id(n) not in docstrings and n.end_lineno > n.lineno:
-            inside.update(range(n.lineno + 1, n.end_lineno + 1))
-    return inside
-
-
 def _as_method(chunk: Chunk, marker: str) -> list[str]:
     """The function of ``chunk`` without its add_to_class decorator, indented as a method."""
-    deco = chunk.node.decorator_list[0]
-    keep = [i for i in range(1, len(chunk.lines) + 1) if not deco.lineno <= i <= deco.end_lineno]
-    verbatim = _string_continuation_lines(chunk.node)
+    node = chunk.node
+    defs = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+    docs = [n.body[0].value for n in ast.walk(node) if isinstance(n, defs) and ast.get_docstring(n, False)]
+    # Indenting a line inside a multi-line string (a docstring aside) would change its value.
+    verbatim = {
+        i
+        for n in ast.walk(node)
+        if isinstance(n, ast.JoinedStr) or (isinstance(n, ast.Constant) and isinstance(n.value, str))
+        if not any(n is doc for doc in docs)
+        for i in range(n.lineno + 1, n.end_lineno + 1)
+    }
     # Outside its class the book must write `super(C, self)`; inside it, `super()` means the same.
-    args = chunk.node.args.posonlyargs + chunk.node.args.args
-    explicit = (
-        re.compile(rf"\bsuper\(\s*{add_to_class_target(chunk.node)}\s*,\s*{args[0].arg}\s*\)")
-        if args
-        else None
-    )
-    lines = [(i, chunk.lines[i - 1]) for i in keep]
-    lines = [
-        (i, line if i in verbatim or not explicit else explicit.sub("super()", line)) for i, line in lines
-    ]
-    return [INDENT + marker, *(line if i in verbatim or not line else INDENT + line for i, line in lines)]
+    args = node.args.posonlyargs + node.args.args
+    target = add_to_class_target(node)
+    explicit = args and re.compile(rf"\bsuper\(\s*{target}\s*,\s*{args[0].arg}\s*\)")
+    deco = node.decorator_list[0]
+    out = [INDENT + marker]
+    for i, line in enumerate(chunk.lines, start=1):
+        if i in verbatim:
+            out.append(line)
+        elif not deco.lineno <= i <= deco.end_lineno:
+            line = explicit.sub("super()", line) if explicit else line
+            out.append(INDENT + line if line else line)
+    return out
 
 
 def _merge_methods(chunks: list[Chunk]) -> list[Chunk]:
@@ -186,10 +126,8 @@ def _merge_methods(chunks: list[Chunk]) -> list[Chunk]:
             target.methods.append(chunk)
             continue
         if isinstance(node, ast.ClassDef):
-            one_line = node.body[0].lineno == node.lineno
-            if node.decorator_list or one_line:
-                classes.pop(node.name, None)
-            else:
+            classes.pop(node.name, None)
+            if not node.decorator_list and node.body[0].lineno != node.lineno:
                 classes[node.name] = chunk
         kept.append(chunk)
     return kept
@@ -201,31 +139,28 @@ def bound_names(node: ast.stmt) -> list[str]:
         return []  # d2l's add_to_class returns None: the module-level name is no definition
     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
         return [node.name]
-    targets = {ast.Assign: lambda n: n.targets, ast.AnnAssign: lambda n: [n.target]}
-    if type(node) in targets:
-        return [n.id for t in targets[type(node)](node) for n in ast.walk(t) if isinstance(n, ast.Name)]
-    names = []
-    for attr in ("body", "orelse", "finalbody", "handlers"):  # if/try/with/for blocks
-        for child in getattr(node, attr, []):
-            names += bound_names(child) if isinstance(child, ast.stmt) else []
-    return names
+    if isinstance(node, ast.Assign | ast.AnnAssign):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+    blocks = ("body", "orelse", "finalbody", "handlers")  # if/try/with/for
+    children = [c for a in blocks for c in getattr(node, a, []) if isinstance(c, ast.stmt)]
+    return [name for child in children for name in bound_names(child)]
 
 
 def _ruff(text: str, path: Path) -> str:
     """Sort imports and format with ruff, so the module reads like hand-written code."""
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
     for args in (["check", "--select", "I", "--fix", "--quiet", "--exit-zero"], ["format"]):
-        out = subprocess.run(
-            [ruff, *args, "--stdin-filename", str(path), "-"],
-            input=text,
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        )
+        cmd = [ruff, *args, "--stdin-filename", str(path), "-"]
+        out = subprocess.run(cmd, input=text, capture_output=True, text=True, cwd=ROOT)
         if out.returncode:
             raise SystemExit(f"ruff failed on {path.name}:\n{out.stderr}")
         text = out.stdout
     return text
+
+
+def module_of(notebook: Path) -> Path:
+    return ROOT / "d2l_ext" / f"{NAME.match(notebook.name)['topic']}.py"
 
 
 def generate(notebook: Path) -> str | None:
@@ -234,19 +169,20 @@ def generate(notebook: Path) -> str | None:
     if not chunks:
         return None
     rel = notebook.relative_to(ROOT).as_posix()
-    cells = _cells(notebook)
+    cells = json.loads(notebook.read_text())["cells"]
     title = next(
         (c["source"][0].lstrip("# ").strip() for c in cells if c["cell_type"] == "markdown" and c["source"]),
         notebook.stem,
     )
-    imports = dict.fromkeys("\n".join(c.lines) for c in chunks if c.is_import)
-    definitions = _merge_methods([c for c in chunks if not c.is_import])
+    is_import = [isinstance(c.node, ast.Import | ast.ImportFrom) for c in chunks]
+    imports = dict.fromkeys("\n".join(c.lines) for c, i in zip(chunks, is_import) if i)
+    definitions = _merge_methods([c for c, i in zip(chunks, is_import) if not i])
     public = [n for c in definitions for n in bound_names(c.node) if not n.startswith("_")]
     blocks = []
     for chunk in definitions:
-        lines = [cell_marker(rel, chunk.cell), *chunk.lines]
+        lines = [f"# {rel}, cell {chunk.cell}", *chunk.lines]
         for method in chunk.methods:
-            lines += ["", *_as_method(method, cell_marker(rel, method.cell))]
+            lines += ["", *_as_method(method, f"# {rel}, cell {method.cell}")]
         blocks.append("\n".join(lines))
     parts = [
         HEADER.format(nb=rel),
@@ -256,8 +192,7 @@ def generate(notebook: Path) -> str | None:
         f"__all__ = {list(dict.fromkeys(public))!r}",
         *blocks,
     ]
-    target = ROOT / "d2l_ext" / f"{NAME.match(notebook.name)['topic']}.py"
-    return _ruff("\n\n\n".join(p for p in parts if p) + "\n", target)
+    return _ruff("\n\n\n".join(p for p in parts if p) + "\n", module_of(notebook))
 
 
 def is_generated(path: Path) -> bool:
@@ -265,55 +200,42 @@ def is_generated(path: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="report differences and exit 1, write nothing")
-    args = parser.parse_args(argv)
-    wanted: dict[Path, tuple[Path, str]] = {}
+    check = parser.parse_args(argv).check
+    problems, wanted = [], set()
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         if not NAME.match(nb.name):
             print(f"skipping {nb.name}: notebooks are named NN_topic.ipynb", file=sys.stderr)
             continue
         text = generate(nb)
-        if text is not None:
-            wanted[ROOT / "d2l_ext" / f"{NAME.match(nb.name)['topic']}.py"] = (nb, text)
-    problems = []
-    for module, (nb, text) in wanted.items():
-        name = module.relative_to(ROOT).as_posix()
-        if module.exists() and not is_generated(module):
-            problems.append(
-                f"{name} is hand-written (no generated header); "
-                f"rename {nb.name} or that module, it will not be overwritten."
-            )
+        if text is None:
             continue
+        module = module_of(nb)
+        wanted.add(module)
+        name, source = module.relative_to(ROOT).as_posix(), nb.relative_to(ROOT).as_posix()
         old = module.read_text() if module.exists() else ""
-        if old == text:
-            continue
-        if args.check:
-            diff = "".join(
-                difflib.unified_diff(
-                    old.splitlines(True), text.splitlines(True), name, f"{name} (from {nb.name})"
-                )
+        if module.exists() and not is_generated(module):
+            rename = f"rename {nb.name} or that module, it will not be overwritten"
+            problems.append(f"{name} is hand-written (no generated header); {rename}.")
+        elif old != text and check:
+            diff = difflib.unified_diff(
+                old.splitlines(True), text.splitlines(True), name, f"{name} (from {nb.name})"
             )
-            problems.append(f"{name} differs from what {nb.relative_to(ROOT)} generates:\n{diff}")
-        else:
+            problems.append(f"{name} differs from what {source} generates:\n{''.join(diff)}")
+        elif old != text:
             module.write_text(text)
-            print(f"wrote {name} from {nb.relative_to(ROOT)}")
-    for module in sorted((ROOT / "d2l_ext").glob("*.py")):
-        if is_generated(module) and module not in wanted:
-            problems.append(
-                f"{module.relative_to(ROOT)} is generated but no notebook saves into it any more; delete it."
-            )
+            print(f"wrote {name} from {source}")
+    problems += [
+        f"{m.relative_to(ROOT)} is generated but no notebook saves into it any more; delete it."
+        for m in sorted((ROOT / "d2l_ext").glob("*.py"))
+        if is_generated(m) and m not in wanted
+    ]
     if problems:
-        print(
-            "notebooks and library are not in sync:\n"
-            + "\n".join(problems)
-            + "\nRun `make export` and commit the result.",
-            file=sys.stderr,
-        )
+        problems += ["Run `make export` and commit the result."]
+        print("notebooks and library are not in sync:", *problems, sep="\n", file=sys.stderr)
         return 1
-    if args.check:
+    if check:
         print(f"{len(wanted)} generated modules match their notebooks.")
     return 0
 

@@ -1,16 +1,11 @@
 #!/usr/bin/env python3
 """The lock: the exact versions `make setup` installs and Binder's image holds, resolved by uv.
 
-    make lock                          # resolve pyproject.toml again: the newest releases as of now
-    .venv/bin/python tools/lock.py --sync   # (make setup) remove what the lock does not name, check
-
-``requirements.txt`` is ``uv pip compile``'s universal resolution of pyproject.toml's dependencies
-and its lab, test and site extras, with requirements.in (the PyTorch release we test with), for
-Python 3.11 and newer on every platform; its header holds the command, with the date (uv's
-``--exclude-newer``) after which no release was considered. ``binder/requirements.txt`` is Binder's
-share of it: the dependencies and the lab extra resolved again within the lock (``-c``), for Linux
-and binder/runtime.txt's Python, without the CUDA-only packages, torch coming from PyTorch's CPU
-index. Neither is ever read off an installed environment.
+``make lock`` writes requirements.txt, uv's universal resolution of pyproject.toml (with its lab,
+test and site extras) and requirements.in for Python 3.11 and newer, its header naming the date
+after which no release was considered; and binder/requirements.txt, its share for Binder's Linux and
+Python (binder/runtime.txt), torch from PyTorch's CPU index. ``--sync`` (make setup) removes what
+the lock does not name from this environment and checks that it is the lock.
 """
 
 from __future__ import annotations
@@ -25,7 +20,6 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -41,7 +35,9 @@ CUDA_ONLY = re.compile(r"^(nvidia-.+|cuda-.+|triton)$")
 NOT_LOCKED = {"d2l", "d2l-ext"}
 SEED = {"pip", "setuptools", "wheel"}
 # Binder: Linux on x86_64 (glibc 2.28 or newer), the Python of binder/runtime.txt.
-BINDER_PLATFORM = "x86_64-manylinux_2_28"
+BINDER_TARGET = (
+    "--python-platform x86_64-manylinux_2_28 --no-python-downloads --no-header --no-annotate".split()
+)
 BINDER_HEADER = f"""\
 # Binder's share of requirements.txt, written with it by `make lock`; do not edit. repo2docker
 # installs this with pip into Binder's Python environment, then binder/postBuild adds d2l (without
@@ -54,8 +50,6 @@ BINDER_HEADER = f"""\
 # CUDA-only packages that build requires are left out.
 --extra-index-url {CPU_INDEX}
 """
-
-
 # conda-forge names of the base environment's Python packages whose PyPI name differs.
 PYPI_NAMES = {
     "brotli-python": "brotli",
@@ -70,9 +64,8 @@ class LockError(Exception):
 
 
 def binder_base() -> dict[str, str]:
-    """``name -> version`` of what Binder's image holds before it installs binder/requirements.txt:
-    repo2docker's base environment for binder/runtime.txt's Python (its conda lock), ``python`` and
-    the Python packages by their PyPI names."""
+    """``name -> version`` of ``python`` and the Python packages (PyPI names) of repo2docker's base
+    environment for binder/runtime.txt's Python: what Binder's image holds before our file."""
     runtime = ROOT / "binder" / "runtime.txt"
     m = re.fullmatch(r"python-(\d+\.\d+)", runtime.read_text().strip())
     if not m:
@@ -94,24 +87,9 @@ def binder_base() -> dict[str, str]:
     return found
 
 
-def binder_environment() -> dict[str, str]:
-    """Marker values of Binder's interpreter (Linux on x86_64, the base environment's Python)."""
-    python = binder_base()["python"]
-    return default_environment() | {
-        "sys_platform": "linux",
-        "platform_system": "Linux",
-        "platform_machine": "x86_64",
-        "os_name": "posix",
-        "implementation_name": "cpython",
-        "platform_python_implementation": "CPython",
-        "python_version": python.rsplit(".", 1)[0],
-        "python_full_version": python,
-    }
-
-
 def pins(text: str, environment: dict[str, str] | None = None) -> dict[str, str]:
-    """``name -> version`` of the lines of a requirements file whose markers hold in ``environment``
-    (default: this interpreter). Any line but an exact pin (a range, a URL) is an error."""
+    """``name -> version`` of a requirements text's lines whose markers hold in ``environment``
+    (default: this interpreter); a line that is not an exact pin is an error."""
     found = {}
     for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#")[0].strip()
@@ -147,7 +125,7 @@ def drift(locked: dict[str, str], have: dict[str, str]) -> list[str]:
 
 
 def uv(*args: str) -> str:
-    """uv's ``pip compile`` with ``args``, from the repository; its output, or a LockError."""
+    """The output of uv's ``pip compile`` with ``args``, run in the repository, or a LockError."""
     if not UV.exists():
         raise LockError(f"{UV} is missing: run `make setup` (uv comes with the test tools).")
     run = subprocess.run([UV, "pip", "compile", *args], cwd=ROOT, capture_output=True, text=True)
@@ -157,66 +135,61 @@ def uv(*args: str) -> str:
 
 
 def binder_conflicts(binder: str, newer: str) -> str:
-    """Why Binder's image would be broken after pip installs ``binder`` (a requirements text) over its
-    base environment, or "" where it would not. pip replaces what the file pins and leaves the rest
-    of the base at its version, with only a warning where that breaks a package (notebook 7.4 asks
-    for jupyterlab<4.5): so uv must find all of it consistent, needing nothing more (``newer`` is the
+    """Why Binder's image would be broken after pip installs the requirements text ``binder`` over its
+    base environment, or "". pip leaves the rest of the base as it is, with only a warning where that
+    breaks a package, so uv must find all of it consistent, needing nothing more (``newer``: the
     lock's date)."""
     base = binder_base()
-    pinned = pins(binder, binder_environment())
+    pinned = pins(binder)  # no markers: it is resolved for Binder's platform alone
     kept = {name: version for name, version in base.items() if name not in pinned and name != "python"}
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as together:
         # Versions only: the CPU index is not needed (nor always reachable) to compare them.
         together.write("".join(f"{name}=={version}\n" for name, version in (pinned | kept).items()))
         together.flush()
         try:
-            resolved = uv(together.name, *binder_target(base["python"]), "--exclude-newer", newer)
+            target = ["--python-version", base["python"], *BINDER_TARGET, "--exclude-newer", newer]
+            resolved = uv(together.name, *target)
         except LockError as e:
             return str(e).split("\n", 1)[1]
     # What pip would add unpinned: a package that Binder needs and the file does not name.
-    unpinned = pins(resolved).keys() - pinned.keys() - kept.keys()
-    return "".join(
-        f"{name} is needed but not pinned\n" for name in sorted(unpinned) if not CUDA_ONLY.match(name)
-    )
+    unpinned = sorted(pins(resolved).keys() - pinned.keys() - kept.keys())
+    return "".join(f"{name} is needed but not pinned\n" for name in unpinned if not CUDA_ONLY.match(name))
 
 
 def locked_at() -> str:
-    """The date of the lock: no release uploaded after it was considered (uv's ``--exclude-newer``)."""
+    """The lock's date: no release uploaded after it was considered (uv's ``--exclude-newer``)."""
     m = re.search(r"--exclude-newer (\S+)", LOCK.read_text())
     if not m:
         raise LockError(f"{LOCK.name} names no --exclude-newer date: it was not written by `make lock`.")
     return m[1]
 
 
-def binder_target(python: str) -> list[str]:
-    """uv's options for Binder's interpreter."""
-    options = ["--python-version", python, "--python-platform", BINDER_PLATFORM, "--no-python-downloads"]
-    return [*options, "--no-header", "--no-annotate"]
-
-
 def lock(now: datetime) -> None:
-    """Write requirements.txt and binder/requirements.txt: the newest releases uploaded before ``now``
-    that pyproject.toml and requirements.in allow, and that Binder's base environment accepts."""
+    """Write both files from the newest releases uploaded before ``now`` that pyproject.toml and
+    requirements.in allow, and that Binder's base environment accepts."""
     newer = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    extras = ("--extra", "lab", "--extra", "test", "--extra", "site")
-    uv("pyproject.toml", "requirements.in", *extras, "--universal", "--python-version", "3.11", "--upgrade",
-       "--exclude-newer", newer, "-o", LOCK.name)  # fmt: skip
+    extras = ["--extra", "lab", "--extra", "test", "--extra", "site"]
+    here = ["--universal", "--python-version", "3.11", "--upgrade", "--exclude-newer", newer, "-o", LOCK.name]
+    uv("pyproject.toml", "requirements.in", *extras, *here)
     python = binder_base()["python"]
-    resolved = uv("pyproject.toml", "--extra", "lab", "-c", LOCK.name, *binder_target(python),
-                  "--exclude-newer", newer)  # fmt: skip
+    binder = ["-c", LOCK.name, "--python-version", python, *BINDER_TARGET, "--exclude-newer", newer]
+    resolved = uv("pyproject.toml", "--extra", "lab", *binder)
     kept = [line for line in resolved.splitlines() if not CUDA_ONLY.match(line.split("==")[0])]
     text = BINDER_HEADER.format(python=python) + "\n".join(kept) + "\n"
     if why := binder_conflicts(text, newer):
-        raise LockError(f"Binder's base environment conflicts with the lock; pin the package it names "
-                        f"in pyproject.toml's lab extra, at a version that accepts ours:\n{why}")  # fmt: skip
+        raise LockError(
+            "Binder's base environment conflicts with the lock; pin the package it names in "
+            f"pyproject.toml's lab extra, at a version that accepts ours:\n{why}"
+        )
     BINDER.write_text(text)
-    print(f"wrote {LOCK.name} ({len(pins(LOCK.read_text()))} pins here) and binder/requirements.txt "
-          f"({len(kept)} pins), releases before {newer}")  # fmt: skip
+    print(
+        f"wrote {LOCK.name} ({len(pins(LOCK.read_text()))} pins here) and binder/requirements.txt "
+        f"({len(kept)} pins), releases before {newer}"
+    )
 
 
 def sync() -> None:
-    """Remove what the lock does not name (left by an older lock), then check that this environment
-    is the lock."""
+    """Remove what the lock does not name (left by an older lock), then check that this is the lock."""
     locked = pins(LOCK.read_text())
     extra = sorted(set(installed()) - locked.keys() - SEED)
     if extra:
