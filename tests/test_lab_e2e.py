@@ -13,8 +13,7 @@ and press Space until the last slide, checking that the presentation starts at t
 every (sub)slide and fragment that the notebook's slide metadata makes (``tools/slides.py``), once
 and in order, and that no cell in it shows an error. Screenshots per notebook go to ``build/e2e/``:
 the notebook after its run (``NN_topic.png``) and its first slide with a plot
-(``NN_topic-slide.png``); ``build/e2e/slides.json`` records each presentation's steps and tallest
-slides.
+(``NN_topic-slide.png``).
 
 RISE saves a notebook before it renders it (the slideshow reads the saved file, outputs and all),
 so the server serves a copy of ``notebooks/``: the notebooks in the repository are never written,
@@ -106,9 +105,8 @@ def timeout_scale() -> float:
 
 
 # Timeouts (seconds) only guard against a hang; none is a verdict on speed. Each is ten times or
-# more what its step took on a 2-core CPU busy with other work (the test writes what every step
-# took to build/e2e/durations.json), so a machine ten times slower gets the same verdict as a
-# fast one; E2E_TIMEOUT_SCALE multiplies them all for a slower machine still.
+# more what its step took on a 2-core CPU busy with other work, so a machine ten times slower gets
+# the same verdict as a fast one; E2E_TIMEOUT_SCALE multiplies them all for a slower machine still.
 # SERVER_START: jupyter lab answers; PAGE_LOAD: the page and its kernel are ready, or RISE's
 # slideshow is built; RUN_ALL: a whole notebook in the ci preset; WIDGET_ROUND_TRIP: a slider's
 # callback redraws; UI: a click, a key (the next slide), a screenshot; API: one REST call to the
@@ -117,8 +115,6 @@ SCALE = timeout_scale()
 SERVER_START, PAGE_LOAD, RUN_ALL, WIDGET_ROUND_TRIP, UI, API = (
     SCALE * t for t in (150, 180, 1200, 120, 120, 120)
 )
-# What each step took, per notebook (for reviewing the margins above; nothing asserts on it).
-DURATIONS: dict[str, dict[str, float]] = {}
 
 # JupyterLab settings for the test's own settings folder: keep every cell in the page (no
 # windowing), never write the notebooks back (no autosave), no news or update checks.
@@ -222,8 +218,7 @@ def start_lab(home: Path, notebooks: str = "notebooks/") -> Iterator[Lab]:
     )
     server = Lab(f"http://127.0.0.1:{port}", token, process, log=home / "server.log")
     try:
-        start = time.monotonic()
-        deadline = start + SERVER_START
+        deadline = time.monotonic() + SERVER_START
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"jupyter lab exited:\n{(home / 'server.log').read_text()}")
@@ -237,7 +232,6 @@ def start_lab(home: Path, notebooks: str = "notebooks/") -> Iterator[Lab]:
                         "raise E2E_TIMEOUT_SCALE)"
                     ) from None
                 time.sleep(0.5)
-        DURATIONS.setdefault("server", {})["start"] = time.monotonic() - start
         yield server
     finally:
         stop(process)
@@ -460,21 +454,6 @@ def move_a_slider(page: Page) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def stopwatch(
-    record: dict[str, float], step: str, everything: dict | None = None, name: str = "durations.json"
-) -> Iterator[None]:
-    """Record the seconds ``step`` took (also when it fails) and write every record so far
-    (``everything``, by default this module's) to ``build/e2e/<name>``."""
-    start = time.monotonic()
-    try:
-        yield
-    finally:
-        record[step] = round(time.monotonic() - start, 1)
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        (SHOTS / name).write_text(json.dumps(DURATIONS if everything is None else everything, indent=1))
-
-
 def screenshot(page: Page, name: str) -> Path:
     """The viewport, scrolled to the first widget or plot (the notebook scrolls inside the page)."""
     for sel in (".widget-slider", ".jp-OutputArea-output img"):
@@ -568,8 +547,6 @@ SLIDESHOW_CELLS = r"""() => {
 SLIDESHOW_BUILT = """() => [...document.querySelectorAll('iframe')].some(f => f.contentDocument &&
   f.contentDocument.querySelector('.reveal .slides > section.present > section.present'))"""
 ANIMATIONS_DONE = "() => document.getAnimations().every(a => a.playState !== 'running')"
-# Per notebook: the presentation's steps, seconds and tallest slides (for review; see judge_presentation).
-SLIDESHOWS: dict[str, dict] = {}
 
 
 def present(page: Page, name: str, limit: int) -> dict:
@@ -639,22 +616,6 @@ def judge_presentation(state: dict, expected_steps: int) -> list[str]:
     return found
 
 
-def record_slideshow(name: str, state: dict, seconds: float) -> None:
-    """Write what a presentation showed to build/e2e/slides.json (for review, not asserted)."""
-    tallest = sorted(state["tallest"].items(), key=lambda kv: -kv[1])
-    SLIDESHOWS[name] = {
-        "steps": len(state["steps"]),
-        "seconds": round(seconds, 1),
-        "seconds_per_step": round(seconds / max(len(state["steps"]), 1), 2),
-        "tallest_slides_in_screen_heights": dict(tallest[:5]),
-        # jupyterlab-rise 0.43 loads no ipywidgets manager (jupyterlab-contrib/rise#119): a widget
-        # shows as text in the slideshow; it works in the notebook beside it.
-        "widgets_shown_as_text": sum(bool(WIDGET_REPR.search(t)) for t in state["text"]),
-    }
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    (SHOTS / "slides.json").write_text(json.dumps(SLIDESHOWS, indent=1))
-
-
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
 def test_notebook_runs_in_jupyterlab(lab: Lab, walk: Walk, browser: Browser, notebook: Path):
     walk.phase = notebook.stem
@@ -666,21 +627,16 @@ def test_notebook_runs_in_jupyterlab(lab: Lab, walk: Walk, browser: Browser, not
     context.set_default_timeout(UI * 1000)
     page = context.new_page()
     problems: list[str] = []
-    took = DURATIONS.setdefault(notebook.stem, {})
     shot = None
     try:
         # A fresh workspace per notebook: only this notebook open, in its own page.
         path = f"/lab/workspaces/e2e-{notebook.stem}/tree/{notebook.name}"
-        with stopwatch(took, "page_load"):
-            page.goto(f"{lab.url}{path}?reset&token={lab.token}", timeout=PAGE_LOAD * 1000)
-            page.wait_for_function(RUN_FINISHED, arg=shown, timeout=PAGE_LOAD * 1000)  # kernel ready
-        with stopwatch(took, "run_all"):
-            run_all(page, shown)
+        page.goto(f"{lab.url}{path}?reset&token={lab.token}", timeout=PAGE_LOAD * 1000)
+        page.wait_for_function(RUN_FINISHED, arg=shown, timeout=PAGE_LOAD * 1000)  # kernel ready
+        run_all(page, shown)
         problems += judge(page.evaluate(PAGE_STATE), sources, hidden)
         if not problems and page.locator(".widget-slider").count():
-            with stopwatch(took, "widget_round_trip"):
-                failed = move_a_slider(page)
-            if failed:
+            if failed := move_a_slider(page):
                 problems.append(failed)
             problems += [f"error output after moving a slider:\n{t[-2000:]}" for t in tracebacks(page)]
         shot = screenshot(page, notebook.stem)
@@ -690,9 +646,7 @@ def test_notebook_runs_in_jupyterlab(lab: Lab, walk: Walk, browser: Browser, not
             )
         if not problems:
             expected = slides.steps(json.loads(notebook.read_text()))
-            with stopwatch(took, "presentation"):
-                state = present(page, notebook.stem, limit=2 * expected + 10)
-            record_slideshow(notebook.stem, state, took["presentation"])
+            state = present(page, notebook.stem, limit=2 * expected + 10)
             problems += judge_presentation(state, expected)
             problems += judge_saved(json.loads(served.read_text()))  # RISE saved it: collapsed cells too
             shot = state["shot"] or shot
