@@ -169,6 +169,20 @@ def test_start_script_caps_threads_and_runs_the_command():
     assert out.stdout.split() == ["7"], out.stderr
 
 
+def test_post_build_unpacks_the_data_from_the_package_in_this_package(tmp_path):
+    """postBuild's data line, run as it is written (it calls d2l_ext, so an API change breaks it)."""
+    (line,) = [
+        ln for ln in (REPO / "binder" / "postBuild").read_text().splitlines() if "find_fashion_mnist" in ln
+    ]
+    env = {
+        **os.environ,
+        "D2L_EXT_CACHE": str(tmp_path),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    run = subprocess.run(line, shell=True, env=env, capture_output=True, text=True, timeout=RECIPE_TIMEOUT)
+    assert run.returncode == 0 and "Fashion-MNIST from" in run.stdout, run.stderr
+
+
 def test_binder_scripts_are_executable():
     for name in ("postBuild", "start"):
         path = REPO / "binder" / name
