@@ -172,7 +172,7 @@ def cell(ns: dict, source: str, name: str | None) -> dict:
 
 def made(source: str, name: str | None):
     """The model of ``source``, defined by a notebook's cell ``name`` (None: by exec, without source)."""
-    return cell({"__name__": "notebook"}, source, name)["Global"]()
+    return cell({"__name__": "__main__"}, source, name)["Global"]()
 
 
 def test_what_changes_a_run_misses_the_cache_and_what_does_not_hits(cache, data, tmp_path, capsys):
