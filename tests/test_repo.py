@@ -2,8 +2,8 @@
 each public name of d2l_ext defined once, and the pre-commit hooks."""
 
 import ast
+import graphlib
 import importlib
-import importlib.util
 import inspect
 import json
 import os
@@ -48,28 +48,23 @@ def pyproject():
 
 
 def test_notebooks_are_the_lecture_in_order():
-    """site/_toc.yml lists every notebook of notebooks/, in lecture order: 00, 01, ... without a gap."""
     numbers = [Path(nb).name[:2] for nb in course_site.chapters()]  # SiteError unless toc and folder agree
     assert numbers == [f"{i:02d}" for i in range(len(NOTEBOOKS))]
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_is_committed_without_outputs(nb):
-    cells = json.loads(nb.read_text())["cells"]
+def test_notebook_is_committed_clean_with_its_title_and_preset(nb):
+    notebook = json.loads(nb.read_text())
+    cells = notebook["cells"]
     dirty = [i for i, c in enumerate(cells) if c.get("outputs") or c.get("execution_count") is not None]
     assert not dirty, f"{nb.name}: cells {dirty} have outputs; run `make format` (nbstripout) first"
-
-
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_opens_with_title_and_prints_its_preset(nb):
-    cells = json.loads(nb.read_text())["cells"]
     assert cells[0]["cell_type"] == "markdown" and "".join(cells[0]["source"]).startswith(f"# {nb.stem[:2]} ")
     code = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     assert "current_preset()" in code or "experiment(" in code
-    assert json.loads(nb.read_text())["metadata"]["kernelspec"]["name"] == "python3"
+    assert notebook["metadata"]["kernelspec"]["name"] == "python3"
 
 
-def test_conda_environment_names_the_same_dependencies():
+def test_dependencies_are_declared_once_and_d2l_without_its_pins():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda = [d for d in env["dependencies"] if isinstance(d, str) and not d.startswith(("python=", "pip"))]
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
@@ -77,33 +72,23 @@ def test_conda_environment_names_the_same_dependencies():
     assert names(conda) == declared
     assert "-e ." in pip and "conda-forge" in env["channels"]
     assert any(d.startswith("pytorch") and "cpu" in d for d in conda)  # the CPU build
-
-
-def test_d2l_is_installed_without_its_pins_everywhere():
-    assert "d2l" not in names(pyproject()["dependencies"])
+    assert "d2l" not in declared
     assert "--no-deps d2l==1.0.3" in (ROOT / "README.md").read_text()
     assert 'D2L_SPEC="d2l==1.0.3"' in (ROOT / "tools" / "setup.sh").read_text()
     assert "--no-deps" in (ROOT / "binder" / "postBuild").read_text()
 
 
-def defined_names(module: Path) -> list[str]:
-    """The public names a module of d2l_ext defines at top level; a function that d2l's
-    ``add_to_class(C)`` attaches to a class elsewhere counts as ``C.name``."""
-    names = []
-    for node in ast.parse(module.read_text()).body:
-        if cls := export.add_to_class_target(node):
-            names.append(f"{cls}.{node.name}")
-        names += [n for n in export.bound_names(node) if not n.startswith("_")]
-    return names
-
-
 def test_each_public_name_is_defined_in_one_module():
-    """d2l's own library lets a later definition silently replace an earlier one; here a helper
-    that two notebooks need lives once (the shared measuring tools in measure.py)."""
+    """d2l's own library lets a later definition silently replace an earlier one; ours may not. A
+    function that ``add_to_class(C)`` attaches elsewhere counts as ``C.name``."""
     where = defaultdict(list)
     for module in MODULES:
-        for name in defined_names(module):
-            where[name].append(module.relative_to(ROOT).as_posix())
+        for node in ast.parse(module.read_text()).body:
+            if cls := export.add_to_class_target(node):
+                where[f"{cls}.{node.name}"].append(module.name)
+            for name in export.bound_names(node):
+                if not name.startswith("_"):
+                    where[name].append(module.name)
     twice = {name: paths for name, paths in where.items() if len(paths) > 1}
     assert not twice, (
         "defined in more than one module of d2l_ext; keep one, import it elsewhere:\n"
@@ -127,8 +112,8 @@ GENERATED = [
 
 
 def internal_imports(module: Path) -> tuple[set[str], list[str]]:
-    """The modules of d2l_ext that ``module`` imports (``__init__`` for the package itself), and those
-    it imports inside a function: the graph that "no circle" is about, wherever the import sits."""
+    """The modules of d2l_ext that ``module`` imports wherever the import sits (``__init__`` for the
+    package itself), and the imports inside a function."""
     tree = ast.parse(module.read_text())
     graph_names = {m.stem for m in MODULES}
     found, nested = set(), []
@@ -146,23 +131,15 @@ def internal_imports(module: Path) -> tuple[set[str], list[str]]:
 
 
 def test_the_library_imports_in_at_most_four_levels_without_a_circle():
-    """Each module imports only modules below it (ground floor: measure, data; lesson modules: torch,
-    d2l and earlier lesson modules), at most four levels, none inside a function."""
+    """Each module imports only modules below it, lesson modules only earlier lesson modules."""
     graph, nested = {}, []
     for module in MODULES:
         graph[module.stem], inside = internal_imports(module)
         nested += inside
     assert not nested, "an import inside a function hides a circle; import at the top:\n" + "\n".join(nested)
     level: dict[str, int] = {}
-
-    def depth(name: str, path: tuple[str, ...] = ()) -> int:
-        assert name not in path, f"import circle: {' -> '.join((*path, name))}"
-        if name not in level:
-            level[name] = 1 + max((depth(dep, (*path, name)) for dep in graph[name]), default=0)
-        return level[name]
-
-    for name in graph:
-        depth(name)
+    for name in graphlib.TopologicalSorter(graph).static_order():  # CycleError names a circle
+        level[name] = 1 + max((level[dep] for dep in graph[name]), default=0)
     assert max(level.values()) <= 4, f"too many levels: {sorted(level.items(), key=lambda kv: kv[1])}"
     for i, lesson in enumerate(GENERATED):
         assert graph[lesson] <= set(GENERATED[:i]), (
@@ -171,9 +148,8 @@ def test_the_library_imports_in_at_most_four_levels_without_a_circle():
 
 
 def code_lines(cls) -> int:
-    """Lines of code of ``cls`` (a generated module's class holds the methods its notebook attaches
-    with ``d2l.add_to_class``): the ``class`` line and the body, without docstrings, blank lines and
-    comment-only lines; a statement that ruff wraps counts each line."""
+    """Lines of ``cls`` without docstrings, blank and comment-only lines; a wrapped statement counts
+    each line."""
     source = textwrap.dedent(inspect.getsource(cls))
     docstrings = set()
     for node in ast.walk(ast.parse(source)):
@@ -183,19 +159,14 @@ def code_lines(cls) -> int:
     return sum(1 for i, line in lines if i not in docstrings and line.strip()[:1] not in ("", "#"))
 
 
-# The book's BatchNorm is not in its library (d2l/torch.py); its class in d2l-en at tag v1.0.3,
-# chapter_convolutional-modern/batch-norm.md (PyTorch tab), counted as code_lines counts.
-BOOK_BATCH_NORM_LINES = 19
-
-
+# The book's BatchNorm is not in its library (d2l/torch.py): 19 lines of its class in d2l-en at tag
+# v1.0.3, chapter_convolutional-modern/batch-norm.md (PyTorch tab), counted as code_lines counts.
 @pytest.mark.parametrize(
     "ours, book",
-    [("batch_norm.BatchNorm", BOOK_BATCH_NORM_LINES), ("resnet.Residual", "Residual"),
-     ("resnext.ResNeXtBlock", "ResNeXtBlock")],
+    [("batch_norm.BatchNorm", 19), ("resnet.Residual", "Residual"), ("resnext.ResNeXtBlock", "ResNeXtBlock")],
     ids=["BatchNorm", "Residual", "ResNeXtBlock"],
-)  # fmt: skip
+)
 def test_a_lesson_class_has_at_most_one_and_a_half_times_the_books_lines(ours, book):
-    """Its argument checks are one helper call each, so it reads like the book's class."""
     module, name = ours.split(".")
     cls = getattr(importlib.import_module(f"d2l_ext.{module}"), name)
     limit = 1.5 * (book if isinstance(book, int) else code_lines(getattr(d2l, book)))
@@ -203,17 +174,13 @@ def test_a_lesson_class_has_at_most_one_and_a_half_times_the_books_lines(ours, b
 
 
 PRE_COMMIT = Path(sys.executable).with_name("pre-commit")
-
-
-def hooks() -> dict[str, dict]:
-    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
-    assert all(repo["repo"] == "local" for repo in config["repos"])  # nothing fetched at commit time
-    return {hook["id"]: hook for repo in config["repos"] for hook in repo["hooks"]}
+HOOKS = ("nbstripout", "ruff-check", "ruff-format", "export-check", "slides-check")
 
 
 def test_pre_commit_runs_ruff_nbstripout_and_the_export_check():
-    found = hooks()
-    assert {"ruff-check", "ruff-format", "nbstripout", "export-check", "slides-check"} <= set(found)
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    assert all(repo["repo"] == "local" for repo in config["repos"])  # nothing fetched at commit time
+    found = {hook["id"]: hook for repo in config["repos"] for hook in repo["hooks"]}
     assert "--keep-id" in found["nbstripout"]["entry"]  # the cell ids name the cells: keep them
     assert found["export-check"]["entry"].endswith("tools/export.py --check")
     assert found["export-check"]["pass_filenames"] is False  # it checks every notebook, not the staged
@@ -224,8 +191,7 @@ def test_pre_commit_runs_ruff_nbstripout_and_the_export_check():
 
 
 def test_pre_commit_fixes_and_blocks_a_bad_commit(tmp_path):
-    """The real hooks on a scratch repository: a notebook with outputs, unformatted code and a module
-    out of sync are each caught; once fixed and exported, the same run passes."""
+    """The real hooks on a scratch repository: each of them catches its fault; once fixed, they pass."""
     assert PRE_COMMIT.exists(), f"{PRE_COMMIT} is missing: install the test tools with `make setup`"
     for name in (".pre-commit-config.yaml", "pyproject.toml", "tools/export.py", "tools/slides.py"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
@@ -234,15 +200,13 @@ def test_pre_commit_fixes_and_blocks_a_bad_commit(tmp_path):
     (tmp_path / ".gitignore").write_text(".venv\n")
     (tmp_path / "d2l_ext").mkdir()
     (tmp_path / "bad.py").write_text("import os\nx=1\n")
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_markdown_cell("# 07 · Toy"),
-        nbformat.v4.new_code_cell("def f(x):  # @save\n    return x\n\n\nf(1)"),
-    ]
-    nb.cells[1].execution_count = 1
-    nb.cells[1].outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "1"}, execution_count=1)]
+    output = nbformat.v4.new_output("execute_result", {"text/plain": "1"}, execution_count=1)
+    saved = nbformat.v4.new_code_cell(
+        "def f(x):  # @save\n    return x\n\n\nf(1)", execution_count=1, outputs=[output]
+    )
     (tmp_path / "notebooks").mkdir()
-    nbformat.write(nb, tmp_path / "notebooks" / "07_toy.ipynb")
+    nb = tmp_path / "notebooks" / "07_toy.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 07 · Toy"), saved]), nb)
     env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home")}
 
     def run(*args):
@@ -252,12 +216,10 @@ def test_pre_commit_fixes_and_blocks_a_bad_commit(tmp_path):
     run("git", "add", "-A")
     first = run(str(PRE_COMMIT), "run", "--all-files")
     assert first.returncode == 1
-    for hook in ("nbstripout", "ruff-check", "ruff-format", "export-check", "slides-check"):
+    for hook in HOOKS:
         assert f"hook id: {hook}" in first.stdout, f"{hook} did not fail:\n{first.stdout}"
     assert (tmp_path / "bad.py").read_text() == "x = 1\n"  # unused import removed, then formatted
-    assert not any(
-        c.get("outputs") for c in json.loads((tmp_path / "notebooks" / "07_toy.ipynb").read_text())["cells"]
-    )
+    assert not any(c.get("outputs") for c in json.loads(nb.read_text())["cells"])
     assert run(sys.executable, "tools/export.py").returncode == 0
     assert run(sys.executable, "tools/slides.py").returncode == 0  # writes the slide metadata
     run("git", "add", "-A")
@@ -300,42 +262,43 @@ def test_no_measured_number_is_typed_into_the_notebooks_prose():
     assert sum(len(c) for _, c in found.values()) <= 5, "at most five figures cited from papers"
 
 
+# The site's measured tables come from the committed records in benchmarks/results/ when it is built;
+# a notebook the records lack (the next one, here) is shown as not measured yet, so a new notebook
+# needs no new measurement for the suite to pass (tests/test_sixth_notebook.py adds one).
 RESULTS = ROOT / "benchmarks" / "results"
-NOTEBOOK_PATHS = [f"notebooks/{nb.name}" for nb in NOTEBOOKS]
+STEMS = [*(nb.stem for nb in NOTEBOOKS), f"{len(NOTEBOOKS):02d}_new"]
+PATHS = [f"notebooks/{stem}.ipynb" for stem in STEMS]
 
 
 @pytest.mark.parametrize("preset", ["ci", "demo"])
 def test_the_site_shows_the_committed_binder_walks(preset):
-    """The memory table of the site's page on speed and memory is made from the records of the
-    walks (tests/test_lab_e2e.py), committed in benchmarks/results/, when the site is built."""
+    """The records of tests/test_lab_e2e.py's walks, in the memory table of the page on speed."""
     record = json.loads((RESULTS / f"binder_walk_{preset}.json").read_text())
     steps = record["peak_mb_by_step"]
-    per_notebook = " / ".join(
-        f"{steps[nb.stem]:,}" if nb.stem in steps else "not measured yet" for nb in NOTEBOOKS
-    )
+    per_notebook = " / ".join(f"{steps[s]:,}" if s in steps else "not measured yet" for s in STEMS)
     where = f"{record['date']}, {record['machine']}"
     row = f"| `{preset}` preset | {record['peak_mb']:,} MB | {per_notebook} MB | {where} |"
     assert record["preset"] == preset and record["peak_mb"] <= record["limit_mb"] == 2000
     assert record.get("most_busy_kernels_at_once", record["most_kernels_at_once"]) == 1
-    page = course_site.page((ROOT / "site" / "speed.md").read_text(), NOTEBOOK_PATHS)
+    page = course_site.page((ROOT / "site" / "speed.md").read_text(), PATHS)
     assert row in page and "{binder-walks}" not in page
+    assert f"per notebook (with the server): {' / '.join(s[:2] for s in STEMS)} |" in page
 
 
 def test_the_site_shows_the_committed_lecture_times():
-    """The lecture-times table of the site's teaching page is tools/warm.py's record, committed in
-    benchmarks/results/, made into the page when the site is built."""
+    """tools/warm.py's record, in the lecture-times table of the teaching page."""
     record = json.loads((RESULTS / "lecture_times_demo.json").read_text())
     cold, warm = record["cold"], record["warm"]
     assert cold["preset"] == warm["preset"] == "demo"
-    page = course_site.page((ROOT / "site" / "teaching.md").read_text(), NOTEBOOK_PATHS)
-    for nb in NOTEBOOKS:
-        c, w = cold["notebooks"].get(nb.name), warm["notebooks"].get(nb.name)
+    page = course_site.page((ROOT / "site" / "teaching.md").read_text(), PATHS)
+    for stem in STEMS:
+        c, w = cold["notebooks"].get(f"{stem}.ipynb"), warm["notebooks"].get(f"{stem}.ipynb")
         row = (
-            f"| {c['seconds']:.0f} s | {w['seconds']:.0f} s | {w['replayed']} |"
+            f"{c['seconds']:.0f} s | {w['seconds']:.0f} s | {w['replayed']}"
             if c and w
-            else "| not measured yet | | |"
+            else "not measured yet | |"
         )
-        assert f"| {nb.stem} {row}" in page
+        assert f"| {stem} | {row} |" in page
     # The same measurement of the notebooks before instructor mode, cold, for the page's claim that
     # none is slower now: the same machine, the same day, and no slower within noise.
     before = record["before"]
@@ -344,19 +307,3 @@ def test_the_site_shows_the_committed_lecture_times():
     for name, b in before["notebooks"].items():
         assert f"{Path(name).stem} {b['seconds']:.0f} s" in page
         assert cold["notebooks"][name]["seconds"] <= 1.05 * b["seconds"], name
-
-
-def test_a_notebook_the_records_lack_is_shown_as_not_measured_yet():
-    """A new notebook needs no new measurement for the suite to pass: its rows say so
-    (tests/test_sixth_notebook.py adds one to a copy of the repository)."""
-    new = f"{len(NOTEBOOKS):02d}_new"  # the next number
-    notebooks = [*NOTEBOOK_PATHS, f"notebooks/{new}.ipynb"]
-    teaching = course_site.page("{lecture-times}", notebooks)
-    speed = course_site.page("{binder-walks}", notebooks)
-    assert f"| {new} | not measured yet | | |" in teaching
-    numbers = " / ".join(Path(nb).name[:2] for nb in notebooks)
-    assert f"per notebook (with the server): {numbers}" in speed
-    for preset in ("ci", "demo"):
-        steps = json.loads((RESULTS / f"binder_walk_{preset}.json").read_text())["peak_mb_by_step"]
-        (line,) = [line for line in speed.splitlines() if line.startswith(f"| `{preset}` preset |")]
-        assert line.count("not measured yet") == sum(Path(nb).stem not in steps for nb in notebooks)
