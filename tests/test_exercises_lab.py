@@ -9,9 +9,8 @@ failed and show the check's hint. Then it types the right answer: the page must 
 passed. Screenshots of the two verdicts go to ``build/e2e/exercises-check-failed.png`` and
 ``build/e2e/exercises-check.png``.
 
-The edited notebook is never saved: autosave is off in `start_lab`'s settings, and the test checks
-that the file on disk is unchanged, byte for byte, while the page holds unsaved edits. otter logs
-every check to ``.OTTER_LOG`` in the kernel's folder; the test removes the log it made.
+The edited notebook must stay unsaved (autosave is off): the file on disk is checked unchanged
+while the page holds the edits. The test removes the ``.OTTER_LOG`` that otter's checks write.
 """
 
 from __future__ import annotations
@@ -25,8 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import test_lab_e2e as e2e
 from playwright.sync_api import Browser, Locator, Page
-from test_lab_e2e import KERNEL_IDLE, PAGE_LOAD, RUN_FINISHED, SCALE, SHOTS, UI, Lab, browser, start_lab
+from test_lab_e2e import browser
 
 __all__ = ["browser"]  # the Chromium fixture of tests/test_lab_e2e.py, used here too
 
@@ -37,7 +37,7 @@ QUESTION = "ex2"
 # A cell's run: the set-up cell, which imports torch and loads Fashion-MNIST, took up to 25 s on a
 # 2-core machine busy with other work, a check a second; ten times the set-up's, scaled like every
 # timeout of test_lab_e2e.py.
-CELL_RUN = SCALE * 300
+CELL_RUN = e2e.SCALE * 300
 
 WRONG = """\
 from pathlib import Path
@@ -81,7 +81,7 @@ def hint() -> str:
 PROMPT = "(c) => c.querySelector('.jp-InputArea .jp-InputPrompt').innerText.trim()"
 # The cell ran again: its execution count changed, and the kernel is idle.
 RAN = f"""([c, before]) => {{ const p = ({PROMPT})(c);
-  return p !== before && /^\\[\\d+\\]:$/.test(p) && {KERNEL_IDLE}; }}"""
+  return p !== before && /^\\[\\d+\\]:$/.test(p) && {e2e.KERNEL_IDLE}; }}"""
 
 
 def run_cell(page: Page, cell: Locator) -> str:
@@ -96,8 +96,8 @@ def run_cell(page: Page, cell: Locator) -> str:
 
 def screenshot(page: Page, cell: Locator, name: str) -> None:
     cell.scroll_into_view_if_needed()
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SHOTS / f"{name}.png")
+    e2e.SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=e2e.SHOTS / f"{name}.png")
 
 
 def type_answer(page: Page, cell: Locator, code: str) -> None:
@@ -111,49 +111,45 @@ def type_answer(page: Page, cell: Locator, code: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory) -> Iterator[Lab]:
-    with start_lab(tmp_path_factory.mktemp("lab"), notebooks=".") as server:  # the repository root
+def lab(tmp_path_factory) -> Iterator[e2e.Lab]:
+    with e2e.start_lab(tmp_path_factory.mktemp("lab"), notebooks=".") as server:  # the repository root
         yield server
 
 
-def test_a_wrong_answer_fails_with_its_hint_and_the_right_one_passes(lab: Lab, browser: Browser):
+def test_a_wrong_answer_fails_with_its_hint_and_the_right_one_passes(lab: e2e.Lab, browser: Browser):
     setup, answer, check = layout()
     digest = hashlib.sha256(NOTEBOOK.read_bytes()).hexdigest()
     log = NOTEBOOK.parent / ".OTTER_LOG"
     had_log = log.exists()
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    context.set_default_timeout(UI * 1000)
-    page = context.new_page()
-    n_code = sum(c["cell_type"] == "code" for c in json.loads(NOTEBOOK.read_text())["cells"])
+    nb_cells = json.loads(NOTEBOOK.read_text())["cells"]
     try:
-        page.goto(
-            f"{lab.url}/lab/workspaces/e2e-exercises/tree/exercises/{NOTEBOOK.name}?reset&token={lab.token}",
-            timeout=PAGE_LOAD * 1000,
-        )
-        page.wait_for_function(RUN_FINISHED, arg=n_code, timeout=PAGE_LOAD * 1000)  # kernel ready
-        cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
-        assert cells.count() == len(json.loads(NOTEBOOK.read_text())["cells"])
-        for i in setup:  # otter's init cell (grader = otter.Notebook(...)) and the set-up cell
-            out = run_cell(page, cells.nth(i))
-            assert "Traceback" not in out and "Error" not in out, out
-        type_answer(page, cells.nth(answer), WRONG)
-        assert "Traceback" not in run_cell(page, cells.nth(answer))
-        verdict = run_cell(page, cells.nth(check))
-        assert f"{QUESTION} results" in verdict and "Test case failed" in verdict, verdict
-        assert hint() in verdict, f"the failing check does not show its hint:\n{verdict}"
-        assert "passed!" not in verdict, verdict
-        screenshot(page, cells.nth(check), "exercises-check-failed")
-        type_answer(page, cells.nth(answer), RIGHT)
-        assert "Traceback" not in run_cell(page, cells.nth(answer))
-        verdict = run_cell(page, cells.nth(check))
-        assert re.search(rf"\b{QUESTION} passed!", verdict), verdict
-        screenshot(page, cells.nth(check), "exercises-check")
-        # The page holds the edits, unsaved ...
-        tab = page.locator(".lm-TabBar-tab", has_text=NOTEBOOK.name)
-        assert "jp-mod-dirty" in (tab.get_attribute("class") or ""), "the edited notebook should be unsaved"
+        with e2e.open_page(browser, lab, f"exercises/{NOTEBOOK.name}") as page:
+            page.wait_for_function(
+                e2e.RUN_FINISHED,
+                arg=sum(c["cell_type"] == "code" for c in nb_cells),
+                timeout=e2e.PAGE_LOAD * 1000,
+            )  # kernel ready
+            cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
+            assert cells.count() == len(nb_cells)
+            for i in setup:  # otter's init cell (grader = otter.Notebook(...)) and the set-up cell
+                out = run_cell(page, cells.nth(i))
+                assert "Traceback" not in out and "Error" not in out, out
+            type_answer(page, cells.nth(answer), WRONG)
+            assert "Traceback" not in run_cell(page, cells.nth(answer))
+            verdict = run_cell(page, cells.nth(check))
+            assert f"{QUESTION} results" in verdict and "Test case failed" in verdict, verdict
+            assert hint() in verdict, f"the failing check does not show its hint:\n{verdict}"
+            assert "passed!" not in verdict, verdict
+            screenshot(page, cells.nth(check), "exercises-check-failed")
+            type_answer(page, cells.nth(answer), RIGHT)
+            assert "Traceback" not in run_cell(page, cells.nth(answer))
+            verdict = run_cell(page, cells.nth(check))
+            assert re.search(rf"\b{QUESTION} passed!", verdict), verdict
+            screenshot(page, cells.nth(check), "exercises-check")
+            # The page holds the edits, unsaved ...
+            tab = page.locator(".lm-TabBar-tab", has_text=NOTEBOOK.name)
+            assert "jp-mod-dirty" in (tab.get_attribute("class") or ""), "the edits should be unsaved"
     finally:
-        with contextlib.suppress(Exception):
-            context.close()
         with contextlib.suppress(OSError):
             for k in lab.api("GET", "/api/kernels"):
                 lab.api("DELETE", f"/api/kernels/{k['id']}")

@@ -1,40 +1,25 @@
 """The notebooks in a real JupyterLab, driven through Debian's Chromium like a student would, then
 presented with RISE like an instructor would.
 
-One JupyterLab server, started the way Binder starts it (``binder/start``, which caps the thread
-pools and puts ``binder/jupyter`` on the Jupyter config path, then the venv's ``jupyter lab
-<folder>``, the command of ``make lab``; here on loopback with a token and a free port, in the
-``ci`` preset), and one headless Chromium (via Playwright). For every notebook: open it, Run > Run
-All Cells, wait until every code cell has an execution count and the kernel is idle, then check
-that no cell failed, that ipywidgets rendered as live widgets (a slider that moves and updates its
-output, not a text repr) and that plots rendered as images. Then present it: select the title cell,
-press Alt+R (jupyterlab-rise's "Render as Reveal Slideshow"), switch the slideshow to full screen
-and press Space until the last slide, checking that the presentation starts at the title, visits
-every (sub)slide and fragment that the notebook's slide metadata makes (``tools/slides.py``), once
-and in order, and that no cell in it shows an error. Screenshots per notebook go to ``build/e2e/``:
-the notebook after its run (``NN_topic.png``) and its first slide with a plot
-(``NN_topic-slide.png``).
+One JupyterLab server, started as Binder starts it (``binder/start``, then the venv's ``jupyter lab
+<folder>``, the command of ``make lab``; on loopback with a token, in the ``ci`` preset or
+``$E2E_PRESET``), and one headless Chromium (Playwright). Per notebook: Run > Run All Cells, then no
+cell failed, widgets are live (a slider moves and its output is redrawn) and plots are images; then
+Alt+R (jupyterlab-rise), full screen, Space to the last slide: the presentation starts at the title
+and visits every (sub)slide and fragment of the slide metadata (``tools/slides.py``) once, in order,
+without an error. Screenshots go to ``build/e2e/`` (``NN_topic.png``, ``NN_topic-slide.png``).
 
-RISE saves a notebook before it renders it (the slideshow reads the saved file, outputs and all),
-so the server serves a copy of ``notebooks/``: the notebooks in the repository are never written,
-and the copy is checked to be unchanged until the presentation saves it (autosave is off). The
-server and its kernels are stopped whatever happens.
+RISE saves a notebook before it renders it, so the server serves a copy of ``notebooks/`` (autosave
+off: the copy must stay unchanged until the presentation saves it). Its run cache starts empty, as a
+fresh Binder session's; when the server stops, its runs are copied into ``$D2L_EXT_RUNS``.
 
-The notebooks in file order are a student's walk through the lecture in one Binder session, and
-its memory is measured. The test shuts no kernel down: closing a notebook's browser context leaves
-its kernel running (a tab left open), and Binder's kernel manager (``binder/one_kernel.py``) must
-shut it down when the next notebook starts its kernel. The kernels start with an empty run cache
-of the server's own, as a fresh Binder session does: each run trains once, and 03 and 04 replay
-the runs of 02 and 03 that the walk stored. When the server stops, its runs are copied into
-``$D2L_EXT_RUNS`` (``make test``'s), where the later tiers replay them. A thread samples every
-half second, for the whole module, the summed resident memory (RSS) of the server and all its
-descendants, less the resident pages of PyTorch's CUDA libraries (Binder installs the CPU-only
-build; ``tools/warm.py --memory``). After the walk,
-closing a notebook's tab must shut its kernel down (``binder/jupyter/labconfig``); the last test
-fails when the walk's peak went over 2,000 MB (MB = 10^6 bytes) or two kernels that had run code
-were alive at once (binder/one_kernel.py starts a new kernel, then shuts the earlier down), and
-writes the peak, each notebook's peak and the kernels seen to ``build/e2e/memory.json``.
-``E2E_PRESET=demo`` runs the same walk in the demo preset (the one Binder runs) instead of ``ci``.
+The notebooks in file order are a student's walk through one Binder session. No test shuts a kernel
+down: closing a notebook's browser context leaves its kernel running, and ``binder/one_kernel.py``
+must shut it down when the next notebook starts its kernel. A thread samples the summed RSS of the
+server and its descendants, less PyTorch's CUDA libraries (Binder installs the CPU-only build), every
+half second. After the walk, closing a tab must shut its kernel down (``binder/jupyter/labconfig``);
+the last test fails when the walk went over 2,000 MB (10^6 bytes each) or two kernels that had run
+code were alive at once, and writes ``build/e2e/memory.json``.
 """
 
 from __future__ import annotations
@@ -93,20 +78,16 @@ CHROMIUM_ARGS = [
 
 
 def timeout_scale() -> float:
-    """``$E2E_TIMEOUT_SCALE``: a factor for every timeout below (default 1), for very slow machines."""
+    """``$E2E_TIMEOUT_SCALE``: a factor for every timeout below (default 1)."""
     value = os.environ.get("E2E_TIMEOUT_SCALE", "1")
-    try:
-        scale = float(value)
-    except ValueError:
-        scale = 0.0
-    if not scale > 0:
-        raise ValueError(f"E2E_TIMEOUT_SCALE={value!r}: give a positive factor for every timeout, e.g. 3.")
-    return scale
+    with contextlib.suppress(ValueError):
+        if float(value) > 0:
+            return float(value)
+    raise ValueError(f"E2E_TIMEOUT_SCALE={value!r}: give a positive factor for every timeout, e.g. 3.")
 
 
-# Timeouts (seconds) only guard against a hang; none is a verdict on speed. Each is ten times or
-# more what its step took on a 2-core CPU busy with other work, so a machine ten times slower gets
-# the same verdict as a fast one; E2E_TIMEOUT_SCALE multiplies them all for a slower machine still.
+# Timeouts (seconds) only guard against a hang, not a verdict on speed: each is ten times or more
+# what its step took on a busy 2-core CPU; E2E_TIMEOUT_SCALE multiplies them for a slower machine.
 # SERVER_START: jupyter lab answers; PAGE_LOAD: the page and its kernel are ready, or RISE's
 # slideshow is built; RUN_ALL: a whole notebook in the ci preset; WIDGET_ROUND_TRIP: a slider's
 # callback redraws; UI: a click, a key (the next slide), a screenshot; API: one REST call to the
@@ -136,8 +117,8 @@ class Lab:
     url: str
     token: str
     process: subprocess.Popen
-    root: Path = REPO / "notebooks"  # the folder the server serves
-    log: Path | None = None  # the server's log
+    log: Path
+    root: Path  # the folder the server serves
 
     def api(self, method: str, path: str) -> object:
         req = urllib.request.Request(f"{self.url}{path}", method=method)
@@ -160,27 +141,19 @@ def stop(process: subprocess.Popen) -> None:
     except psutil.NoSuchProcess:
         kernels = []
     for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
+        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
             process.wait(wait)
             break
-        except subprocess.TimeoutExpired:
-            continue
     for k in kernels:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             k.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(kernels, timeout=10)
 
 
 @contextlib.contextmanager
 def start_lab(home: Path, notebooks: str = "notebooks/") -> Iterator[Lab]:
-    """JupyterLab as Binder starts it (``binder/start``, then the command of `make lab`), on loopback
-    with a token; its files go under ``home``."""
+    """JupyterLab as Binder starts it, on loopback with a token; its files go under ``home``."""
     settings = home / "settings"
     for plugin, values in LAB_SETTINGS.items():
         path = settings / f"{plugin}.jupyterlab-settings"
@@ -203,8 +176,7 @@ def start_lab(home: Path, notebooks: str = "notebooks/") -> Iterator[Lab]:
     ]  # fmt: skip
     if os.geteuid() == 0:  # CI containers run as root, which jupyter refuses without this
         cmd.append("--allow-root")
-    # The user's Jupyter config and runtime files stay out of it (binder/start adds Binder's); the
-    # kernels run the ci preset (or $E2E_PRESET) with an empty run cache, as a fresh Binder session.
+    # The user's Jupyter config and runtime files stay out of it (binder/start adds Binder's).
     runs = home / "runs"
     env = {k: v for k, v in os.environ.items() if k not in ("JUPYTER_CONFIG_PATH", "D2L_EXT_RETRAIN")} | dict(
         D2L_EXT_PRESET=PRESET,
@@ -212,54 +184,42 @@ def start_lab(home: Path, notebooks: str = "notebooks/") -> Iterator[Lab]:
         JUPYTER_CONFIG_DIR=str(home / "config"),
         JUPYTER_RUNTIME_DIR=str(home / "runtime"),
     )
-    log = (home / "server.log").open("w")
+    server_log = home / "server.log"
+    log = server_log.open("w")
     process = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
-    server = Lab(f"http://127.0.0.1:{port}", token, process, log=home / "server.log")
+    server = Lab(f"http://127.0.0.1:{port}", token, process, server_log, REPO / notebooks)
     try:
         deadline = time.monotonic() + SERVER_START
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited:\n{(home / 'server.log').read_text()}")
-            try:
+        while process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
                 server.api("GET", "/api/status")
                 break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"jupyter lab not up in {SERVER_START:.0f} s (a hang? on a slow machine, "
-                        "raise E2E_TIMEOUT_SCALE)"
-                    ) from None
-                time.sleep(0.5)
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(
+                f"jupyter lab exited, or is not up in {SERVER_START:.0f} s (a hang? on a slow machine, "
+                f"raise E2E_TIMEOUT_SCALE):\n{server_log.read_text()}"
+            )
         yield server
     finally:
         stop(process)
         log.close()
-        share_runs(runs)
-
-
-def share_runs(runs: Path) -> None:
-    """Copy the server's run cache into ``$D2L_EXT_RUNS`` (``make test``'s), where later tiers replay
-    those runs; entries are whole files, each checked by its SHA-256 record when read."""
-    target = os.environ.get("D2L_EXT_RUNS", "")
-    if runs.is_dir() and target and target.lower() != "off":
-        shutil.copytree(runs, target, dirs_exist_ok=True)
-
-
-def is_kernel(process: psutil.Process) -> bool:
-    return any("ipykernel" in part for part in process.cmdline())
+        # Into `make test`'s run cache, where later tiers replay these runs.
+        target = os.environ.get("D2L_EXT_RUNS", "")
+        if runs.is_dir() and target and target.lower() != "off":
+            shutil.copytree(runs, target, dirs_exist_ok=True)
 
 
 class Walk(threading.Thread):
-    """Samples, every ``every`` seconds until stopped, the summed RSS of the server process and all
-    its descendants (kernels, their data-loader workers) less the resident pages of PyTorch's CUDA
-    libraries in them, and which kernels are alive. Each sample belongs to the ``phase`` set last
-    (the notebook being walked)."""
+    """Samples the summed RSS of the server and all its descendants (kernels, their data-loader
+    workers) less PyTorch's CUDA libraries in them, and which kernels are alive. Each sample belongs
+    to the ``phase`` set last (the notebook being walked)."""
 
-    def __init__(self, server: psutil.Process, every: float = SAMPLE_EVERY):
+    def __init__(self, server: psutil.Process):
         super().__init__(daemon=True)
-        self.server, self.every = server, every
+        self.server = server
         self.phase = "server"
         self.finished: list[str] = []  # the notebooks whose test ran to its end
         self.samples: list[dict] = []
@@ -278,7 +238,7 @@ class Walk(threading.Thread):
                     own = process.memory_info().rss
                     rss += own
                     libs = self.cuda_libs(process.pid)
-                    if is_kernel(process):
+                    if any("ipykernel" in part for part in process.cmdline()):
                         kernels[process.pid] = own - libs
                 cuda += libs
             except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
@@ -286,10 +246,9 @@ class Walk(threading.Thread):
         return {"phase": self.phase, "rss": rss, "cuda_libs": cuda, "binder": rss - cuda, "kernels": kernels}
 
     def cuda_libs(self, pid: int) -> int:
-        """The resident bytes of CUDA libraries in ``pid``, read from its smaps at most every
-        ``CUDA_EVERY`` seconds: a kernel's smaps runs to ~100,000 lines, and parsing it twice a second
-        would take CPU from the training it measures. The libraries' pages, once loaded, barely move;
-        before they are (a kernel still importing torch), its smaps is short and read every time."""
+        """The resident bytes of CUDA libraries in ``pid``, read at most every ``CUDA_EVERY`` seconds
+        once loaded: a kernel's smaps runs to ~100,000 lines, and parsing it twice a second would take
+        CPU from the training it measures; the libraries' pages, once loaded, barely move."""
         now = time.monotonic()
         cached = self.cuda_cache.get(pid)
         if cached is None or not cached[1] or now - cached[0] > CUDA_EVERY:  # 0: not loaded yet
@@ -297,20 +256,14 @@ class Walk(threading.Thread):
         return cached[1]
 
     def run(self) -> None:
-        start = time.monotonic()
         while not self.done.is_set():
             try:
                 sample = self.sample()
             except psutil.NoSuchProcess:  # the server is gone
                 return
-            sample["t"] = round(time.monotonic() - start, 2)
             self.samples.append(sample)
             self.kernels_seen.update(sample["kernels"])
-            self.done.wait(self.every)
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join()
+            self.done.wait(SAMPLE_EVERY)
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +275,6 @@ def lab(tmp_path_factory) -> Iterator[Lab]:
     for nb in NOTEBOOKS:
         shutil.copy2(nb, served / nb.name)
     with start_lab(home, str(served)) as server:
-        server.root = served
         yield server
 
 
@@ -334,7 +286,8 @@ def walk(lab: Lab) -> Iterator[Walk]:
     try:
         yield sampler
     finally:
-        sampler.stop()
+        sampler.done.set()
+        sampler.join()
 
 
 @pytest.fixture(scope="module")
@@ -344,27 +297,35 @@ def browser() -> Iterator[Browser]:
             f"{CHROMIUM} is missing: `make setup` installs Debian's chromium (as root), "
             "or set E2E_CHROMIUM to a Chromium binary."
         )
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with sync_playwright() as p:  # closes the browser on the way out
+        yield p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
 
-def code_sources(notebook: Path) -> list[str]:
-    cells = json.loads(notebook.read_text())["cells"]
-    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+@contextlib.contextmanager
+def open_page(browser: Browser, lab: Lab, path: str) -> Iterator[Page]:
+    """A fresh browser context on ``path`` (under the served folder) in a fresh workspace of its
+    own; closing the context leaves the notebook's kernel running."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    context.set_default_timeout(UI * 1000)
+    page = context.new_page()
+    try:
+        workspace = "e2e-" + Path(path).stem
+        page.goto(
+            f"{lab.url}/lab/workspaces/{workspace}/tree/{path}?reset&token={lab.token}",
+            timeout=PAGE_LOAD * 1000,
+        )
+        yield page
+    finally:
+        with contextlib.suppress(Exception):
+            context.close()
 
 
-def hidden_inputs(notebook: Path) -> list[bool]:
-    """Per code cell, whether JupyterLab collapses its source (the validation cells: tools/slides.py).
-    A collapsed cell shows no prompt, so its execution count is not in the page."""
-    cells = json.loads(notebook.read_text())["cells"]
-    return [
-        bool(c.get("metadata", {}).get("jupyter", {}).get("source_hidden"))
-        for c in cells
-        if c["cell_type"] == "code"
+def code_cells(notebook: Path) -> tuple[list[str], list[bool]]:
+    """Per code cell, its source and whether JupyterLab collapses it (the validation cells:
+    tools/slides.py); a collapsed cell shows no prompt, so its execution count is not in the page."""
+    code = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+    return ["".join(c["source"]) for c in code], [
+        bool(c.get("metadata", {}).get("jupyter", {}).get("source_hidden")) for c in code
     ]
 
 
@@ -387,12 +348,15 @@ PAGE_STATE = r"""() => {
 # The status bar reads "<kernel name> | Idle" once a kernel is connected and idle.
 KERNEL_IDLE = """[...document.querySelectorAll('#jp-main-statusbar .jp-StatusBar-TextItem')]
   .some(e => /^(?!No Kernel).+ \\| Idle$/.test(e.innerText.trim()))"""
+PROMPTS = """[...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea .jp-InputPrompt')]
+  .map(e => e.innerText.trim())"""
 # Run All has finished (or not begun): no cell queued or running, and the kernel idle.
-RUN_FINISHED = f"""(n) => {{
-  const p = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea .jp-InputPrompt')]
-    .map(e => e.innerText.trim());
-  return p.length === n && !p.includes('[*]:') && {KERNEL_IDLE};
-}}"""
+RUN_FINISHED = (
+    f"(n) => {{ const p = {PROMPTS}; return p.length === n && !p.includes('[*]:') && {KERNEL_IDLE}; }}"
+)
+# Run All has begun: some cell is queued, or all have run already.
+RUN_STARTED = f"""(n) => {{ const p = {PROMPTS};
+  return p.includes('[*]:') || (p.length === n && p.every(t => /^\\[\\d+\\]:$/.test(t))); }}"""
 
 
 def run_all(page: Page, n_code: int) -> None:
@@ -400,14 +364,7 @@ def run_all(page: Page, n_code: int) -> None:
     prompt (not the collapsed ones)."""
     page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-    # Wait until some cell is queued, or all have run already, then until all have finished.
-    page.wait_for_function(
-        """(n) => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea .jp-InputPrompt')]
-             .map(e => e.innerText.trim());
-           return p.includes('[*]:') || (p.length === n && p.every(t => /^\\[\\d+\\]:$/.test(t))); }""",
-        arg=n_code,
-        timeout=UI * 1000,
-    )
+    page.wait_for_function(RUN_STARTED, arg=n_code, timeout=UI * 1000)
     page.wait_for_function(RUN_FINISHED, arg=n_code, timeout=RUN_ALL * 1000, polling=500)
     # A collapsed cell shows no prompt: one queued after the last prompt could still be about to
     # run when the kernel is idle between two cells, so idle must hold a moment later too.
@@ -467,7 +424,7 @@ def screenshot(page: Page, name: str) -> Path:
     return path
 
 
-def judge(state: dict, sources: list[str], hidden: list[bool] | None = None) -> list[str]:
+def judge(state: dict, sources: list[str], hidden: list[bool]) -> list[str]:
     """What went wrong in a notebook after Run All, from the page's state (see PAGE_STATE);
     ``hidden``: per code cell, whether its source is collapsed (no prompt in the page)."""
     src = "\n".join(sources)
@@ -475,12 +432,8 @@ def judge(state: dict, sources: list[str], hidden: list[bool] | None = None) -> 
     # Every code cell ran, once, in order, in this session: in a fresh kernel the k-th code cell
     # gets count k, so the prompts shown also prove that the collapsed cells before them ran.
     counts = [int(m[1]) if (m := re.fullmatch(r"\[(\d+)\]:", p)) else None for p in state["prompts"]]
-    shown = [k for k, h in enumerate(hidden or [False] * len(sources), start=1) if not h]
-    if None in counts:
-        in_order = False
-    else:
-        in_order = counts == shown if hidden is not None else counts == sorted(set(counts))
-    if len(counts) != len(shown) or not in_order:
+    shown = [k for k, h in enumerate(hidden, start=1) if not h]
+    if counts != shown:
         found.append(f"not every cell finished, in order: prompts {state['prompts']}")
     found += [f"error output:\n{t[-2000:]}" for t in state["stderr"] if TRACEBACK.search(t)]
     # Widgets: live, not a text repr; a slider where the notebook makes one.
@@ -510,10 +463,6 @@ def judge_saved(nb: dict) -> list[str]:
     return found
 
 
-def tracebacks(page: Page) -> list[str]:
-    return [t for t in page.evaluate(PAGE_STATE)["stderr"] if TRACEBACK.search(t)]
-
-
 # RISE's slideshow, in the iframe of its panel: the (sub)slide shown (RISE names each
 # ``slide-<h>-<v>``) with the fragments shown so far, whether a key press leads further (reveal.js
 # enables its next arrows while a fragment or a slide is left), the slide's height over the
@@ -532,7 +481,7 @@ PRESENTATION = r"""() => {
   };
 }"""
 # Every cell of the slideshow, skipped ones too: the prompts shown (a collapsed cell has none) and
-# what the outputs say.
+# the stderr outputs.
 SLIDESHOW_CELLS = r"""() => {
   const outputs = (mime) => [...document.querySelectorAll(
     `.reveal .slides .jp-OutputArea-output[data-mime-type="${mime}"]`)].map(e => e.textContent);
@@ -540,7 +489,6 @@ SLIDESHOW_CELLS = r"""() => {
     prompts: [...document.querySelectorAll('.reveal .slides .jp-CodeCell .jp-InputArea .jp-InputPrompt')]
       .map(e => e.textContent.trim()),
     stderr: outputs('application/vnd.jupyter.stderr'),
-    text: outputs('text/plain'),
   };
 }"""
 # The RISE panel's iframe holds a built slideshow (the iframe is same-origin).
@@ -550,10 +498,8 @@ ANIMATIONS_DONE = "() => document.getAnimations().every(a => a.playState !== 'ru
 
 
 def present(page: Page, name: str, limit: int) -> dict:
-    """Present the notebook as an instructor does: select its title, press Alt+R (RISE's "Render as
-    Reveal Slideshow"), go full screen, press Space until the end (``limit`` presses at most).
-    Returns what the slideshow showed (see judge_presentation); saves ``<name>-slide.png``, the
-    first slide with a plot in sight."""
+    """Select the title, Alt+R (RISE's "Render as Reveal Slideshow"), full screen, Space to the end
+    (``limit`` presses at most); saves ``<name>-slide.png``, the first slide with a plot in sight."""
     page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").first.click()
     page.keyboard.press("Escape")  # command mode: the slideshow starts at the selected cell
     page.keyboard.press("Alt+r")
@@ -619,50 +565,42 @@ def judge_presentation(state: dict, expected_steps: int) -> list[str]:
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
 def test_notebook_runs_in_jupyterlab(lab: Lab, walk: Walk, browser: Browser, notebook: Path):
     walk.phase = notebook.stem
-    sources, hidden = code_sources(notebook), hidden_inputs(notebook)
+    sources, hidden = code_cells(notebook)
     shown = hidden.count(False)  # code cells with a prompt in the page
     digest = hashlib.sha256(notebook.read_bytes()).hexdigest()
     served = lab.root / notebook.name
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    context.set_default_timeout(UI * 1000)
-    page = context.new_page()
     problems: list[str] = []
     shot = None
-    try:
-        # A fresh workspace per notebook: only this notebook open, in its own page.
-        path = f"/lab/workspaces/e2e-{notebook.stem}/tree/{notebook.name}"
-        page.goto(f"{lab.url}{path}?reset&token={lab.token}", timeout=PAGE_LOAD * 1000)
-        page.wait_for_function(RUN_FINISHED, arg=shown, timeout=PAGE_LOAD * 1000)  # kernel ready
-        run_all(page, shown)
-        problems += judge(page.evaluate(PAGE_STATE), sources, hidden)
-        if not problems and page.locator(".widget-slider").count():
-            if failed := move_a_slider(page):
-                problems.append(failed)
-            problems += [f"error output after moving a slider:\n{t[-2000:]}" for t in tracebacks(page)]
-        shot = screenshot(page, notebook.stem)
-        if hashlib.sha256(served.read_bytes()).hexdigest() != digest:
-            problems.append(
-                "the notebook changed on disk before the presentation (JupyterLab must not save it)"
-            )
-        if not problems:
-            expected = slides.steps(json.loads(notebook.read_text()))
-            state = present(page, notebook.stem, limit=2 * expected + 10)
-            problems += judge_presentation(state, expected)
-            problems += judge_saved(json.loads(served.read_text()))  # RISE saved it: collapsed cells too
-            shot = state["shot"] or shot
-    finally:  # without masking the error that brought us here
-        with contextlib.suppress(Exception):
-            shot = shot or screenshot(page, notebook.stem)
-        with contextlib.suppress(Exception):
-            context.close()  # its kernel keeps running: the next notebook's start shuts it down
+    with open_page(browser, lab, notebook.name) as page:
+        try:
+            page.wait_for_function(RUN_FINISHED, arg=shown, timeout=PAGE_LOAD * 1000)  # kernel ready
+            run_all(page, shown)
+            problems += judge(page.evaluate(PAGE_STATE), sources, hidden)
+            if not problems and page.locator(".widget-slider").count():
+                if failed := move_a_slider(page):
+                    problems.append(failed)
+                stderr = page.evaluate(PAGE_STATE)["stderr"]
+                problems += [
+                    f"error output after moving a slider:\n{t[-2000:]}" for t in stderr if TRACEBACK.search(t)
+                ]
+            shot = screenshot(page, notebook.stem)
+            if hashlib.sha256(served.read_bytes()).hexdigest() != digest:
+                problems.append(
+                    "the notebook changed on disk before the presentation (JupyterLab must not save it)"
+                )
+            if not problems:
+                expected = slides.steps(json.loads(notebook.read_text()))
+                state = present(page, notebook.stem, limit=2 * expected + 10)
+                problems += judge_presentation(state, expected)
+                problems += judge_saved(json.loads(served.read_text()))  # RISE saved it: collapsed cells too
+                shot = state["shot"] or shot
+        finally:  # without masking the error that brought us here
+            with contextlib.suppress(Exception):
+                shot = shot or screenshot(page, notebook.stem)
     if hashlib.sha256(notebook.read_bytes()).hexdigest() != digest:
         problems.append("the notebook in the repository changed during the test (only its copy is served)")
     assert not problems, f"{notebook.name} in JupyterLab (screenshot {shot}):\n" + "\n".join(problems)
     walk.finished.append(notebook.stem)
-
-
-def running_kernels(lab: Lab) -> list[dict]:
-    return lab.api("GET", "/api/kernels")
 
 
 def test_closing_a_tab_shuts_its_kernel_down(lab: Lab, walk: Walk, browser: Browser):
@@ -670,16 +608,9 @@ def test_closing_a_tab_shuts_its_kernel_down(lab: Lab, walk: Walk, browser: Brow
     its tab closed: JupyterLab shuts the kernel down (binder/jupyter/labconfig sets kernelShutdown)."""
     notebook = NOTEBOOKS[0]
     walk.phase = f"{notebook.stem} again, tab closed"
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    context.set_default_timeout(UI * 1000)
-    page = context.new_page()
-    try:
-        page.goto(
-            f"{lab.url}/lab/workspaces/e2e-tab/tree/{notebook.name}?reset&token={lab.token}",
-            timeout=PAGE_LOAD * 1000,
-        )
+    with open_page(browser, lab, notebook.name) as page:
         page.wait_for_function(f"() => {KERNEL_IDLE}", timeout=PAGE_LOAD * 1000)
-        kernels = running_kernels(lab)
+        kernels = lab.api("GET", "/api/kernels")
         assert len(kernels) == 1, f"one kernel should run, the first notebook's: {kernels}"
         tab = page.locator(".lm-TabBar-tab", has_text=notebook.name)
         tab.locator(".lm-TabBar-tabCloseIcon").click()
@@ -689,24 +620,14 @@ def test_closing_a_tab_shuts_its_kernel_down(lab: Lab, walk: Walk, browser: Brow
             discard.click()
         tab.wait_for(state="detached")
         deadline = time.monotonic() + API
-        while (kernels := running_kernels(lab)) and time.monotonic() < deadline:
+        while (kernels := lab.api("GET", "/api/kernels")) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert kernels == [], f"the notebook's tab is closed, but its kernel still runs: {kernels}"
-    finally:
-        with contextlib.suppress(Exception):
-            context.close()
-
-
-def one_kernel_lines(log: Path | None) -> list[str]:
-    """What binder/one_kernel.py logged: one line per kernel it shut down."""
-    text = log.read_text() if log and log.exists() else ""
-    return [line.split("] ", 1)[-1] for line in text.splitlines() if "One kernel at a time" in line]
 
 
 def test_the_walk_fits_in_a_binder_session(lab: Lab, walk: Walk):
-    """The walk's peak (server and kernels, less the CUDA libraries) within Binder's 2,000 MB, and
-    never two kernels that had run code at once. Runs last, after the notebooks (pytest keeps the
-    file's order)."""
+    """The walk's peak within Binder's 2,000 MB, and never two kernels that had run code at once.
+    Runs last, after the notebooks (pytest keeps the file's order)."""
     walked = [s for s in walk.samples if s["phase"] != "server"]
     if not walked:
         pytest.skip("no notebook was walked: run the whole file (the notebooks' tests come first)")
@@ -731,9 +652,13 @@ def test_the_walk_fits_in_a_binder_session(lab: Lab, walk: Walk):
         "kernels_seen": len(walk.kernels_seen),
         "most_kernels_at_once": max(len(s["kernels"]) for s in walked),  # a fresh one beside the last
         "most_busy_kernels_at_once": max(map(len, busy)),
-        "kernels_shut_down_by_one_kernel": one_kernel_lines(lab.log),
+        "kernels_shut_down_by_one_kernel": [  # binder/one_kernel.py logs each kernel it shuts down
+            line.split("] ", 1)[-1]
+            for line in lab.log.read_text().splitlines()
+            if "One kernel at a time" in line
+        ],
         "samples": len(walk.samples),
-        "sample_every_s": walk.every,
+        "sample_every_s": SAMPLE_EVERY,
         "preset": PRESET,
         "machine": machine_name(),
         "date": datetime.date.today().isoformat(),
@@ -755,9 +680,10 @@ def test_the_walk_fits_in_a_binder_session(lab: Lab, walk: Walk):
     )
 
 
-# The judgement itself, on page states made up to show that each check can fail.
+# The judgement itself, on page states made up to show that each check can fail. The third code
+# cell is collapsed (no prompt): [4] after [2] shows that it ran.
 GOOD = {
-    "prompts": ["[1]:", "[2]:", "[3]:"],
+    "prompts": ["[1]:", "[2]:", "[4]:"],
     "stderr": ["/x.py:3: UserWarning: a warning is not an error"],
     "text": ["(torch.Size([256, 1, 28, 28]), 235)"],
     "images": [[640, 480]],
@@ -765,7 +691,13 @@ GOOD = {
     "widget_errors": [],
     "sliders": 1,
 }
-SOURCES = ["import ipywidgets as widgets", "d2l.plt.plot([1, 2])", "widgets.IntSlider(value=3)"]
+SOURCES = [
+    "import ipywidgets as widgets",
+    "d2l.plt.plot([1, 2])",
+    "assert True",
+    "widgets.IntSlider(value=3)",
+]
+HIDDEN = [False, False, True, False]
 ERROR = """---------------------------------------------------------------------------
 AssertionError                            Traceback (most recent call last)
 Cell In[2], line 1
@@ -778,8 +710,10 @@ AssertionError: """
     [
         ({}, None),
         ({"prompts": ["[1]:", "[ ]:", "[ ]:"]}, "not every cell finished"),
-        ({"prompts": ["[1]:", "[3]:", "[2]:"]}, "not every cell finished"),
+        ({"prompts": ["[1]:", "[4]:", "[2]:"]}, "not every cell finished"),
         ({"prompts": ["[1]:", "[2]:"]}, "not every cell finished"),
+        ({"prompts": ["[1]:", "[2]:", "[3]:"]}, "not every cell finished"),
+        ({"prompts": ["[2]:", "[3]:", "[5]:"]}, "not every cell finished"),
         ({"stderr": [ERROR]}, "error output"),
         ({"stderr": ["  Cell In[4], line 1\n    foo(\n       ^\nSyntaxError: incomplete"]}, "error output"),
         ({"text": ["IntSlider(value=3, max=10)"], "widgets": [], "sliders": 0}, "widget shown as text"),
@@ -789,25 +723,13 @@ AssertionError: """
         ({"images": []}, "no image is in the page"),
         ({"images": [[0, 0]]}, "did not load"),
     ],
-    ids=["good", "unfinished", "out-of-order", "cell-missing", "traceback", "syntax-error", "widget-repr",
-         "widget-unrendered", "no-widget", "no-slider", "no-image", "broken-image"],
+    ids=["good", "unfinished", "out-of-order", "cell-missing", "collapsed-skipped", "not-a-fresh-kernel",
+         "traceback", "syntax-error", "widget-repr", "widget-unrendered", "no-widget", "no-slider",
+         "no-image", "broken-image"],
 )  # fmt: skip
 def test_judge_catches(change, expected):
-    found = judge({**GOOD, **change}, SOURCES)
-    if expected is None:
-        assert found == []
-    else:
-        assert any(expected in p for p in found), found
-
-
-@pytest.mark.parametrize(
-    "prompts, ran",
-    [(["[1]:", "[3]:"], True), (["[1]:", "[2]:"], False), (["[1]:"], False), (["[2]:", "[4]:"], False)],
-    ids=["collapsed-ran", "collapsed-skipped", "last-unfinished", "not-a-fresh-kernel"],
-)
-def test_judge_reads_a_collapsed_cell_from_the_prompts_around_it(prompts, ran):
-    found = judge({**GOOD, "prompts": prompts}, SOURCES, hidden=[False, True, False])
-    assert (found == []) is ran, found
+    found = judge({**GOOD, **change}, SOURCES, HIDDEN)
+    assert found == [] if expected is None else any(expected in p for p in found), found
 
 
 def saved(counts: list, error: bool = False) -> dict:
@@ -865,23 +787,19 @@ T, A, B, C, D = PRESENTED["steps"]  # the title, a slide, its fragment, a subsli
 )  # fmt: skip
 def test_judge_presentation_catches(change, expected_steps, expected):
     found = judge_presentation({**PRESENTED, **change}, expected_steps)
-    if expected is None:
-        assert found == []
-    else:
-        assert any(expected in p for p in found), found
+    assert found == [] if expected is None else any(expected in p for p in found), found
 
 
-@pytest.mark.parametrize("value, expected", [(None, 1.0), ("3", 3.0), ("0.5", 0.5)])
+@pytest.mark.parametrize(
+    "value, expected",
+    [(None, 1.0), ("3", 3.0), ("0.5", 0.5), ("0", None), ("-2", None), ("slow", None), ("", None)],
+)
 def test_timeout_scale(monkeypatch, value, expected):
-    if value is None:
-        monkeypatch.delenv("E2E_TIMEOUT_SCALE", raising=False)
-    else:
+    monkeypatch.delenv("E2E_TIMEOUT_SCALE", raising=False)
+    if value is not None:
         monkeypatch.setenv("E2E_TIMEOUT_SCALE", value)
-    assert timeout_scale() == expected
-
-
-@pytest.mark.parametrize("value", ["0", "-2", "slow", ""])
-def test_a_bad_timeout_scale_says_what_to_give(monkeypatch, value):
-    monkeypatch.setenv("E2E_TIMEOUT_SCALE", value)
-    with pytest.raises(ValueError, match="give a positive factor for every timeout"):
-        timeout_scale()
+    if expected is None:  # a bad one says what to give
+        with pytest.raises(ValueError, match="give a positive factor for every timeout"):
+            timeout_scale()
+    else:
+        assert timeout_scale() == expected
