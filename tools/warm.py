@@ -58,6 +58,11 @@ def execute(nb, notebook: Path, timeout: int, memory: dict | None = None) -> flo
     path = {"metadata": {"path": str(notebook.parent)}}
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources=path)
     start, done, peak = time.perf_counter(), threading.Event(), [0]
+    # nbclient's own run where memory is not measured: the cell-by-cell loop below hung once in
+    # tests/test_sections_run.py (the kernel idle, the client waiting), where execute() had not.
+    if memory is None:
+        client.execute()
+        return time.perf_counter() - start
     with client.setup_kernel():
         kernel = psutil.Process(client.km.provisioner.pid)
 
@@ -68,19 +73,17 @@ def execute(nb, notebook: Path, timeout: int, memory: dict | None = None) -> flo
                     peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree))
 
         sampler = threading.Thread(target=sample, daemon=True)
-        if memory is not None:
-            sampler.start()
+        sampler.start()
         try:
             for index, cell in enumerate(nb.cells):
                 client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
         finally:
             done.set()
-            if memory is not None:
-                sampler.join()
-                status = Path(f"/proc/{kernel.pid}/status").read_text()
-                high_water_mark = int(re.search(r"^VmHWM:\s+(\d+)", status, re.M)[1]) * 1024
-                memory.update(peak=max(high_water_mark, peak[0]), cuda_libs=cuda_library_rss(kernel.pid))
-                memory["binder"] = memory["peak"] - memory["cuda_libs"]
+            sampler.join()
+            status = Path(f"/proc/{kernel.pid}/status").read_text()
+            high_water_mark = int(re.search(r"^VmHWM:\s+(\d+)", status, re.M)[1]) * 1024
+            memory.update(peak=max(high_water_mark, peak[0]), cuda_libs=cuda_library_rss(kernel.pid))
+            memory["binder"] = memory["peak"] - memory["cuda_libs"]
     return time.perf_counter() - start
 
 
