@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 # Jupyter refuses to run as root unless told; containers and CI often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 export D2L_EXT_PRESET ?=
+# Matplotlib's font cache of our own: the shared one in ~/.cache/matplotlib is written by whichever
+# install runs first, and one written by an install whose fonts were gone made every figure with
+# mathtext (a log axis) print 21 findfont warnings here, a slide's worth of stderr.
+export MPLCONFIGDIR ?= $(CURDIR)/build/matplotlib
 # Every test tier runs in the ci preset, as `make test` (and CI) runs it, with a run cache of its own.
 # `make test` empties it first, so each run trains afresh once (the first tier that asks for it: the
 # browser test, which also measures the memory of that training) and later tiers replay that run;
