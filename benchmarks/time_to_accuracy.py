@@ -308,12 +308,10 @@ def header(results: dict) -> str:
 
 def fmt_row(r: dict) -> str:
     tt = f"{r['seconds_to_target']:.0f}" if r["seconds_to_target"] is not None else "-"
-    # Files written before the training step was counted hold 3x the forward count: not shown.
-    mflops = r.get("train_mflops_per_image")
-    gflops = f"{mflops * r['images_per_s'] / 1e3:,.1f}" if mflops is not None else "-"
+    gflops = r["train_mflops_per_image"] * r["images_per_s"] / 1e3
     return (
         f"| {r['model']} | {r['setting']} | {r['input']} | {r['images_per_s']:,.0f} | {r['epochs']:.2f} "
-        f"| {r['test_acc']:.2%} | {tt} | {r['cell_s']:.0f} | {gflops} |"
+        f"| {r['test_acc']:.2%} | {tt} | {r['cell_s']:.0f} | {gflops:,.1f} |"
     )
 
 
@@ -337,8 +335,6 @@ def fmt_summary(results: dict) -> str:
             verdict_ = "met" if s["demo_meets_target"] else "MISSED"
             parts.append(f"demo target {s['demo_target']:.0%}: {verdict_}")
         lines.append(f"  {name:9s} " + "; ".join(parts))
-    if "flop_count" not in results:
-        lines.append("(written before training FLOPs were counted per step: rerun `make bench` for GFLOP/s)")
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ speed."""
 import dataclasses
 import json
 import sys
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,26 +22,32 @@ from d2l_ext.presets import EXPERIMENTS
 from d2l_ext.resnet import ResNet
 from d2l_ext.resnext import ResNeXt
 
-REPO = Path(__file__).resolve().parents[1]
 bench = script("benchmarks/time_to_accuracy.py")
 
 N, IN, HIDDEN, OUT = 8, 32, 64, 10
 
 
-def test_train_step_flops_of_a_linear_layer():
-    # Forward 2*N*in*out; backward only the weight gradient, 2*N*in*out: the input needs none.
-    net = nn.Linear(IN, OUT, bias=False)
+@pytest.mark.parametrize(
+    "net, flops",
+    [
+        # Forward 2*N*in*out; backward only the weight gradient, 2*N*in*out: the input needs none.
+        (nn.Linear(IN, OUT, bias=False), 2 * N * IN * OUT + 2 * N * IN * OUT),
+        # Not three times the forward: the second layer's backward computes both gradients
+        # (4*N*in*out), the first only its weight's.
+        (
+            nn.Sequential(nn.Linear(IN, HIDDEN, bias=False), nn.ReLU(), nn.Linear(HIDDEN, OUT, bias=False)),
+            2 * N * (IN * HIDDEN + HIDDEN * OUT) + 2 * N * IN * HIDDEN + 4 * N * HIDDEN * OUT,
+        ),
+    ],
+    ids=["linear", "two-layers"],
+)
+def test_train_step_flops_of_linear_layers_with_the_trainers_loss(net, flops):
     X, y = torch.randn(N, IN), torch.randint(0, OUT, (N,))
-    assert bench.train_step_flops(net, X, y) == 2 * N * IN * OUT + 2 * N * IN * OUT
-
-
-def test_train_step_flops_of_two_layers_is_not_three_times_the_forward():
-    # The second layer's backward computes both gradients (4*N*in*out); the first only its weight's.
-    net = nn.Sequential(nn.Linear(IN, HIDDEN, bias=False), nn.ReLU(), nn.Linear(HIDDEN, OUT, bias=False))
-    X, y = torch.randn(N, IN), torch.randint(0, OUT, (N,))
-    forward = 2 * N * (IN * HIDDEN + HIDDEN * OUT)
-    backward = 2 * N * IN * HIDDEN + 4 * N * HIDDEN * OUT
-    assert bench.train_step_flops(net, X, y) == forward + backward < 3 * forward
+    assert bench.train_step_flops(net, X, y) == flops
+    # The same count with label smoothing: the counter sees matrix products and convolutions only.
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(net(X), y, label_smoothing=0.1).backward()
+    assert counter.get_total_flops() == flops
 
 
 def grouped(groups: int) -> tuple[nn.Module, int, int]:
@@ -51,25 +57,20 @@ def grouped(groups: int) -> tuple[nn.Module, int, int]:
     )
     first = 2 * N * 4 * 1 * 9 * 8 * 8  # 2 * N * c_out * c_in * k^2 * output pixels
     second = 2 * N * 8 * (4 // groups) * 9 * 6 * 6
-    return net, first + second, first + 2 * second  # forward; backward (no input gradient first)
+    return net, first + second, first + 2 * second, second  # forward; backward (no input gradient first)
 
 
 @pytest.mark.parametrize("groups", [1, 2, 4])
-def test_train_step_flops_of_grouped_convolutions(groups):
-    net, forward, backward = grouped(groups)
+def test_train_step_flops_of_grouped_convolutions_and_torchs_count(groups):
+    net, forward, backward, second = grouped(groups)
     X, y = torch.randn(N, 1, 10, 10), torch.randint(0, 8, (N,))
     net[2].register_forward_hook(lambda m, i, o: o.mean((2, 3)))  # (N, 8) logits
     assert bench.train_step_flops(net, X, y) == forward + backward
-
-
-def test_torch_counts_a_grouped_weight_gradient_groups_times():
     # Why the benchmark brings its own formula: torch 2.14's counts the weight gradient of the
-    # grouped layer 4 times. When this fails, torch is fixed and the formula can go.
-    net, forward, backward = grouped(4)
-    second_forward = 2 * N * 8 * 1 * 9 * 6 * 6
+    # grouped layer ``groups`` times. When this fails, torch is fixed and the formula can go.
     with FlopCounterMode(display=False) as counter:
-        net(torch.randn(N, 1, 10, 10)).sum().backward()
-    assert counter.get_total_flops() == forward + backward + 3 * second_forward
+        net(X).sum().backward()
+    assert counter.get_total_flops() == forward + backward + (groups - 1) * second
 
 
 def test_train_step_leaves_the_model_as_it_was():
@@ -86,16 +87,10 @@ def test_train_step_leaves_the_model_as_it_was():
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())  # BN statistics too
 
 
-class FakeData:
+def fake_data(**settings):
     """The FashionMNIST the benchmark builds, without the data: one batch of 16 random images."""
-
-    resize, train = (28, 28), range(60_000)
-
-    def __init__(self, **settings):
-        pass
-
-    def train_dataloader(self):
-        return [(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,)))]
+    batch = (torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,)))
+    return SimpleNamespace(resize=(28, 28), train=range(60_000), train_dataloader=lambda: [batch])
 
 
 class FakeTrainer:
@@ -116,7 +111,7 @@ def test_a_row_above_the_measured_matmul_is_measured_written_and_printed(monkeyp
     # The book's ResNet once trained at 125% of the measured matmul (a 2-core AMD EPYC with
     # AVX-512), and a check that refused it cost every later row.
     monkeypatch.setattr(bench, "matmul_peak", lambda: 1e9)  # 1 GFLOP/s: every row is above it
-    monkeypatch.setattr(bench, "FashionMNIST", FakeData)
+    monkeypatch.setattr(bench, "FashionMNIST", fake_data)
     monkeypatch.setattr(bench, "Trainer", FakeTrainer)
     out = tmp_path / "results.json"
     monkeypatch.setattr(sys, "argv", ["time_to_accuracy.py", "--models", "bn_lenet", "--out", str(out)])
@@ -135,49 +130,31 @@ def test_a_row_above_the_measured_matmul_is_measured_written_and_printed(monkeyp
     assert all(line.endswith(f"| {gflops:,.1f} |") for line in rows)
 
 
-def test_the_verdict_reads_the_recipes_target(monkeypatch):
-    target = EXPERIMENTS["resnet"].demo.target
-    assert bench.verdict("resnet", target) == {"demo_target": target, "demo_meets_target": True}
-    assert not bench.verdict("resnet", target - 0.01)["demo_meets_target"]
-    recipe = EXPERIMENTS["resnet"]
-    raised = dataclasses.replace(recipe.demo, target=0.99)
-    monkeypatch.setitem(EXPERIMENTS, "resnet", dataclasses.replace(recipe, demo=raised))
-    assert bench.verdict("resnet", target) == {"demo_target": 0.99, "demo_meets_target": False}
-
-
 def test_the_benchmarked_models_come_from_the_recipes():
     assert bench.MODELS == [n for n, r in EXPERIMENTS.items() if r.demo.target is not None]
     assert [bench.model_class(n) for n in bench.MODELS] == [BNLeNet, ResNet, ResNeXt, DenseNet]
 
 
-def summary(rows, **results):
-    return {"target": 0.85, "rows": rows, "summary": bench.summarize(rows), **results}
-
-
 ROW = dict(input="28x28", images_per_s=5000.0, epochs=5.0, cell_s=61.0, seconds_to_target=10.0)
 
 
-def test_summary_uses_the_recipes_target():
+def test_the_verdict_and_the_summary_read_the_recipes_target(monkeypatch):
+    recipe = EXPERIMENTS["resnet"]
+    target = recipe.demo.target
+    assert bench.verdict("resnet", target) == {"demo_target": target, "demo_meets_target": True}
+    assert not bench.verdict("resnet", target - 0.01)["demo_meets_target"]
     rows = [
         dict(ROW, model="resnet", setting="book", test_acc=0.22, seconds_to_target=None),
         dict(ROW, model="resnet", setting="demo", test_acc=0.93),
     ]
     (line,) = bench.summarize(rows)
-    assert line["demo_target"] == EXPERIMENTS["resnet"].demo.target and line["demo_meets_target"]
+    assert line["demo_target"] == target and line["demo_meets_target"]
     assert line["images_per_s_ratio"] == 1.0 and line["time_to_target_ratio"] is None
-    text = bench.fmt_summary(summary(rows, flop_count=bench.FLOP_COUNT))
-    assert (
-        "to 85%: book never, demo in 10 s" in text and f"demo target {line['demo_target']:.0%}: met" in text
-    )
-
-
-def test_a_row_shows_its_training_gflops():
-    # Files written before the training step was counted hold no per-step count: no GFLOP/s.
-    old = dict(ROW, model="resnet", setting="demo", test_acc=0.93, fraction_of_peak=1.29)
-    assert bench.fmt_row(old).endswith("| - |")
-    assert "rerun `make bench`" in bench.fmt_summary(summary([old]))
-    new = dict(old, train_mflops_per_image=20.0)  # 20 MFLOP x 5,000 images/s
-    assert bench.fmt_row(new).endswith("| 100.0 |")
+    text = bench.fmt_summary({"target": 0.85, "rows": rows, "summary": bench.summarize(rows)})
+    assert "to 85%: book never, demo in 10 s" in text and f"demo target {target:.0%}: met" in text
+    raised = dataclasses.replace(recipe.demo, target=0.99)
+    monkeypatch.setitem(EXPERIMENTS, "resnet", dataclasses.replace(recipe, demo=raised))
+    assert bench.verdict("resnet", target) == {"demo_target": 0.99, "demo_meets_target": False}
 
 
 def test_the_committed_results_can_be_shown(capsys):
@@ -218,27 +195,14 @@ def test_theoretical_peak(text, threads, max_khz, gflops):
     assert est["basis"].startswith("an estimate:") and "FMA units (assumed)" in est["basis"]
 
 
-def test_no_theoretical_peak_without_a_known_vector_width():
-    assert bench.theoretical_peak(2, cpuinfo(2, flags="fpu sse2 avx")) is None
-    assert bench.theoretical_peak(2, "") is None
-
-
-def test_the_printed_machine_line_names_both_peaks():
+def test_the_printed_machine_line_names_both_peaks_where_the_vector_width_is_known():
     machine = dict(cpu="AMD EPYC", cores=2, torch_threads=2, torch="2.14.1", fp32_matmul_peak_gflops=195.0)
     machine["fp32_theoretical_peak"] = bench.theoretical_peak(2, cpuinfo(2))
     text = bench.describe_machine({"machine": machine, "budget_s": 60.0})
     assert "measured: 195 GFLOP/s" in text and "theoretical: 157 GFLOP/s, an estimate" in text
     assert "boost" in text  # measured above the estimate: said, not hidden
-
-
-def test_the_loss_in_a_training_step_is_cross_entropy():
-    # The count is over the same loss the trainers use by default (label smoothing adds no FLOPs
-    # that the counter sees: it counts matrix products and convolutions only).
-    net = nn.Linear(IN, OUT, bias=False)
-    X, y = torch.randn(N, IN), torch.randint(0, OUT, (N,))
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(net(X), y, label_smoothing=0.1).backward()
-    assert counter.get_total_flops() == bench.train_step_flops(net, X, y)
+    assert bench.theoretical_peak(2, cpuinfo(2, flags="fpu sse2 avx")) is None
+    assert bench.theoretical_peak(2, "") is None
 
 
 def test_probes_land_at_their_times_and_do_not_count_as_training_time(monkeypatch):
