@@ -12,8 +12,6 @@ written atomically with its SHA-256 beside it; a bad one is reported and retrain
 fails warns and keeps the trained model. `measure_once` does the same for a long measurement.
 """
 
-from __future__ import annotations
-
 import datetime
 import dis
 import functools
@@ -29,9 +27,7 @@ import sys
 import textwrap
 import warnings
 import weakref
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import d2l
 import torch
@@ -42,7 +38,7 @@ from d2l_ext.training import Callback, Trainer
 
 __all__ = ["RunCacheWarning", "cpu_name", "fit", "machine_name", "measure_once", "runs_dir"]
 
-FORMAT = 3  # the layout of a stored entry; a new layout makes old entries miss
+FORMAT = 4  # the layout of a stored entry; a new layout makes old entries miss
 RUNS_ENV, RETRAIN_ENV = "D2L_EXT_RUNS", "D2L_EXT_RETRAIN"
 _PLAIN = (bool, int, float, str, type(None))
 
@@ -83,29 +79,20 @@ _LIBRARY = {"d2l_ext": _source_digest(Path(__file__).parent), "d2l": d2l.__versi
 
 
 def _ours(obj) -> bool:
-    """Whether ``obj`` is d2l_ext's code or code of no installed package (a notebook's, a course's
-    module's), or a class that holds such a function, itself or in a base (``d2l.add_to_class``)."""
+    """Whether ``obj`` is code of d2l_ext or of no installed package (a notebook's, a course's)."""
     module = getattr(obj, "__module__", None) or ""
     top, file = module.split(".")[0], getattr(sys.modules.get(module), "__file__", None) or ""
     installed = top in ("d2l", "builtins") or top in sys.stdlib_module_names
-    if top == "d2l_ext" or not (installed or {"site-packages", "dist-packages"} & set(Path(file).parts)):
-        return True
-    return inspect.isclass(obj) and any(_ours(fn) for c in obj.__mro__ for fn in _functions(c).values())
-
-
-def _functions(cls) -> dict[str, Any]:
-    """A class's own functions by name (static, class and property ones too)."""
-    found = {k: getattr(v, "__func__", getattr(v, "fget", v)) for k, v in vars(cls).items()}
-    return {k: fn for k, fn in found.items() if inspect.isfunction(fn)}
+    return top == "d2l_ext" or not (installed or {"site-packages", "dist-packages"} & set(Path(file).parts))
 
 
 @functools.cache  # a function's code never changes, its file may: the source read first stays
 def _source(fn) -> str:
-    """``fn``'s source as tools/export.py copies a ``#@save`` cell into d2l_ext: without the save
-    marks and the ``add_to_class`` decorator, ``super()`` for ``super(C, self)`` (C is read)."""
+    """``fn``'s source as tools/export.py copies a ``#@save`` cell into d2l_ext (no save marks, no
+    ``add_to_class`` decorator, ``super()`` for ``super(C, self)``); without source, its bytecode."""
     try:
         text = textwrap.dedent(inspect.getsource(fn))
-    except (OSError, TypeError):  # no source (made by exec): its bytecode
+    except (OSError, TypeError):  # made by exec
         return _bytecode(fn.__code__)
     text = re.sub(r"^@.*\badd_to_class\(.*\n", "", text, flags=re.M)
     text = re.sub(r"[ \t]*#[ \t]*@save[ \t]*$", "", text, flags=re.M).rstrip()  # a cell ends without \n
@@ -120,8 +107,8 @@ def _bytecode(code) -> str:
     return repr((code.co_code, code.co_names, *consts))
 
 
-def _reads(fn) -> dict[str, Any]:
-    """The globals (builtins aside) and closure variables that ``fn`` reads, with their values now."""
+def _reads(fn) -> dict:
+    """The globals and closure variables that ``fn`` reads, with their values now."""
     codes, names = [fn.__code__], set()
     while codes:
         code = codes.pop()
@@ -137,31 +124,35 @@ def _reads(fn) -> dict[str, Any]:
 
 
 def _code_digest(*objects) -> str:
-    """A digest of ``objects`` (classes, functions) and of what they read, in turn: a function of
-    `_ours` by its `_source`, a class of `_ours` by its name and plain attributes, its bases and its
-    functions, another class or function by its name, a plain value or tensor by its value. It
-    depends on the code alone, not on where it lives: a notebook's cell and its copy in d2l_ext
-    give one digest."""
+    """A digest of ``objects`` and, in turn, of what they read: a function of `_ours` by its
+    `_source`, another by its name; a class by its name, bases and the functions of ours it holds
+    (``d2l.add_to_class`` puts them into any class), one of ours also by its plain attributes; a
+    plain value or tensor by its value. A notebook's cell and its copy in d2l_ext give one digest."""
     seen: dict[int, int] = {}
     parts: list[str] = []
 
     def walk(name: str, obj) -> None:
-        if isinstance(obj, (*_PLAIN, torch.Tensor)):  # e.g. a notebook's SCALE = 2 read in forward
-            parts.append(f"{name} = {_tensor_digest(obj).hex() if isinstance(obj, torch.Tensor) else obj!r}")
+        if isinstance(obj, torch.Tensor):  # e.g. a notebook's SCALE = 2 read in forward
+            parts.append(f"{name} = {_tensor_digest(obj).hex()}")
+        elif isinstance(obj, _PLAIN):
+            parts.append(f"{name} = {obj!r}")
         elif not (inspect.isclass(obj) or inspect.isfunction(obj)):
             return  # a module or an instance
-        elif not _ours(obj):
-            parts.append(f"{name} = {obj.__module__}.{obj.__qualname__}")
         elif id(obj) in seen:  # read again, or by itself (super(C, self))
             parts.append(f"{name} = definition {seen[id(obj)]}")
+        elif not _ours(obj) and inspect.isfunction(obj):
+            parts.append(f"{name} = {obj.__module__}.{obj.__qualname__}")
         else:
             seen[id(obj)] = len(seen)
             if inspect.isfunction(obj):
                 parts.append(f"{name} = {_source(obj)}")
                 reads = _reads(obj)
-            else:
-                parts.append(f"{name} = class {obj.__name__} {_attributes(obj)}")
-                reads = {f"base {i}": base for i, base in enumerate(obj.__bases__)} | _functions(obj)
+            else:  # a package's class counts by its name, and by the functions of ours put into it
+                ours = _ours(obj)
+                parts.append(f"{name} = class {obj.__name__} {_attributes(obj) if ours else obj.__module__}")
+                found = {k: getattr(v, "__func__", getattr(v, "fget", v)) for k, v in vars(obj).items()}
+                reads = {k: fn for k, fn in found.items() if inspect.isfunction(fn) and (ours or _ours(fn))}
+                reads |= {f"base {i}": base for i, base in enumerate(obj.__bases__)}
             for key in sorted(reads):
                 walk(key, reads[key])
 
@@ -170,7 +161,7 @@ def _code_digest(*objects) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _attributes(obj) -> dict[str, Any]:
+def _attributes(obj) -> dict:
     """``obj``'s plain public attributes (numbers, strings, flags, tuples of them)."""
     return {k: v for k, v in sorted(vars(obj).items()) if not k.startswith("_") and _plain(v)}
 
@@ -179,11 +170,14 @@ def _plain(value) -> bool:
     return isinstance(value, _PLAIN) or isinstance(value, tuple) and all(map(_plain, value))
 
 
-def _key(model: nn.Module, code: Sequence[object], **about) -> tuple[str, dict[str, Any]]:
-    """The key (hex digest) of a run or measurement of ``model`` and what it was computed from:
-    ``about`` and the model's structure, its submodules' plain attributes (which ``repr`` need not
-    show), its hyperparameters and weights, and the code of ``code`` and of the model's classes."""
+def _key(model: nn.Module, code, **about) -> tuple[str, dict]:
+    """The key of a run or measurement of ``model`` and what it is computed from: ``about``, the model's
+    structure, plain attributes (which ``repr`` need not show), hyperparameters, weights and code."""
     classes = sorted({type(m) for m in model.modules()}, key=lambda c: c.__qualname__)
+    lazy = nn.parameter.UninitializedTensorMixin  # a Lazy layer not built yet
+    state = [
+        (k, "not built" if isinstance(t, lazy) else _tensor_digest(t)) for k, t in model.state_dict().items()
+    ]
     about |= {
         "format": FORMAT,
         "library": _LIBRARY,
@@ -191,7 +185,7 @@ def _key(model: nn.Module, code: Sequence[object], **about) -> tuple[str, dict[s
         "model": repr(model),
         "modules": {name or "(model)": _attributes(m) for name, m in model.named_modules()},
         "hparams": getattr(model, "hparams", {}),
-        "start": _state_digest(model),
+        "start": hashlib.sha256(repr(state).encode()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(about, sort_keys=True, default=repr).encode()).hexdigest()[:32], about
 
@@ -213,15 +207,6 @@ def _tensor_digest(t: torch.Tensor) -> bytes:
     return digest
 
 
-def _state_digest(model: nn.Module) -> str:
-    """A digest of ``model``'s weights and buffers (a Lazy layer not built yet counts as such)."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        lazy = isinstance(t, nn.parameter.UninitializedTensorMixin)
-        h.update(name.encode() + (b" not built" if lazy else _tensor_digest(t)))
-    return h.hexdigest()
-
-
 def _data_digest(data) -> str | None:
     """A digest of the tensors that ``data`` holds (its attributes, and theirs, three levels down: a
     data set's images and labels), or None when it holds none (its data could change unseen)."""
@@ -240,53 +225,49 @@ def _data_digest(data) -> str | None:
     return hashlib.sha256(b"".join(found)).hexdigest() if found else None
 
 
-# -- entries on disk: <cache>/<experiment>/<preset>/<key>.pt (a run) or <cache>/measurements/<name>/
-# <key>.pt, and beside it <key>.json, written last: what the entry is and the .pt file's SHA-256 -----
+# -- entries: <cache>/<experiment>/<preset>/<key>.pt or <cache>/measurements/<name>/<key>.pt, and
+# beside it <key>.json, written last: what the entry is and the .pt file's SHA-256 ----------------
 
 
-def _load(root: Path, pt: Path, key: str, parts: dict, model: nn.Module, records: int = 0) -> dict | None:
-    """The entry at ``pt``, its record's and its body's fields in one dict; None where there is none
-    or where it is bad, which is reported: outside the cache, partial, unreadable, corrupt, another
-    key, a part of ``parts`` missing, weights that do not fit ``model`` or the states of another
-    number of recorders than ``records``."""
+def _entry(root: Path, *names: str) -> Path | None:
+    """The entry ``root/names...``, or None where a link leads out of the cache (reported)."""
+    pt = root.joinpath(*names)
+    if pt.resolve().is_relative_to(root.resolve()):
+        return pt
+    return _bad(pt, f"outside the run cache {root} (a link?)", stacklevel=3)
+
+
+def _load(pt: Path, key: str, parts: dict, model: nn.Module, records: int = 0) -> dict | None:
+    """The entry at ``pt``, its record and body in one dict; None where there is none or a bad one."""
     record = pt.with_suffix(".json")
-    if not pt.resolve().is_relative_to(root.resolve()):
-        return _bad(pt, f"outside the run cache {root} (a link?)")
     if not record.exists():  # the record is written last: without it, the writer was interrupted
         return _bad(pt, "partial: its .json record is missing") if pt.exists() else None
     try:
         meta, raw = json.loads(record.read_text()), pt.read_bytes()
-    except (OSError, ValueError) as e:
-        return _bad(pt, f"unreadable: {e}")
-    if not isinstance(meta, dict) or hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
-        return _bad(pt, "corrupt: its bytes do not match the SHA-256 in its .json record")
-    try:
+        if not isinstance(meta, dict) or hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
+            return _bad(pt, "corrupt: its bytes do not match the SHA-256 in its .json record")
         body = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure to unpickle means: do not use it
-        return _bad(pt, f"unloadable: {type(e).__name__}: {e}")
+    except Exception as e:  # noqa: BLE001 - any failure to read or unpickle means: do not use it
+        return _bad(pt, f"unreadable: {type(e).__name__}: {e}")
     entry = {**meta, **body} if isinstance(body, dict) else {}
-    if entry.get("key") != key or entry.get("format") != FORMAT:
-        return _bad(pt, "not this run (another key or format)")
-    parts = {"date": str, "machine": str, "seconds": (int, float), "state": dict, **parts}
+    parts = {"key": str, "date": str, "machine": str, "seconds": (int, float), "state": dict, **parts}
     if missing := [n for n, kind in parts.items() if n not in entry or not isinstance(entry[n], kind)]:
         return _bad(pt, f"not usable: it has no {missing[0]}")
     have = {k: getattr(v, "shape", None) for k, v in entry["state"].items()}
-    if have != {k: v.shape for k, v in model.state_dict().items()}:
-        return _bad(pt, "not usable: its weights have other names or shapes than this model's")
-    if len(entry.get("records", ())) != records:
-        return _bad(pt, f"not usable: it holds {len(entry['records'])} recorders' states, not {records}")
+    want = {k: v.shape for k, v in model.state_dict().items()}
+    if entry["key"] != key or have != want or len(entry.get("records", ())) != records:
+        return _bad(pt, "not this run's: another key, weights of other names or shapes, or other recorders")
     return entry
 
 
-def _bad(pt: Path, why: str) -> None:
+def _bad(pt: Path, why: str, stacklevel: int = 4) -> None:
     message = f"Run cache entry {pt} is {why}. It is not used: it is computed again and replaced."
-    warnings.warn(message, RunCacheWarning, stacklevel=4)  # at the caller of fit or measure_once
+    warnings.warn(message, RunCacheWarning, stacklevel=stacklevel)  # at the caller of fit or measure_once
 
 
-def _store(root: Path, pt: Path, key: str, about: dict, when, model: nn.Module, body: dict, seconds=None):
-    """Write an entry begun at datetime ``when``: the model's weights and ``body``, and its record
-    (``seconds``: of training, else since ``when``); on any error (a read-only or full disk, a
-    file-size limit, a link out of the cache) warn: the model is in memory either way."""
+def _store(pt: Path, key: str, about: dict, when, model: nn.Module, body: dict, seconds=None) -> None:
+    """Write an entry begun at datetime ``when``, and its record (``seconds``: of training, else since
+    ``when``); on any error warn: the model is in memory either way."""
     wall = (datetime.datetime.now() - when).total_seconds()
     device = next(iter(model.parameters()), torch.empty(0)).device
     machine = f"{machine_name()}, {torch.get_num_threads()} torch threads"
@@ -299,21 +280,17 @@ def _store(root: Path, pt: Path, key: str, about: dict, when, model: nn.Module, 
         "seconds": wall if seconds is None else seconds,
         "wall_seconds": wall,
     }
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    body = {"format": FORMAT, "key": key, "state": state, **body}
+    body |= {"state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     try:
-        if not pt.resolve().is_relative_to(root.resolve()):
-            raise OSError(f"{pt.parent} leads outside the cache (a link?)")
         pt.parent.mkdir(parents=True, exist_ok=True)
         _data.write_atomic(pt, lambda f: torch.save(body, f))
-        with open(pt, "rb") as f:
-            meta["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
+        meta["sha256"] = hashlib.sha256(pt.read_bytes()).hexdigest()
         record = json.dumps(meta, indent=1, sort_keys=True, default=repr).encode()
         _data.write_atomic(pt.with_suffix(".json"), lambda f: f.write(record))
     except Exception as e:  # noqa: BLE001 - torch.save raises RuntimeError for a full disk
         message = (
-            f"The run could not be stored in the run cache {root} ({e}); it will train again next "
-            f"time. Set {RUNS_ENV} to a writable folder, or {RUNS_ENV}=off."
+            f"The run could not be stored in the run cache ({e}); it will train again next time. "
+            f"Set {RUNS_ENV} to a writable folder, or {RUNS_ENV}=off."
         )
         warnings.warn(message, RunCacheWarning, stacklevel=3)  # at the caller of fit or measure_once
 
@@ -340,12 +317,12 @@ _PROGRESS = ("history", "epoch", "train_batch_idx", "images_seen", "train_second
 
 
 class _StartFrom(Callback):
-    """Puts torch's and the loader's generators where they were after `fit` built and initialized
-    the model to check a stored run that turned out bad: the loop prepares the model again,
-    reseeding the generators but not drawing the initialization again."""
+    """Sets torch's and the loader's generators where the first preparation of the model (to check a
+    stored run that was bad) left them: the loop prepares it again but draws no initialization."""
 
-    def __init__(self, generator: torch.Generator | None):
-        self.generator, self.states = generator, (torch.get_rng_state(), generator and generator.get_state())
+    def __init__(self, loader):
+        self.generator = getattr(loader, "generator", None)
+        self.states = torch.get_rng_state(), self.generator and self.generator.get_state()
 
     def before_fit(self, trainer):
         torch.set_rng_state(self.states[0])
@@ -372,44 +349,39 @@ def fit(cfg, model: nn.Module, data, *, callbacks=(), records=(), retrain: bool 
     trainer = Trainer(**settings, callbacks=callbacks)
     retrain = _retrain_from_env() if retrain is None else retrain
     root = runs_dir()
-    if root is None or (content := _data_digest(data)) is None:  # no cache, or data it cannot read
-        trainer.fit(model, data)
-        model._d2l_ext_trained = True
-        return trainer
-    key, about = _key(
-        model,
-        [type(p) for p in pieces],
-        experiment=cfg.name,
-        preset=cfg.preset,
-        trainer={k: v for k, v in settings.items() if k not in ("plot", "num_gpus")},  # not in the result
-        data=[type(data).__qualname__, getattr(data, "hparams", {}), content],
-        pieces=[[type(p).__qualname__, _attributes(p)] for p in pieces],
-    )
-    pt = root / cfg.name / cfg.preset / f"{key}.pt"
-    run = None
-    if not retrain and pt.exists():  # built and initialized as a training starts, to check its weights
+    pt = run = None
+    if root and (content := _data_digest(data)):  # else no cache, or data whose content it cannot read
+        key, about = _key(
+            model,
+            [type(p) for p in pieces],
+            experiment=cfg.name,
+            preset=cfg.preset,
+            trainer={k: v for k, v in settings.items() if k not in ("plot", "num_gpus")},  # not in the result
+            data=[type(data).__qualname__, getattr(data, "hparams", {}), content],
+            pieces=[[type(p).__qualname__, _attributes(p)] for p in pieces],
+        )
+        pt = _entry(root, cfg.name, cfg.preset, f"{key}.pt")
+    if pt and not retrain and pt.exists():  # built and initialized as a training starts, to check it
         trainer.prepare_data(data)
         trainer.prepare_model(model)
-        start = _StartFrom(getattr(trainer.train_dataloader, "generator", None))
-        if (run := _load(root, pt, key, _RUN, model, len(records))) is None:
+        start = _StartFrom(trainer.train_dataloader)
+        if (run := _load(pt, key, _RUN, model, len(records))) is None:
             trainer.extra_callbacks.insert(0, start)
     if run is None:
         when = datetime.datetime.now()
         trainer.fit(model, data)
         generator = getattr(trainer.train_dataloader, "generator", None)
+        stateful = [c for c in trainer.callbacks if hasattr(c, "state_dict")]
         body = {
             "trainer": {name: getattr(trainer, name) for name in _PROGRESS},
-            "callbacks": {
-                type(cb).__qualname__: cb.state_dict()
-                for cb in trainer.callbacks
-                if hasattr(cb, "state_dict")
-            },
+            "callbacks": {type(c).__qualname__: c.state_dict() for c in stateful},
             "records": [r.state_dict() for r in records],
             "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(),
             "loader_rng": generator and generator.get_state(),
         }
-        _store(root, pt, key, about, when, model, body, trainer.train_seconds)
+        if pt:
+            _store(pt, key, about, when, model, body, trainer.train_seconds)
     else:
         generator = getattr(trainer.train_dataloader, "generator", None)
         model.load_state_dict(run["state"])
@@ -427,10 +399,9 @@ def fit(cfg, model: nn.Module, data, *, callbacks=(), records=(), retrain: bool 
         if generator is not None and run.get("loader_rng") is not None:
             generator.set_state(run["loader_rng"])
         print(
-            f"Replayed from the run cache: {cfg.name!r} ({cfg.preset} preset), trained "
-            f"{run['date']} on {run['machine']}, {run['seconds']:.0f} s of training. "
-            f"To train it live: make the model anew and fit(..., retrain=True), or {RETRAIN_ENV}=1 "
-            "for every run."
+            f"Replayed from the run cache: {cfg.name!r} ({cfg.preset} preset), trained {run['date']} "
+            f"on {run['machine']}, {run['seconds']:.0f} s of training. To train it live: make the "
+            f"model anew and fit(..., retrain=True), or {RETRAIN_ENV}=1 for every run."
         )
     model._d2l_ext_trained = True
     return trainer
@@ -438,11 +409,9 @@ def fit(cfg, model: nn.Module, data, *, callbacks=(), records=(), retrain: bool 
 
 def measure_once(fn, model: nn.Module, loader, *, name: str | None = None, recompute: bool | None = None):
     """``fn(model, loader)``, or the stored result of that same call, as `fit` for a run: for a pass
-    that measures a trained model and may set part of its state (`exact_bn_statistics`). Keyed by
-    ``fn``'s code, the model and the loader (settings, images, labels and its generator's state, the
-    order of the batches); a replay leaves the model and the generator as the pass did. ``recompute``
-    as `fit`'s ``retrain``; a loader other than a `TensorLoader` always computes. ``name`` (default:
-    ``fn``'s) names the result, which holds what ``torch.load(weights_only=True)`` reads."""
+    that measures a trained model and may set its state (`exact_bn_statistics`), keyed also by the
+    loader's images and order of batches; only a `TensorLoader`'s result is stored, under ``name``
+    (default: ``fn``'s), as what ``torch.load(weights_only=True)`` reads. ``recompute`` as ``retrain``."""
     name = name or fn.__name__
     if not re.fullmatch(r"\w[\w.-]*", name) or ".." in name:
         raise ValueError(
@@ -455,9 +424,9 @@ def measure_once(fn, model: nn.Module, loader, *, name: str | None = None, recom
     key, about = _key(
         model, [fn], measurement=fn.__qualname__, loader=[_attributes(loader), _data_digest(loader), order]
     )
-    pt = root / "measurements" / name / f"{key}.pt"
+    pt = _entry(root, "measurements", name, f"{key}.pt")
     recompute = _retrain_from_env() if recompute is None else recompute
-    stored = None if recompute else _load(root, pt, key, _MEASUREMENT, model)
+    stored = None if recompute or not pt else _load(pt, key, _MEASUREMENT, model)
     if stored is not None:
         model.load_state_dict(stored["state"])
         loader.generator.set_state(stored["loader_rng"])
@@ -469,5 +438,6 @@ def measure_once(fn, model: nn.Module, loader, *, name: str | None = None, recom
         return stored["result"]
     when = datetime.datetime.now()
     result = fn(model, loader)
-    _store(root, pt, key, about, when, model, {"result": result, "loader_rng": loader.generator.get_state()})
+    if pt:
+        _store(pt, key, about, when, model, {"result": result, "loader_rng": loader.generator.get_state()})
     return result

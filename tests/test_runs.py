@@ -1,8 +1,6 @@
 """The run cache (d2l_ext/runs.py): a replay is the run it stored, a changed model or setting never
 replays a stale run, and a bad entry is reported and retrained, never loaded."""
 
-from __future__ import annotations
-
 import copy
 import hashlib
 import json
@@ -14,6 +12,7 @@ import warnings
 from pathlib import Path
 from unittest import mock
 
+import nbformat
 import pytest
 import torch
 from d2l import torch as d2l
@@ -34,10 +33,9 @@ SHORT = dict(max_steps=6, plot=False)  # six steps: a run in well under a second
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
     """An empty run cache of the test's own; replays allowed (the suite's retrain setting is off)."""
-    folder = tmp_path / "runs"
-    monkeypatch.setenv("D2L_EXT_RUNS", str(folder))
+    monkeypatch.setenv("D2L_EXT_RUNS", str(tmp_path / "runs"))
     monkeypatch.delenv("D2L_EXT_RETRAIN", raising=False)
-    return folder
+    return tmp_path / "runs"
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +64,8 @@ class Toy(d2l.DataModule):
 
 
 class Scaled(d2l_ext.Callback):
-    """A callback whose setting changes the run: the loss times ``factor``; and one that stops it,
-    with Ctrl-C at step ``stop``, as an instructor interrupts a training."""
+    """A callback whose setting changes the run (the loss times ``factor``), and that presses Ctrl-C
+    at step ``stop``, as an instructor interrupts a training."""
 
     def __init__(self, factor: float = 1.0, stop: int | None = None):
         self.factor, self.stop = factor, stop
@@ -133,8 +131,7 @@ def test_a_replay_is_the_run_it_stored_and_its_record_says_what_it_was(cache, da
     assert record.parent == cache / "bn_lenet" / "ci"
     assert meta["about"]["experiment"] == "bn_lenet" and meta["about"]["preset"] == "ci"
     assert meta["about"]["trainer"]["max_steps"] == 6 and "plot" not in meta["about"]["trainer"]
-    assert meta["versions"]["torch"] == torch.__version__
-    assert meta["about"]["library"] == runs._LIBRARY
+    assert meta["versions"]["torch"] == torch.__version__ and meta["about"]["library"] == runs._LIBRARY
     assert meta["seconds"] > 0 and meta["wall_seconds"] >= meta["seconds"]
     assert meta["machine"] and meta["date"][:2] == "20"
 
@@ -175,7 +172,7 @@ def made(source: str, name: str | None):
     return cell({"__name__": "__main__"}, source, name)["Global"]()
 
 
-def test_what_changes_a_run_misses_the_cache_and_what_does_not_hits(cache, data, tmp_path, capsys):
+def test_what_changes_a_run_misses_the_cache_and_what_does_not_hits(cache, data, capsys):
     train(data)
     train(data, max_steps=7)  # another run
     train(data, model=Tiny(width=5))  # another model
@@ -193,10 +190,7 @@ def test_what_changes_a_run_misses_the_cache_and_what_does_not_hits(cache, data,
     assert "Replayed" not in capsys.readouterr().out and len(entries(cache)) == 12
     train(data, plot=True)  # drawing does not change the run
     assert "Replayed" in capsys.readouterr().out and len(entries(cache)) == 12
-
-
-def test_a_submodule_setting_that_repr_does_not_show_changes_the_key():
-    keys = set()
+    keys = set()  # a submodule's setting that repr does not show: a ghost batch's size, a frozen BN
     for size, frozen in ((2, False), (4, False), (4, True)):
         model = built(Tiny())
         model.net[1] = GhostBatchNorm(model.net[1], size)
@@ -289,10 +283,6 @@ def rewrite(pt: Path, edit_body=None, edit_record=None) -> None:
     pt.with_suffix(".json").write_text(json.dumps(edit_record(record) if edit_record else record))
 
 
-def other_weights(body):
-    return body | {"state": built(Tiny(width=5)).state_dict()}  # the same names, other shapes
-
-
 def without(name):
     return lambda d: {k: v for k, v in d.items() if k != name}
 
@@ -304,7 +294,11 @@ def without(name):
         pytest.param(lambda pt: pt.write_bytes(pt.read_bytes()[:100]), "corrupt", id="truncated"),
         pytest.param(lambda pt: pt.with_suffix(".json").unlink(), "partial", id="no-record"),
         pytest.param(lambda pt: pt.with_suffix(".json").write_text("{"), "unreadable", id="bad-record"),
-        pytest.param(lambda pt: rewrite(pt, other_weights), "other names or shapes", id="other-shapes"),
+        pytest.param(
+            lambda pt: rewrite(pt, lambda b: b | {"state": built(Tiny(width=5)).state_dict()}),
+            "other names or shapes",
+            id="other-shapes",
+        ),
         pytest.param(lambda pt: rewrite(pt, without("torch_rng")), "no torch_rng", id="no-rng"),
         pytest.param(lambda pt: rewrite(pt, lambda b: b | {"records": []}), "recorders", id="no-records"),
         pytest.param(lambda pt: rewrite(pt, None, without("date")), "no date", id="record-without-date"),
@@ -346,7 +340,9 @@ def test_a_store_that_fails_warns_and_keeps_the_trained_model(cache, data, tmp_p
     assert same_state(again, model) and len(entries(cache)) == 1
 
 
-def test_the_cache_stays_in_its_folder(cache, data, tmp_path, capsys):
+def test_the_cache_stays_in_its_folder_and_the_environment_turns_it_off_or_retrains(
+    cache, data, tmp_path, capsys, monkeypatch
+):
     train(data)
     elsewhere, folder = tmp_path / "elsewhere", cache / "bn_lenet" / "ci"
     folder.rename(elsewhere)
@@ -358,16 +354,14 @@ def test_the_cache_stays_in_its_folder(cache, data, tmp_path, capsys):
     assert {path.name: path.read_bytes() for path in elsewhere.iterdir()} == before  # ... nor written
     with pytest.raises(ValueError, match="plain name"):
         measure_once(lambda m, loader: 0, Tiny(), data.train_dataloader(), name="../escape")
-
-
-def test_the_environment_turns_the_cache_off_or_retrains(cache, data, tmp_path, capsys, monkeypatch):
+    folder.unlink()
     monkeypatch.chdir(tmp_path)
     for setting in ("off", "false"):
         monkeypatch.setenv("D2L_EXT_RUNS", setting)
         train(data)
         train(data)
         assert not (tmp_path / setting).exists()
-    assert "Replayed" not in capsys.readouterr().out and not cache.exists()
+    assert "Replayed" not in capsys.readouterr().out and not entries(cache)
     monkeypatch.setenv("D2L_EXT_RUNS", str(cache))
     train(data)
     train(data, retrain=True)
@@ -406,12 +400,12 @@ def test_a_continued_or_interrupted_training_is_stored_apart_from_the_fresh_run(
         fit(Tiny(), data, CFG)
 
 
-def test_make_warm_stores_the_runs_a_notebook_asks_for(cache, tmp_path, capsys, monkeypatch):
-    import nbformat
-
-    warm = script("tools/warm.py")
+def test_make_warm_stores_the_runs_a_notebook_asks_for_and_names_a_section_that_leans_on_another(
+    cache, tmp_path, capsys, monkeypatch
+):
+    warm, md, code = script("tools/warm.py"), nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
     notebook = tmp_path / "01_toy.ipynb"
-    code = """
+    source = """
         from d2l_ext import FashionMNIST, experiment, fit
         from d2l_ext.batch_norm import BNLeNet
 
@@ -419,9 +413,7 @@ def test_make_warm_stores_the_runs_a_notebook_asks_for(cache, tmp_path, capsys, 
         data = FashionMNIST(batch_size=64, train_subset=320, val_subset=100, verbose=False)
         fit(cfg, BNLeNet(**cfg.model), data, max_steps=3, plot=False).summary()
     """
-    nbformat.write(
-        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(textwrap.dedent(code))]), notebook
-    )
+    nbformat.write(nbformat.v4.new_notebook(cells=[code(textwrap.dedent(source))]), notebook)
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("D2L_EXT_PRESET", "ci")  # warm sets it for its kernels; restored after the test
     assert warm.main([str(notebook), "--preset", "ci"]) == 0
@@ -433,17 +425,9 @@ def test_make_warm_stores_the_runs_a_notebook_asks_for(cache, tmp_path, capsys, 
     assert written["preset"] == "ci" and written["notebooks"]["01_toy.ipynb"]["replayed"] == 1
     assert 0 < written["notebooks"]["01_toy.ipynb"]["seconds"] and "cores" in written["machine"]
     assert nbformat.read(notebook, as_version=4).cells[0].get("outputs") == []  # nothing written back
-
-
-def test_warm_sections_names_a_section_that_leans_on_an_earlier_one(cache, tmp_path, capsys):
-    import nbformat
-
-    warm = script("tools/warm.py")
-    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
     cells = [md("# 99 · Toy"), code("x = 1"), md("## One"), code("y = x + 1"), md("## Two"), code("y * 2")]
     cells += [md("## Summary"), code("x, y")]  # a closing section may read every section's names
-    notebook = tmp_path / "99_toy.ipynb"
-    nbformat.write(nbformat.v4.new_notebook(cells=cells), notebook)
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), notebook := tmp_path / "99_toy.ipynb")
     assert warm.main([str(notebook), "--sections", "--timeout", "60"]) == 1
     out, err = capsys.readouterr()
     assert "One" in out and "99_toy.ipynb, section '## Two': it fails in a fresh kernel" in err
@@ -462,15 +446,12 @@ def exact_pass(model, loader, at, **kwargs):
     return stats, net, loader.generator.get_state()
 
 
-@pytest.fixture
-def trained(cache, data):
-    model, *_ = train(data)  # BN's running estimates after six steps: far from the exact ones
-    loader = data.train_dataloader()
-    return model.net, loader, loader.generator.get_state()  # its layers, as notebook 01 measures
-
-
-def test_exact_statistics_replay_what_they_computed_and_a_bad_entry_computes_again(cache, trained, capsys):
-    model, loader, at = trained
+def test_exact_statistics_are_stored_replayed_and_computed_again_when_anything_changes(
+    cache, data, capsys, monkeypatch
+):
+    trained, *_ = train(data)  # BN's running estimates after six steps: far from the exact ones
+    model, loader = trained.net, data.train_dataloader()  # its layers, as notebook 01 measures
+    at = loader.generator.get_state()
     stats1, net1, after1 = exact_pass(model, loader, at)
     assert "Replayed" not in capsys.readouterr().out
     (pt,) = (cache / "measurements" / "exact_bn_statistics").glob("*.pt")
@@ -489,13 +470,6 @@ def test_exact_statistics_replay_what_they_computed_and_a_bad_entry_computes_aga
     assert "Replayed" not in capsys.readouterr().out and same_state(net3, net1)
     exact_pass(model, loader, at)
     assert "Replayed" in capsys.readouterr().out  # the entry is whole again
-
-
-def test_exact_statistics_of_other_weights_data_order_or_loaders_are_computed(
-    cache, trained, capsys, monkeypatch
-):
-    model, loader, at = trained
-    exact_pass(model, loader, at)
     changed = copy.deepcopy(model)
     with torch.no_grad():
         changed[0].weight[0, 0, 0, 0] += 1e-6  # one weight, barely
