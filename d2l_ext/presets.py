@@ -6,18 +6,16 @@
            the machine (28x28 input, a stem for small images, narrow stages, a one-cycle schedule).
 * ``full`` the book's settings (resolution, epochs, learning rate); meant for a GPU.
 
-The default is ``full`` where CUDA has a GPU and ``demo`` elsewhere. Each experiment is one
-`Recipe` in `EXPERIMENTS`; ``cfg = experiment("resnet")`` prints it under the preset in force, and
-the notebook builds ``FashionMNIST(**cfg.data)``, the model from ``cfg.model`` and
-``Trainer(**cfg.trainer)``, and asserts ``val_acc >= cfg.floor``.
+The default is ``full`` where CUDA has a GPU and ``demo`` elsewhere. ``cfg = experiment("resnet")``
+prints the recipe's settings under the preset in force; the notebook builds
+``FashionMNIST(**cfg.data)``, the model from ``cfg.model`` and ``Trainer(**cfg.trainer)``, and
+asserts ``val_acc >= cfg.floor``.
 """
-
-from __future__ import annotations
 
 import difflib
 import inspect
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -33,12 +31,20 @@ PRESETS = ("ci", "demo", "full")
 MAPPINGS = ("data", "model", "trainer", "extra")
 
 
+def _hint(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _check(ok: bool, where: str, problem: str) -> None:
+    if not ok:
+        raise ValueError(f"{where}: {problem}.")
+
+
 def current_preset() -> str:
     """The preset in force: ``$D2L_EXT_PRESET``, else ``full`` with a CUDA GPU and ``demo`` without."""
     given = os.environ.get("D2L_EXT_PRESET", "")
-    name = given.strip().lower()
-    if not name:
-        return "full" if torch.cuda.is_available() else "demo"
+    name = given.strip().lower() or ("full" if torch.cuda.is_available() else "demo")
     if name not in PRESETS:
         raise ValueError(
             f"D2L_EXT_PRESET={given!r} is not a preset; use one of {', '.join(PRESETS)}, "
@@ -50,8 +56,7 @@ def current_preset() -> str:
 @dataclass(frozen=True)
 class Experiment:
     """One training under one preset: what to build and train, how long it takes, and the accuracy
-    it must reach. Its `Recipe` names it and makes its mappings read-only; `experiment` hands out a
-    copy with plain dicts, so that a notebook that changes its ``cfg`` cannot change the recipe."""
+    it must reach."""
 
     data: Mapping[str, Any]  # FashionMNIST(**data)
     model: Mapping[str, Any]  # keyword arguments of the recipe's model classes
@@ -68,42 +73,27 @@ class Experiment:
     preset: str = ""
 
     def __str__(self) -> str:
-        def fmt(d: Mapping[str, Any]) -> str:
-            return ", ".join(f"{k}={v!r}" for k, v in d.items()) or "-"
+        def fmt(settings: Mapping[str, Any]) -> str:
+            return ", ".join(f"{k}={v!r}" for k, v in settings.items()) or "-"
 
         where = "a GPU" if self.preset == "full" else "a 2-core CPU"
+        accuracy = []
+        if self.floor is not None:
+            accuracy.append(f"at least {100 * self.floor:g}% on every run (cfg.floor, asserted)")
+        if self.target is not None:
+            accuracy.append(f"about {100 * self.target:g}% on a quiet machine (cfg.target)")
         lines = [
             f"Experiment {self.name!r} under preset {self.preset!r} "
             f"(set D2L_EXT_PRESET to one of {', '.join(PRESETS)} to change it)",
             f"  data:     {fmt(self.data)}",
             f"  model:    {fmt(self.model)}",
             f"  trainer:  {fmt(self.trainer)}",
-            *([f"  also:     {fmt(self.extra)}"] if self.extra else []),
+            f"  also:     {fmt(self.extra)}" if self.extra else "",
             f"  expected: about {self.seconds:.0f} s on {where}",
+            f"  accuracy: validation {'; '.join(accuracy)}" if accuracy else "",
+            f"  why:      {self.about}" if self.about else "",
         ]
-        accuracy = []
-        if self.floor is not None:
-            accuracy.append(f"at least {100 * self.floor:g}% on every run (cfg.floor, asserted)")
-        if self.target is not None:
-            accuracy.append(f"about {100 * self.target:g}% on a quiet machine (cfg.target)")
-        if accuracy:
-            lines.append(f"  accuracy: validation {'; '.join(accuracy)}")
-        if self.about:
-            lines.append(f"  why:      {self.about}")
-        return "\n".join(lines)
-
-
-def _check_names(where: str, what: str, settings: Mapping[str, Any], fn: Callable) -> None:
-    """Refuse a setting name that ``fn`` does not take, naming the closest one it does."""
-    known = [n for n in inspect.signature(fn).parameters if n != "self"]
-    for name in settings:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise TypeError(
-                f"{where}: {what} setting {name!r} is not an argument of {fn.__name__}; {hint}"
-                f"it takes {', '.join(known)}."
-            )
+        return "\n".join(filter(None, lines))
 
 
 @dataclass(frozen=True)
@@ -121,16 +111,18 @@ class Recipe:
     def __post_init__(self) -> None:
         for preset in PRESETS:
             s, where = getattr(self, preset), f"experiment {self.name!r}, preset {preset!r}"
-            _check_names(where, "data", s.data, FashionMNIST)
-            _check_names(where, "trainer", s.trainer, Trainer)
-            if not s.seconds > 0:
-                raise ValueError(f"{where}: the expected seconds must be positive, got {s.seconds!r}.")
-            for kind in ("floor", "target"):
-                value = getattr(s, kind)
-                if value is not None and not 0 < value < 1:
-                    raise ValueError(f"{where}: {kind} is an accuracy in (0, 1), got {value!r}.")
-            if s.floor is not None and s.target is not None and s.target < s.floor:
-                raise ValueError(f"{where}: the target {s.target} is below the floor {s.floor}.")
+            for what, fn in (("data", FashionMNIST), ("trainer", Trainer)):
+                known = list(inspect.signature(fn).parameters)
+                for name in (n for n in getattr(s, what) if n not in known):
+                    raise TypeError(
+                        f"{where}: {what} setting {name!r} is not an argument of {fn.__name__}; "
+                        f"{_hint(name, known)}it takes {', '.join(known)}."
+                    )
+            _check(s.seconds > 0, where, f"the expected seconds must be positive, got {s.seconds!r}")
+            for kind, x in (("floor", s.floor), ("target", s.target)):
+                _check(x is None or 0 < x < 1, where, f"{kind} is an accuracy in (0, 1), got {x!r}")
+            below = None not in (s.floor, s.target) and s.target < s.floor
+            _check(not below, where, f"the target {s.target} is below the floor {s.floor}")
             read_only = {k: MappingProxyType(dict(getattr(s, k))) for k in MAPPINGS}
             object.__setattr__(self, preset, replace(s, name=self.name, preset=preset, **read_only))
 
@@ -145,17 +137,17 @@ _BOOK_DATA = dict(batch_size=128)  # the book's minibatch
 _NORMALIZED = dict(batch_size=128, normalize=True)  # standardized inputs, for BN's comparisons
 _CI_DATA = dict(train_subset=10_000, val_subset=1_000)  # fixed, class-balanced subsets
 _CI_NORMALIZED = dict(_NORMALIZED, **_CI_DATA)
+_CI_64 = dict(_CI_NORMALIZED, batch_size=64)
 _LR = dict(lr=0.1)
+_WHY_CI = "a 10,000-image training subset and a fixed step count, so CI takes seconds"
 # The recipe that shapes a run for a small CPU (../PERFORMANCE study): SGD with Nesterov momentum
 # under a one-cycle schedule, weight decay, label smoothing, channels-last.
 _SGD = dict(optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=5e-4)
 _FAST = dict(_SGD, schedule="onecycle", label_smoothing=0.1, channels_last=True)
 # A timed demo evaluates once, at the end: evaluating 10,000 images every epoch would eat the minute.
-_DEMO = dict(_FAST, max_epochs=1000, time_budget=60, eval_every=0)
-_BOOK_30S = dict(max_epochs=1000, time_budget=30, eval_every=0)  # the book's SGD, for 30 s
-_EPOCHS = dict(max_epochs=10)  # the book's ten epochs
-_BOOK = dict(_EPOCHS, channels_last=True, amp=True)  # the book's run, plus GPU speed-ups
-_WHY_CI = "a 10,000-image training subset and a fixed step count, so CI takes seconds"
+_TIMED = dict(max_epochs=1000, time_budget=60, eval_every=0)
+_DEMO = dict(_FAST, **_TIMED)
+_BOOK = dict(max_epochs=10, channels_last=True, amp=True)  # the book's ten epochs, plus GPU speed-ups
 
 
 def _steps(n: int, **changes: Any) -> dict[str, Any]:
@@ -175,24 +167,15 @@ def _ci(demo: Experiment, steps: int, seconds: float, **changes: Any) -> Experim
 # plain SGD, its running estimates still lagging (early); BN statistics over ghost batches of each
 # size in extra["sizes"], the SGD minibatch the same, on a training set small enough to overfit in
 # 40 epochs (the design, not a shortcut: even the demo keeps it).
-_DRIFT = Experiment(_NORMALIZED, _LR, _steps(300, eval_every=0), seconds=18, about="300 steps for both")
+_DRIFT = Experiment(_NORMALIZED, _LR, _steps(300, eval_every=0), 18, "300 steps for both")
 _PLACEMENT = replace(_DRIFT, seconds=30, extra=dict(seeds=(0, 1)), floor=0.5, about="300 steps, two seeds")
-_EARLY = Experiment(
-    _NORMALIZED,
-    _LR,
-    dict(max_epochs=1, max_steps=20, eval_every=0),
-    seconds=15,
-    about="20 steps, then one pass over the training set per BN layer",
-)
-_GHOST = Experiment(
-    _NORMALIZED, _LR, _steps(200, max_epochs=1000, eval_every=0), seconds=60, about="200 steps per size"
-)
-_CI_64 = dict(_CI_NORMALIZED, batch_size=64)
+_WHY_EARLY = "20 steps, then one pass over the training set per BN layer"
+_EARLY = Experiment(_NORMALIZED, _LR, dict(max_epochs=1, max_steps=20, eval_every=0), 15, _WHY_EARLY)
+_GHOST = Experiment(_NORMALIZED, _LR, _steps(200, max_epochs=1000, eval_every=0), 60, "200 steps per size")
 # 02-04: the demo's networks, for native 28x28 input (the book resizes to 96x96): a 3x3 stride-1
 # stem (7x7 stride 2 is meant for 224-pixel images) and narrow stages. Each model carries its
 # preset's learning rate.
-_SMALL_STEM = dict(stem_kernel=3, stem_stride=1)
-_BOOK_STEM = dict(stem_kernel=7, stem_stride=2)
+_SMALL_STEM, _BOOK_STEM = dict(stem_kernel=3, stem_stride=1), dict(stem_kernel=7, stem_stride=2)
 _SMALL_RESNET = dict(arch=((1, 16), (1, 32), (1, 64), (1, 128)), lr=0.2, **_SMALL_STEM)
 _RESNET18 = dict(arch=((2, 64), (2, 128), (2, 256), (2, 512)), lr=0.01, **_BOOK_STEM)
 _SMALL_RESNEXT = _SMALL_RESNET | dict(groups=8, bot_mul=1)
@@ -211,28 +194,34 @@ _WHY_DENSENET = (
 )
 # 02_resnet's plain (no shortcut) against residual networks at two depths, the same steps for all
 # four: three stages of n blocks with 16-32-64 channels (He et al.'s CIFAR-10 nets, 6n + 2 layers),
-# plain cross-entropy, so the training losses compare directly.
-_PLAIN = dict(lr=0.1, stem_kernel=3, stem_stride=2)
-_PLAIN_CE = dict(label_smoothing=0.0, eval_every=0)
+# plain cross-entropy, so the training losses compare directly. The demo's 90 s are all four runs.
+_PLAIN, _CE = dict(lr=0.1, stem_kernel=3, stem_stride=2), dict(label_smoothing=0.0)
 _DEPTHS = dict(depths=(1, 5), widths=(16, 32, 64))
+_WHY_DEPTHS = (
+    "8 against 32 layers, 1,000 steps (about 2 epochs) each; a 3x3 stride-2 stem (7x7 maps in the "
+    "first stage) keeps the deep nets cheap"
+)
+_DEGRADATION = Experiment(_NORMALIZED, _PLAIN, _steps(1000, **_CE, eval_every=0), 90, _WHY_DEPTHS, _DEPTHS)
 
 _RECIPES = (
     # ---- 01_batch_norm -------------------------------------------------------------------
     Recipe(
         "lenet",
         models=("d2l.torch.LeNet",),
-        ci=Experiment(dict(_BOOK_DATA, **_CI_DATA), _LR, dict(max_epochs=3), seconds=10, about=_WHY_CI),
-        demo=Experiment(_BOOK_DATA, _LR, _BOOK_30S, seconds=35, about="the book's LeNet, stopped after 30 s"),
-        full=Experiment(_BOOK_DATA, _LR, _EPOCHS, seconds=120, about="the book's settings"),
+        ci=Experiment(dict(_BOOK_DATA, **_CI_DATA), _LR, dict(max_epochs=3), 10, _WHY_CI),
+        demo=Experiment(
+            _BOOK_DATA, _LR, dict(_TIMED, time_budget=30), 35, "the book's LeNet, stopped after 30 s"
+        ),
+        full=Experiment(_BOOK_DATA, _LR, dict(max_epochs=10), 120, "the book's settings"),
     ),
     # ci: the demo's recipe for a fixed number of steps. With the book's constant rate, so short a
     # run's validation accuracy swings between 62% and 76% with the seed; annealed, it stays at 81-83%.
     Recipe(
         "bn_lenet",
         models=("d2l_ext.batch_norm.BNLeNet", "d2l_ext.batch_norm.BNLeNetScratch"),
-        ci=Experiment(_CI_NORMALIZED, _LR, _steps(200), seconds=12, floor=0.65, about=_WHY_CI),
-        demo=Experiment(_NORMALIZED, _LR, _DEMO, seconds=65, floor=0.65, target=0.9, about="60 s, one-cycle"),
-        full=Experiment(_BOOK_DATA, _LR, _EPOCHS, seconds=180, floor=0.65, about="the book's settings"),
+        ci=Experiment(_CI_NORMALIZED, _LR, _steps(200), 12, _WHY_CI, floor=0.65),
+        demo=Experiment(_NORMALIZED, _LR, _DEMO, 65, "60 s, one-cycle", floor=0.65, target=0.9),
+        full=Experiment(_BOOK_DATA, _LR, dict(max_epochs=10), 180, "the book's settings", floor=0.65),
     ),
     Recipe(
         "bn_drift",
@@ -242,11 +231,7 @@ _RECIPES = (
         full=replace(_DRIFT, trainer=_steps(1000, eval_every=0), seconds=30, about="1,000 steps, two epochs"),
     ),
     Recipe(
-        "bn_early",
-        models=("d2l_ext.batch_norm.BNLeNet",),
-        ci=_ci(_EARLY, 20, seconds=4),
-        demo=_EARLY,
-        full=replace(_EARLY, seconds=10),
+        "bn_early", ("d2l_ext.batch_norm.BNLeNet",), _ci(_EARLY, 20, 4), _EARLY, replace(_EARLY, seconds=10)
     ),
     Recipe(
         "bn_placement",
@@ -259,33 +244,19 @@ _RECIPES = (
     Recipe(
         "resnet",
         models=("d2l_ext.resnet.ResNet",),
-        ci=Experiment(_CI_NORMALIZED, _SMALL_RESNET | _LR, _steps(160), seconds=15, floor=0.7, about=_WHY_CI),
-        demo=Experiment(
-            _BIG_BATCH, _SMALL_RESNET, _DEMO, seconds=70, floor=0.8, target=0.92, about=_WHY_SMALL
-        ),
-        full=Experiment(
-            _BOOK_96, _RESNET18, _BOOK, seconds=600, floor=0.88, about="the book's ResNet-18 run"
-        ),
+        ci=Experiment(_CI_NORMALIZED, _SMALL_RESNET | _LR, _steps(160), 15, _WHY_CI, floor=0.7),
+        demo=Experiment(_BIG_BATCH, _SMALL_RESNET, _DEMO, 70, _WHY_SMALL, floor=0.8, target=0.92),
+        full=Experiment(_BOOK_96, _RESNET18, _BOOK, 600, "the book's ResNet-18 run", floor=0.88),
     ),
     Recipe(
         "degradation",
         models=("d2l_ext.resnet.PlainNet", "d2l_ext.resnet.ResNet"),
-        ci=Experiment(
-            _CI_64, _PLAIN, _steps(60, label_smoothing=0.0), seconds=15, extra=_DEPTHS, about="60 steps each"
-        ),
-        demo=Experiment(
-            _NORMALIZED,
-            _PLAIN,
-            _steps(1000, **_PLAIN_CE),
-            seconds=90,  # all four runs together
-            extra=_DEPTHS,
-            about="8 against 32 layers, 1,000 steps (about 2 epochs) each; a 3x3 stride-2 stem (7x7 maps in "
-            "the first stage) keeps the deep nets cheap",
-        ),
-        full=Experiment(
-            _NORMALIZED,
-            _PLAIN | dict(stem_stride=1),
-            _steps(3000, **_PLAIN_CE),
+        ci=replace(_DEGRADATION, data=_CI_64, trainer=_steps(60, **_CE), seconds=15, about="60 steps each"),
+        demo=_DEGRADATION,
+        full=replace(
+            _DEGRADATION,
+            model=_PLAIN | dict(stem_stride=1),
+            trainer=_steps(3000, **_CE, eval_every=0),
             seconds=600,
             extra=_DEPTHS | dict(depths=(3, 9)),
             about="He et al.'s 20 against 56 layers, 3,000 steps each, 14x14 maps in the first stage",
@@ -295,25 +266,17 @@ _RECIPES = (
     Recipe(
         "resnext",
         models=("d2l_ext.resnext.ResNeXt",),
-        ci=Experiment(
-            _CI_NORMALIZED, _SMALL_RESNEXT | _LR, _steps(160), seconds=15, floor=0.75, about=_WHY_CI
-        ),
-        demo=Experiment(
-            _BIG_BATCH, _SMALL_RESNEXT, _DEMO, seconds=70, floor=0.7, target=0.91, about=_WHY_SMALL
-        ),
-        full=Experiment(
-            _BOOK_96, _RESNEXT, _BOOK, seconds=900, floor=0.85, about="ResNet-18's stages with ResNeXt blocks"
-        ),
+        ci=Experiment(_CI_NORMALIZED, _SMALL_RESNEXT | _LR, _steps(160), 15, _WHY_CI, floor=0.75),
+        demo=Experiment(_BIG_BATCH, _SMALL_RESNEXT, _DEMO, 70, _WHY_SMALL, floor=0.7, target=0.91),
+        full=Experiment(_BOOK_96, _RESNEXT, _BOOK, 900, "ResNet-18's stages with ResNeXt blocks", floor=0.85),
     ),
     # ---- 04_densenet ---------------------------------------------------------------------
     Recipe(
         "densenet",
         models=("d2l_ext.densenet.DenseNet",),
-        ci=Experiment(_CI_NORMALIZED, _SMALL_DENSENET, _steps(160), seconds=15, floor=0.7, about=_WHY_CI),
-        demo=Experiment(
-            _NORMALIZED, _SMALL_DENSENET, _DEMO, seconds=70, floor=0.75, target=0.9, about=_WHY_DENSENET
-        ),
-        full=Experiment(_BOOK_96, _DENSENET, _BOOK, seconds=700, floor=0.88, about="the book's DenseNet run"),
+        ci=Experiment(_CI_NORMALIZED, _SMALL_DENSENET, _steps(160), 15, _WHY_CI, floor=0.7),
+        demo=Experiment(_NORMALIZED, _SMALL_DENSENET, _DEMO, 70, _WHY_DENSENET, floor=0.75, target=0.9),
+        full=Experiment(_BOOK_96, _DENSENET, _BOOK, 700, "the book's DenseNet run", floor=0.88),
     ),
     # ---- 01_batch_norm: ghost batches (_GHOST) ----------------------------------------
     Recipe(
@@ -329,9 +292,11 @@ EXPERIMENTS: dict[str, Recipe] = {recipe.name: recipe for recipe in _RECIPES}
 
 
 def experiment(name: str, preset: str | None = None, verbose: bool = True) -> Experiment:
-    """The settings of experiment ``name`` under ``preset`` (default: the one in force), printed."""
+    """The settings of experiment ``name`` under ``preset`` (default: the one in force), printed, as a
+    copy with plain dicts: a notebook that changes its ``cfg`` cannot change the recipe."""
     if name not in EXPERIMENTS:
-        raise KeyError(f"No experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}.")
+        known = sorted(EXPERIMENTS)
+        raise KeyError(f"No experiment {name!r}; {_hint(name, known)}known: {', '.join(known)}.")
     exp = EXPERIMENTS[name][preset or current_preset()]
     exp = replace(exp, **{k: dict(getattr(exp, k)) for k in MAPPINGS})
     if verbose:
@@ -341,15 +306,11 @@ def experiment(name: str, preset: str | None = None, verbose: bool = True) -> Ex
 
 def floors_table() -> str:
     """Every recipe's floor under each preset and its demo target, as a Markdown table."""
-
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:g}%"
-
     lines = [
-        "| experiment | " + " | ".join(f"floor {p}" for p in PRESETS) + " | demo target |",
-        "|---|" + "---:|" * (len(PRESETS) + 1),
+        f"| experiment | {' | '.join(f'floor {p}' for p in PRESETS)} | demo target |",
+        "|---|" + "---:|" * 4,
     ]
     for name, recipe in EXPERIMENTS.items():
-        floors = " | ".join(pct(recipe[p].floor) for p in PRESETS)
-        lines.append(f"| {name} | {floors} | {pct(recipe.demo.target)} |")
+        cells = [recipe[p].floor for p in PRESETS] + [recipe.demo.target]
+        lines.append(f"| {name} | {' | '.join('-' if x is None else f'{100 * x:g}%' for x in cells)} |")
     return "\n".join(lines)
