@@ -1,7 +1,5 @@
 """Measurements and figures of notebook 01 (batch and layer normalization)."""
 
-from __future__ import annotations
-
 import ipywidgets as widgets
 import torch
 from d2l import torch as d2l
@@ -14,28 +12,15 @@ from d2l_ext.measure import eval_mode, has_lazy, train_mode
 from d2l_ext.presets import experiment
 from d2l_ext.runs import fit, measure_once
 
-__all__ = [
-    "accuracy_with",
-    "batch_noise_explorer",
-    "batch_stat_noise",
-    "bn_inputs",
-    "bn_layers",
-    "companion_outputs",
-    "exact_bn_statistics",
-    "ghost_batch_runs",
-    "ghost_batches",
-    "GhostBatchNorm",
-    "sigmoid_inputs",
-]
+__all__ = ["bn_layers", "bn_inputs", "sigmoid_inputs", "batch_stat_noise", "batch_noise_explorer"]
+__all__ += ["companion_outputs", "accuracy_with", "exact_bn_statistics"]
+__all__ += ["GhostBatchNorm", "ghost_batches", "ghost_batch_runs"]
 
 
 def sigmoid_inputs(model: nn.Module) -> dict[str, nn.Module]:
     """The module that feeds each ``nn.Sigmoid`` in ``model.net``, named after the layer it follows."""
-    layers, names = {}, iter(["conv 1", "conv 2", "fc 1", "fc 2", "fc 3"])
-    for i, layer in enumerate(model.net):
-        if isinstance(layer, nn.Sigmoid):
-            layers[next(names)] = model.net[i - 1]
-    return layers
+    names = iter(["conv 1", "conv 2", "fc 1", "fc 2", "fc 3"])
+    return {next(names): model.net[i - 1] for i, m in enumerate(model.net) if isinstance(m, nn.Sigmoid)}
 
 
 @torch.no_grad()
@@ -44,13 +29,13 @@ def companion_outputs(model, x, pool, batch_size: int, num_batches: int = 100, s
     batch with ``batch_size - 1`` random companions from ``pool``; the model is left as it was."""
     state = {k: v.clone() for k, v in model.state_dict().items()}  # BN's running estimates move
     gen, outputs = torch.Generator().manual_seed(seed), []
-    with train_mode(model):
-        try:
+    try:
+        with train_mode(model):
             for _ in range(num_batches):
                 companions = pool[torch.randperm(len(pool), generator=gen)[: batch_size - 1]]
                 outputs.append(model(torch.cat([x[None], companions]))[0].softmax(-1))
-        finally:
-            model.load_state_dict(state)
+    finally:
+        model.load_state_dict(state)
     return torch.stack(outputs)
 
 
@@ -59,28 +44,36 @@ def bn_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm | BatchNorm)]
 
 
+class _Stop(Exception):
+    """Ends a forward pass at the layer whose input it carries."""
+
+
+def _input_of(model: nn.Module, layer: nn.Module, X: torch.Tensor) -> torch.Tensor:
+    """The input of ``layer`` when ``model`` runs on ``X``; the layers after it do not run."""
+
+    def stop(module, args):
+        raise _Stop(args[0])
+
+    handle = layer.register_forward_pre_hook(stop)
+    try:
+        model(X)
+    except _Stop as stopped:
+        return stopped.args[0]
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def bn_inputs(model: nn.Module, X: torch.Tensor) -> list[torch.Tensor]:
     """The input of every batch-norm layer of ``model`` for the examples ``X``, in eval mode."""
-    inputs = []
-    handles = [m.register_forward_hook(lambda m, args, out: inputs.append(args[0])) for m in bn_layers(model)]
-    try:
-        with eval_mode(model):
-            model(X)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return inputs
+    with eval_mode(model):
+        return [_input_of(model, bn, X) for bn in bn_layers(model)]
 
 
-def batch_stat_noise(
-    features: torch.Tensor, batch_size: int, num_batches: int = 200, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """How far the statistics of random batches of ``features`` (N, C, ...) fall from the whole's.
-
-    Per batch and unit, two (num_batches, C) tensors: the batch mean's error in standard deviations,
-    ``(mu_B - mu) / sigma``, and the ratio of the batch's biased variance to the population's.
-    """
+def batch_stat_noise(features: torch.Tensor, batch_size: int, num_batches: int = 200, seed: int = 0):
+    """How far the statistics of random batches of ``features`` (N, C, ...) fall from the whole's:
+    per batch and unit, two (num_batches, C) tensors, the batch mean's error in standard deviations,
+    ``(mu_B - mu) / sigma``, and the ratio of the batch's biased variance to the population's."""
     if not 1 <= batch_size <= len(features):
         raise ValueError(f"batch_size must be between 1 and {len(features)}, got {batch_size}.")
     dims = [0, *range(2, features.dim())]
@@ -94,79 +87,45 @@ def batch_stat_noise(
     return torch.stack(mean_err), torch.stack(var_ratio)
 
 
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass early."""
-
-
-def _running_stats(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """A BN layer's running mean and variance: PyTorch's names, or our BatchNorm's."""
-    if hasattr(bn, "running_mean"):
-        return bn.running_mean, bn.running_var
-    return bn.moving_mean, bn.moving_var
-
-
-def _input_moments(model: nn.Module, bn: nn.Module, loader) -> list:
-    """Count, sum and sum of squares per channel (float64) of the input of ``bn`` over ``loader``."""
-    totals = [0, 0.0, 0.0]
-
-    def measure(module, args):
-        X = args[0].double()
-        dims = [0, *range(2, X.dim())]
-        # Summed as we go: keeping each batch's moments held every batch's activations (several GB).
-        for i, t in enumerate((X.numel() // X.shape[1], X.sum(dim=dims), (X * X).sum(dim=dims))):
-            totals[i] = totals[i] + t
-        raise _StopForward  # the layers after this one are not needed yet
-
-    handle = bn.register_forward_pre_hook(measure)
-    try:
-        for X, _ in loader:
-            try:
-                model(X)
-            except _StopForward:
-                pass
-    finally:
-        handle.remove()
-    return totals
-
-
-def exact_bn_statistics(
-    model: nn.Module, loader, *, recompute: bool | None = None
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Set every BN layer's running estimates to the exact mean and variance of its input over all
-    of ``loader``, layer by layer in eval mode; returns (mean, var) per layer, each (C,) float32.
-
-    The variance is PyTorch's unbiased one, n / (n - 1) times the biased: for n = 60,000 still about
-    140 float32 epsilons apart. If a pass fails, every estimate is put back. Kept in the run cache
-    like a training (`d2l_ext.runs.measure_once`); ``recompute=True`` computes afresh.
-    """
+def exact_bn_statistics(model: nn.Module, loader, *, recompute: bool | None = None) -> list[tuple]:
+    """Set every BN layer's running estimates to the exact mean and unbiased variance (PyTorch's) of
+    its input over all of ``loader``, layer by layer in eval mode; (mean, var) per layer, each (C,)
+    float32. A failed pass puts every estimate back. Kept in the run cache like a training
+    (`d2l_ext.runs.measure_once`); ``recompute=True`` computes afresh."""
     return measure_once(_exact_bn_statistics, model, loader, name="exact_bn_statistics", recompute=recompute)
 
 
+def _running_stats(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    # Our BatchNorm keeps the book's names for its running estimates.
+    return (bn.moving_mean, bn.moving_var) if isinstance(bn, BatchNorm) else (bn.running_mean, bn.running_var)
+
+
 @torch.no_grad()
-def _exact_bn_statistics(model: nn.Module, loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _exact_bn_statistics(model: nn.Module, loader) -> list[tuple]:
     state = {k: v.clone() for k, v in model.state_dict().items()}
     stats = []
-    with eval_mode(model):
-        try:
-            for bn in bn_layers(model):
-                n, s1, s2 = _input_moments(model, bn, loader)
-                mean, var = s1 / n, (s2 / n - (s1 / n) ** 2) * (n / (n - 1))  # unbiased
+    try:
+        with eval_mode(model):
+            for bn in bn_layers(model):  # each layer's input needs the layers before it on theirs
+                n, s1, s2 = 0, 0.0, 0.0  # summed per channel in float64, batch by batch
+                for X, _ in loader:
+                    H = _input_of(model, bn, X).double()
+                    dims = [0, *range(2, H.dim())]
+                    n, s1, s2 = n + H.numel() // H.shape[1], s1 + H.sum(dims), s2 + (H * H).sum(dims)
+                mean, var = s1 / n, (s2 / n - (s1 / n) ** 2) * (n / (n - 1))
                 for running, exact in zip(_running_stats(bn), (mean, var)):
                     running.copy_(exact.view_as(running))
                 stats.append((mean.float(), var.float()))
-        except BaseException:
-            model.load_state_dict(state)  # half the layers on exact statistics would be neither
-            raise
+    except BaseException:
+        model.load_state_dict(state)  # half the layers on exact statistics would be neither
+        raise
     return stats
 
 
 class GhostBatchNorm(nn.Module):
-    """PyTorch's BN layer ``bn`` with training-mode statistics over groups of ``size`` examples.
-
-    "Ghost batches" (Hoffer et al., 2017): each group of a minibatch is normalized as a minibatch of
-    ``size`` would be; the running estimates move once per step, by the groups' average mean and
-    unbiased variance. Eval mode is ``bn``'s. N must be a multiple of ``size``.
-    """
+    """PyTorch's BN layer ``bn`` with training-mode statistics over groups of ``size`` examples, the
+    "ghost batches" of Hoffer et al. (2017): the running estimates move once per step, by the groups'
+    average mean and unbiased variance. Eval mode is ``bn``'s. N must be a multiple of ``size``."""
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm, size: int):
         super().__init__()
@@ -181,17 +140,16 @@ class GhostBatchNorm(nn.Module):
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self.bn(X)
-        N, C, rest = X.shape[0], X.shape[1], X.shape[2:]
-        if N % self.size:
+        if len(X) % self.size:
             raise ValueError(
-                f"a batch of {N} examples does not split into ghost batches of {self.size}: use a batch "
-                "size that is a multiple of it (and a training set that is a multiple of the batch size)."
+                f"a batch of {len(X)} examples does not split into ghost batches of {self.size}: use a "
+                "batch size (and a training set size) that is a multiple of it."
             )
-        G = N // self.size
-        # (N, C, ...) -> (size, G * C, ...): each (group, channel) pair becomes a channel of its own.
+        bn, G, C, rest = self.bn, len(X) // self.size, X.shape[1], X.shape[2:]
+        # (N, C, ...) -> (size, G * C, ...): each (group, channel) pair becomes a channel of its own,
+        # whose estimates move as PyTorch moves them; their average is the layer's new estimate.
         Xg = X.reshape(G, self.size, C, *rest).transpose(0, 1).reshape(self.size, G * C, *rest)
-        # Each group's estimates move as PyTorch moves them; their average is the layer's new estimate.
-        bn, mean, var = self.bn, self.bn.running_mean.repeat(G), self.bn.running_var.repeat(G)
+        mean, var = bn.running_mean.repeat(G), bn.running_var.repeat(G)
         Y = F.batch_norm(Xg, mean, var, bn.weight.repeat(G), bn.bias.repeat(G), True, bn.momentum, bn.eps)
         with torch.no_grad():
             bn.running_mean.copy_(mean.view(G, C).mean(0))

@@ -1,36 +1,21 @@
-"""Measuring tools that several notebooks share: modes, parameter and FLOP counts, shapes, memory,
-time, activation statistics, the order of a model's operations.
-
-The ground floor of d2l_ext: it imports torch only. Each tool that runs a model in another mode puts
-every submodule back in its own mode afterwards, also when the pass fails or is interrupted.
-"""
-
-from __future__ import annotations
+"""Measuring tools that several notebooks share, the ground floor of d2l_ext (it imports torch only).
+Each tool that runs a model in another mode puts every submodule back in its own mode afterwards,
+also when the pass fails or is interrupted."""
 
 import contextlib
-import time
-from collections.abc import Iterator
+import functools
+import timeit
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = [
-    "ActivationRecorder",
-    "count_flops",
-    "eval_mode",
-    "has_lazy",
-    "num_params",
-    "op_order",
-    "saved_activation_bytes",
-    "stage_shapes",
-    "time_forward",
-    "train_mode",
-]
+__all__ = ["ActivationRecorder", "count_flops", "eval_mode", "has_lazy", "num_params"]
+__all__ += ["op_order", "saved_activation_bytes", "stage_shapes", "time_forward", "train_mode"]
 
 
 @contextlib.contextmanager
-def _mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
+def _mode(model: nn.Module, training: bool):
     # Each submodule's own flag comes back, not the parent's: BN layers frozen in eval mode inside a
     # training model stay frozen.
     modes = [(m, m.training) for m in model.modules()]
@@ -60,17 +45,17 @@ def has_lazy(model: nn.Module) -> bool:
 def _materialize(net: nn.Module, *inputs: torch.Tensor) -> None:
     # One call in eval mode gives Lazy layers their shapes and leaves BN's statistics untouched.
     if has_lazy(net):
+        if not inputs:
+            raise ValueError(
+                f"{type(net).__name__} has Lazy layers without shapes yet; pass an example input, "
+                "e.g. num_params(net, torch.zeros(1, 1, 28, 28))."
+            )
         with eval_mode(net), torch.no_grad():
             net(*inputs)
 
 
 def num_params(net: nn.Module, *inputs: torch.Tensor) -> int:
     """Number of parameters of ``net``; ``inputs`` give Lazy layers their shapes first."""
-    if has_lazy(net) and not inputs:
-        raise ValueError(
-            f"{type(net).__name__} has Lazy layers without shapes yet; pass an example input, "
-            "e.g. num_params(net, torch.zeros(1, 1, 28, 28))."
-        )
     _materialize(net, *inputs)
     return sum(p.numel() for p in net.parameters())
 
@@ -93,87 +78,66 @@ def stage_shapes(net: nn.Module, X: torch.Tensor) -> dict[str, tuple[int, ...]]:
 
 
 def saved_activation_bytes(net: nn.Module, X: torch.Tensor) -> int:
-    """Bytes that autograd saves for backward in one training pass of ``net`` on ``X``.
-
-    Each storage counts once; parameters and buffers, which the model keeps anyway, do not count.
-    """
+    """Bytes that autograd saves for backward in one training pass of ``net`` on ``X``, each storage
+    once; parameters and buffers, which the model keeps anyway, do not count."""
     _materialize(net, X)
-    state = {t.untyped_storage().data_ptr() for t in [*net.parameters(), *net.buffers()]}
+    kept = {t.untyped_storage().data_ptr() for t in [*net.parameters(), *net.buffers()]}
     saved = {}
 
     def pack(t):
         storage = t.untyped_storage()
-        if storage.data_ptr() not in state:
+        if storage.data_ptr() not in kept:
             saved[storage.data_ptr()] = storage.nbytes()
         return t
 
+    # The graph holds every saved tensor until the pass ends, so no freed address is counted again.
     with train_mode(net), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        Y = net(X)  # keeps the graph, and with it every saved tensor, alive while we count
-        del Y
+        net(X)
     return sum(saved.values())
 
 
 def time_forward(net: nn.Module, X: torch.Tensor, repeat: int = 10) -> float:
-    """Seconds of ``net(X)`` without autograd: the fastest of ``repeat`` calls after a warm-up.
-
-    The minimum, not the mean: other programs on the machine can only add time.
-    """
-    times = []
+    """Seconds of ``net(X)`` without autograd: the fastest of ``repeat`` calls after a warm-up (the
+    minimum, not the mean: other programs on the machine can only add time)."""
     with torch.no_grad():
         net(X)
-        for _ in range(repeat):
-            start = time.perf_counter()
-            net(X)
-            times.append(time.perf_counter() - start)
-    return min(times)
+        return min(timeit.repeat(lambda: net(X), number=1, repeat=repeat))
 
 
-class ActivationRecorder:
-    """Per-unit mean and standard deviation of the outputs of ``layers`` (a name for each module) at
-    every training step, a unit being a channel or a feature.
-
-    Only training-mode passes on at least ``min_batch`` examples count, which skips the Trainer's
-    initializing pass on two. Use it as a context around `fit` (``records=[recorder]``), so that its hooks go
-    even when training is interrupted and a replayed run restores its recordings.
-    """
-
-    min_batch = 8
+class ActivationRecorder(contextlib.AbstractContextManager):
+    """Per-unit (channel or feature) mean and standard deviation of the outputs of ``layers`` (a name
+    for each module) at every training step. Use it as a context around `fit` (``records=[recorder]``):
+    its hooks go even if training is interrupted, and a replayed run restores its recordings."""
 
     def __init__(self, layers: dict[str, nn.Module]):
-        self.means: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-        self.stds: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-        self.handles = [module.register_forward_hook(self._hook(name)) for name, module in layers.items()]
+        self.steps: dict[str, list[torch.Tensor]] = {name: [] for name in layers}  # per step: (2, units)
+        self.handles = [
+            m.register_forward_hook(functools.partial(self._record, name)) for name, m in layers.items()
+        ]
 
-    def _hook(self, name):
-        def hook(module, inputs, Y):
-            if module.training and len(Y) >= self.min_batch:
-                Y = Y.detach().float()
-                dims = [0, *range(2, Y.dim())]
-                self.means[name].append(Y.mean(dim=dims))
-                self.stds[name].append(Y.std(dim=dims))
+    def _record(self, name, module, inputs, Y):
+        if module.training and len(Y) >= 8:  # not the Trainer's initializing pass on two examples
+            Y = Y.detach().float()
+            dims = [0, *range(2, Y.dim())]
+            self.steps[name].append(torch.stack([Y.mean(dim=dims), Y.std(dim=dims)]))
 
-        return hook
-
-    def __enter__(self) -> ActivationRecorder:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info):
         for handle in self.handles:
             handle.remove()
 
     def curves(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """For each layer, (means, stds), each of shape (steps, units)."""
-        return {name: (torch.stack(self.means[name]), torch.stack(self.stds[name])) for name in self.means}
+        return {name: tuple(torch.stack(steps).unbind(1)) for name, steps in self.steps.items()}
 
-    def state_dict(self) -> dict[str, dict[str, list[torch.Tensor]]]:
-        return {"means": self.means, "stds": self.stds}
+    def state_dict(self) -> dict[str, list[torch.Tensor]]:
+        return self.steps
 
-    def load_state_dict(self, state: dict[str, dict[str, list[torch.Tensor]]]) -> None:
-        if set(state["means"]) != set(self.means):
-            stored, here = sorted(state["means"]), sorted(self.means)
-            raise ValueError(f"The stored recordings are of layers {stored}, not of this recorder's {here}.")
-        self.means = {name: list(v) for name, v in state["means"].items()}
-        self.stds = {name: list(v) for name, v in state["stds"].items()}
+    def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
+        if set(state) != set(self.steps):
+            raise ValueError(
+                f"The stored recordings are of layers {sorted(state)}, not {sorted(self.steps)}."
+            )
+        self.steps = {name: list(steps) for name, steps in state.items()}
 
 
 # The operations whose order tells a block's design apart, by their names in torch.

@@ -253,13 +253,6 @@ def test_layer_norm_layer_options_mean_what_they_mean_in_torch(kwargs):
     torch.testing.assert_close(ours(X), ref(X))
 
 
-def test_layer_norm_first_argument_is_the_shape_not_eps():
-    ln = LayerNorm(10)  # once silently eps=10: outputs with a standard deviation of 0.66
-    assert ln.eps == 1e-5 and ln.normalized_shape == (10,) and ln.weight.shape == (10,)
-    Y = ln(torch.randn(32, 10) * 3)
-    torch.testing.assert_close(Y.std(1, unbiased=False), torch.ones(32), rtol=1e-3, atol=1e-3)
-
-
 @pytest.mark.parametrize("shape", [(5, 7), (3, 4, 6), (2, 3, 5, 5)])
 def test_layer_norm_function_equals_torch_with_gradients(shape):
     X = torch.randn(shape, dtype=torch.float64) * 3 + 1
@@ -280,175 +273,7 @@ def test_layer_norm_is_scale_invariant_until_eps_and_batch_independent():
     assert layer_norm(X, eps=0).std(1, unbiased=False).sub(1).abs().max() < 1e-12  # eps=0: exact
 
 
-# ---- measurement helpers ---------------------------------------------------------------------------
-
-
-def test_batch_stat_noise():
-    features = torch.randn(64, 3, 2, 2)
-    err, ratio = batch_stat_noise(features, 64, num_batches=3)
-    assert err.shape == ratio.shape == (3, 3)
-    torch.testing.assert_close(err, torch.zeros(3, 3), atol=1e-5, rtol=0)  # the whole pool: exact
-    torch.testing.assert_close(ratio, torch.ones(3, 3))
-    _, ratio = batch_stat_noise(torch.randn(64, 5), 1, num_batches=4)
-    assert ratio.eq(0).all()  # a batch of one vector has no variance
-    a, _ = batch_stat_noise(features, 8, num_batches=5, seed=1)
-    b, _ = batch_stat_noise(features, 8, num_batches=5, seed=1)
-    assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="between 1 and 64"):
-        batch_stat_noise(features, 65)
-
-
-def tiny_net():
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Sigmoid(), nn.Linear(4, 2), BatchNorm(2, num_dims=2)
-    )
-
-
-def test_exact_bn_statistics_are_the_whole_data_statistics_layer_by_layer():
-    net = tiny_net().double()
-    X = torch.randn(100, 3, dtype=torch.float64) * 2 + 1
-    loader = [(X[i : i + 16], None) for i in range(0, 100, 16)]  # uneven last batch
-    net.train()
-    stats = exact_bn_statistics(net, loader)
-    assert net.training and len(stats) == 2
-    H = net[0](X)
-    torch.testing.assert_close(net[1].running_mean, H.mean(0))
-    torch.testing.assert_close(net[1].running_var, H.var(0))  # unbiased, PyTorch's convention
-    net.eval()
-    H2 = net[3](net[2](net[1](H)))  # with the first layer already on its exact statistics
-    torch.testing.assert_close(net[4].moving_mean.flatten(), H2.mean(0))
-    torch.testing.assert_close(net[4].moving_var.flatten(), H2.var(0))
-    torch.testing.assert_close(stats[1][0], H2.mean(0).float())
-    torch.testing.assert_close(stats[1][1], H2.var(0).float())
-
-
-def test_bn_layers_and_bn_inputs():
-    net = tiny_net()
-    assert [type(m) for m in bn_layers(net)] == [nn.BatchNorm1d, BatchNorm]
-    X = torch.randn(6, 3)
-    net.train()
-    first, second = bn_inputs(net, X)
-    assert net.training
-    torch.testing.assert_close(first, net[0](X).detach())
-    net.eval()
-    torch.testing.assert_close(second, net[3](net[2](net[1](net[0](X)))).detach())
-
-
-def test_companion_outputs_vary_and_leave_the_model_as_it_was():
-    model = BNLeNet()
-    model(torch.zeros(2, 1, 28, 28))
-    model.eval()
-    before = state(model)
-    pool = torch.randn(20, 1, 28, 28)
-    out = companion_outputs(model, pool[0], pool[1:], batch_size=4, num_batches=5)
-    assert out.shape == (5, 10) and not model.training
-    torch.testing.assert_close(out.sum(1), torch.ones(5))
-    assert out.std(0).max() > 0  # the same example, other companions, another output
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k
-
-
-def test_activation_recorder_and_sigmoid_inputs():
-    model = BNLeNet()
-    model(torch.zeros(2, 1, 28, 28))
-    layers = sigmoid_inputs(model)
-    assert list(layers) == ["conv 1", "conv 2", "fc 1", "fc 2"]
-    assert all(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in layers.values())
-    assert all(isinstance(m, nn.Conv2d | nn.Linear) for m in sigmoid_inputs(d2l.LeNet()).values())
-    X = torch.randn(16, 1, 28, 28)
-    with pytest.raises(KeyboardInterrupt), ActivationRecorder(layers) as recorder:
-        model(X), model(X[:2])  # a pass on two examples is not recorded
-        model.eval()
-        model(X)  # nor one in eval mode
-        raise KeyboardInterrupt  # the context removes the hooks even so
-    curves = recorder.curves()
-    model.train()
-    model(X)
-    assert hooks(model) == 0 and len(recorder.means["conv 1"]) == 1  # removed: nothing more recorded
-    assert {name: tuple(m.shape) for name, (m, _) in curves.items()} == {
-        "conv 1": (1, 6),
-        "conv 2": (1, 16),
-        "fc 1": (1, 120),
-        "fc 2": (1, 84),
-    }
-    means, stds = curves["fc 1"]
-    torch.testing.assert_close(means, torch.zeros(1, 120), atol=1e-5, rtol=0)  # BN output: centred
-
-
-# ---- exact_bn_statistics puts the model back when interrupted (tests/test_measure.py: every tool) ----
-
-
-def state(net):
-    return {k: v.clone() for k, v in net.state_dict().items()}
-
-
-def hooks(net):
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
-
-
-def test_exact_bn_statistics_restores_the_estimates_when_interrupted_midway():
-    net = tiny_net().double()
-    values = state(net)
-    X = torch.randn(16, 3, dtype=torch.float64)
-
-    class Loader:  # the first layer's pass completes, the second one's is interrupted
-        def __iter__(self):
-            yield from [(X, None), (X, None)]
-            if net[1].running_mean.eq(values["1.running_mean"]).all():
-                return
-            yield (X, None)
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        exact_bn_statistics(net, Loader())
-    for k, v in net.state_dict().items():
-        assert torch.equal(v, values[k]), k
-    assert net.training and hooks(net) == 0
-
-
-# ---- the generated module holds the lecture's code only --------------------------------------------
-
-
-def test_generated_module_holds_only_the_lectures_layers_models_and_shared_helpers():
-    """The layers and models, and what a later section needs again after a kernel restart (the book's
-    layer, the unpadded LeNet); what it may import: tests/test_repo.py's import-graph test."""
-    path = Path(__file__).resolve().parent.parent / "d2l_ext" / "batch_norm.py"
-    tree = ast.parse(path.read_text())
-    defined = {node.name for node in tree.body if isinstance(node, ast.ClassDef | ast.FunctionDef)}
-    defined -= {"forward", "extra_repr"}  # BatchNorm's methods, saved with d2l.add_to_class
-    assert defined == {
-        "batch_norm", "BatchNorm", "BNLeNetScratch", "BNLeNet", "BNLeNetAfter", "layer_norm", "LayerNorm",
-        "check", "_check_eps", "_check_momentum", "_to_shape", "book_batch_norm", "BookBatchNorm",
-        "unpadded_lenet",
-    }  # fmt: skip
-
-
-# ---- the explorer ----------------------------------------------------------------------------------
-
-
-def test_batch_noise_explorer_draws_both_statistics_at_once_and_on_every_move():
-    g = torch.Generator().manual_seed(0)
-    features = {"conv": torch.randn(64, 3, 4, 4, generator=g), "fc": torch.randn(64, 5, generator=g)}
-    d2l.plt.close("all")
-    explorer = batch_noise_explorer(features, sizes=[1, 8, 32], num_batches=10)
-    try:
-        slider = explorer.children[0]
-        assert list(slider.options) == [1, 8, 32] and slider.value == 8
-        left, right = d2l.plt.gcf().axes  # drawn without a kernel
-        assert "batch size 8" in left.get_title()
-        for ax in (left, right):
-            assert len(ax.patches) == 2 * 60  # one 60-bin histogram per layer
-        assert [t.get_text() for t in right.get_legend().get_texts()] == ["conv", "fc"]
-        # density histograms: each layer's bars cover an area of 1 (the values are clamped into range)
-        assert sum(p.get_width() * p.get_height() for p in left.patches[:60]) == pytest.approx(1.0)
-        slider.value = 32
-        assert "batch size 32" in d2l.plt.gcf().axes[0].get_title()
-    finally:
-        d2l.plt.close("all")
-
-
-# ---- the book's layer, as the notebook transcribes it (d2l 1.0.3, section 8.5, PyTorch tab) ----
+# ---- the notebook's code: the book's layer as it transcribes it (d2l 1.0.3, 8.5), what it saves ----
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "01_batch_norm.ipynb"
 
@@ -492,7 +317,127 @@ def test_book_transcription_computes_what_the_books_code_does(shape):
     assert (book(X) - expected).abs().max() > 0.01  # eval() alone changes nothing
 
 
-# ---- ghost batches ---------------------------------------------------------------------------------
+def test_generated_module_holds_only_the_lectures_layers_models_and_shared_helpers():
+    """The layers and models, and what a later section needs again after a kernel restart (the book's
+    layer, the unpadded LeNet); what it may import: tests/test_repo.py's import-graph test."""
+    path = Path(__file__).resolve().parent.parent / "d2l_ext" / "batch_norm.py"
+    tree = ast.parse(path.read_text())
+    defined = {node.name for node in tree.body if isinstance(node, ast.ClassDef | ast.FunctionDef)}
+    defined -= {"forward", "extra_repr"}  # BatchNorm's methods, saved with d2l.add_to_class
+    assert defined == {
+        "batch_norm", "BatchNorm", "BNLeNetScratch", "BNLeNet", "BNLeNetAfter", "layer_norm", "LayerNorm",
+        "check", "_check_eps", "_check_momentum", "_to_shape", "book_batch_norm", "BookBatchNorm",
+        "unpadded_lenet",
+    }  # fmt: skip
+
+
+# ---- notebook 01's tools (tests/test_measure.py: each puts the model back, also when it fails) ----
+
+
+def test_batch_stat_noise():
+    features = torch.randn(64, 3, 2, 2)
+    err, ratio = batch_stat_noise(features, 64, num_batches=3)
+    assert err.shape == ratio.shape == (3, 3)
+    torch.testing.assert_close(err, torch.zeros(3, 3), atol=1e-5, rtol=0)  # the whole pool: exact
+    torch.testing.assert_close(ratio, torch.ones(3, 3))
+    _, ratio = batch_stat_noise(torch.randn(64, 5), 1, num_batches=4)
+    assert ratio.eq(0).all()  # a batch of one vector has no variance
+    a, _ = batch_stat_noise(features, 8, num_batches=5, seed=1)
+    b, _ = batch_stat_noise(features, 8, num_batches=5, seed=1)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="between 1 and 64"):
+        batch_stat_noise(features, 65)
+
+
+def test_bn_layers_inputs_and_exact_statistics_layer_by_layer():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Sigmoid(), nn.Linear(4, 2), BatchNorm(2, num_dims=2)
+    ).double()
+    assert [type(m) for m in bn_layers(net)] == [nn.BatchNorm1d, BatchNorm]
+    X = torch.randn(100, 3, dtype=torch.float64) * 2 + 1
+    first, second = bn_inputs(net, X)  # in eval mode, on the running estimates
+    assert net.training
+    torch.testing.assert_close(first, net[0](X).detach())
+    net.eval()
+    torch.testing.assert_close(second, net[3](net[2](net[1](first))).detach())
+    net.train()
+    loader = [(X[i : i + 16], None) for i in range(0, 100, 16)]  # uneven last batch
+    stats = exact_bn_statistics(net, loader)
+    assert net.training and len(stats) == 2
+    torch.testing.assert_close(net[1].running_mean, first.mean(0))
+    torch.testing.assert_close(net[1].running_var, first.var(0))  # unbiased, PyTorch's convention
+    net.eval()
+    H2 = net[3](net[2](net[1](first)))  # with the first layer already on its exact statistics
+    torch.testing.assert_close(net[4].moving_mean.flatten(), H2.mean(0))
+    torch.testing.assert_close(net[4].moving_var.flatten(), H2.var(0))
+    torch.testing.assert_close(stats[1], (H2.mean(0).float(), H2.var(0).float()))
+
+
+def built_bn_lenet():
+    model = BNLeNet()
+    model(torch.zeros(2, 1, 28, 28))
+    return model
+
+
+def test_companion_outputs_vary_with_the_companions():
+    model = built_bn_lenet().eval()
+    pool = torch.randn(20, 1, 28, 28)
+    out = companion_outputs(model, pool[0], pool[1:], batch_size=4, num_batches=5)
+    assert out.shape == (5, 10) and not model.training
+    torch.testing.assert_close(out.sum(1), torch.ones(5))
+    assert out.std(0).max() > 0  # the same example, other companions, another output
+
+
+def test_activation_recorder_and_sigmoid_inputs():
+    model = built_bn_lenet()
+    layers = sigmoid_inputs(model)
+    assert list(layers) == ["conv 1", "conv 2", "fc 1", "fc 2"]
+    assert all(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in layers.values())
+    assert all(isinstance(m, nn.Conv2d | nn.Linear) for m in sigmoid_inputs(d2l.LeNet()).values())
+    X = torch.randn(16, 1, 28, 28)
+    with pytest.raises(KeyboardInterrupt), ActivationRecorder(layers) as recorder:
+        model(X), model(X[:2])  # a pass on two examples is not recorded
+        model.eval()
+        model(X)  # nor one in eval mode
+        raise KeyboardInterrupt  # the context removes the hooks even so
+    model.train()
+    model(X)
+    curves = recorder.curves()  # nothing more recorded
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+    units = {"conv 1": 6, "conv 2": 16, "fc 1": 120, "fc 2": 84}
+    assert {name: (m.shape, s.shape) for name, (m, s) in curves.items()} == {
+        name: ((1, n), (1, n)) for name, n in units.items()
+    }
+    means, stds = curves["fc 1"]
+    torch.testing.assert_close(means, torch.zeros(1, 120), atol=1e-5, rtol=0)  # BN output: centred
+    torch.testing.assert_close(stds, torch.full((1, 120), (16 / 15) ** 0.5), atol=1e-2, rtol=0)  # unbiased
+    with ActivationRecorder(layers) as replayed:
+        replayed.load_state_dict(recorder.state_dict())  # as a replayed run restores it
+    assert all(torch.equal(a, b) for a, b in zip(replayed.curves()["fc 1"], curves["fc 1"]))
+    with pytest.raises(ValueError, match=r"recordings are of layers \['conv 1'.*not \[\]"):
+        ActivationRecorder({}).load_state_dict(recorder.state_dict())
+
+
+def test_batch_noise_explorer_draws_both_statistics_at_once_and_on_every_move():
+    g = torch.Generator().manual_seed(0)
+    features = {"conv": torch.randn(64, 3, 4, 4, generator=g), "fc": torch.randn(64, 5, generator=g)}
+    d2l.plt.close("all")
+    explorer = batch_noise_explorer(features, sizes=[1, 8, 32], num_batches=10)
+    try:
+        slider = explorer.children[0]
+        assert list(slider.options) == [1, 8, 32] and slider.value == 8
+        left, right = d2l.plt.gcf().axes  # drawn without a kernel
+        assert "batch size 8" in left.get_title()
+        for ax in (left, right):
+            assert len(ax.patches) == 2 * 60  # one 60-bin histogram per layer
+        assert [t.get_text() for t in right.get_legend().get_texts()] == ["conv", "fc"]
+        # density histograms: each layer's bars cover an area of 1 (the values are clamped into range)
+        assert sum(p.get_width() * p.get_height() for p in left.patches[:60]) == pytest.approx(1.0)
+        slider.value = 32
+        assert "batch size 32" in d2l.plt.gcf().axes[0].get_title()
+    finally:
+        d2l.plt.close("all")
 
 
 @pytest.mark.parametrize("shape", [(12, 5), (12, 3, 4, 4)])

@@ -37,12 +37,13 @@ class Raising(nn.Module):
 
 
 class Staged(nn.Module):
-    """A model with named stages in ``net``, training but for a frozen BN (eval mode)."""
+    """A model with named stages in ``net``, training but for a frozen BN (eval mode); ``error`` comes
+    after the first BN layer, so that `exact_bn_statistics` fails with that layer's estimates set."""
 
     def __init__(self, error=None):
         super().__init__()
         stem = nn.Sequential(
-            Raising(error), nn.Conv2d(1, 4, 3, stride=2), nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+            nn.Conv2d(1, 4, 3, stride=2), nn.BatchNorm2d(4), Raising(error), nn.BatchNorm2d(4)
         )
         head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.net = nn.Sequential(OrderedDict(stem=stem, head=head))
