@@ -1,7 +1,5 @@
 """Measurements, figures and tables of notebook 04 (DenseNet)."""
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 
 import ipywidgets as widgets
@@ -14,46 +12,33 @@ from d2l_ext.measure import count_flops, num_params
 from d2l_ext.results import load_reference
 
 __all__ = [
-    "architecture_table",
-    "densenet_channels_view",
-    "densenet_explorer",
-    "densenet_num_params",
-    "format_architecture_table",
-    "plot_connectivity",
-    "reference_architecture_table",
-    "relative_to",
-]
+    "architecture_table", "densenet_explorer", "densenet_num_params", "format_architecture_table",
+    "plot_connectivity", "reference_architecture_table", "relative_to",
+]  # fmt: skip
 
 
-def densenet_num_params(
-    num_channels: int = 64, growth_rate: int = 32, arch: tuple[int, ...] = (4, 4, 4, 4), **kwargs
-) -> int:
+def densenet_num_params(num_channels=64, growth_rate=32, arch=(4, 4, 4, 4), **kwargs) -> int:
     """Parameter count of ``DenseNet(num_channels, growth_rate, arch, **kwargs)`` for 1-channel images."""
     net = DenseNet(num_channels, growth_rate, arch, **kwargs)
-    size = net.min_input()
-    return num_params(net, torch.zeros(1, 1, size, size))
+    return num_params(net, torch.zeros(1, 1, net.min_input(), net.min_input()))
 
 
 def plot_connectivity(num_convs: int = 4, in_channels: int = 3, growth_rate: int = 10) -> int:
     """Draw a chain of residual blocks above a dense block of ``num_convs`` layers: circles are maps,
     boxes layers, arrows inputs. Returns the number of arrows into the dense block's layers."""
-    ylims = [(-0.9, 1.2), (-0.9, 0.4 + 0.6 * num_convs)]
-    heights = [top - bottom for bottom, top in ylims]
-    _, axes = d2l.plt.subplots(
-        2, 1, figsize=(1.2 * num_convs + 1, 0.6 * sum(heights) + 1), height_ratios=heights
-    )
+    heights = [2.1, 1.3 + 0.6 * num_convs]
+    size = (1.2 * num_convs + 1, 0.6 * sum(heights) + 1)
+    _, axes = d2l.plt.subplots(2, 1, figsize=size, height_ratios=heights)
     arrows = 0
-    for ax, dense, ylim in zip(axes, (False, True), ylims):
+    for ax, dense, height in zip(axes, (False, True), heights):
         for i in range(num_convs + 1):  # map i at x = 2i, the layer that makes it at x = 2i - 1
             ax.add_patch(d2l.plt.Circle((2 * i, 0), 0.3, color=f"C{i if dense else 0}", alpha=0.8))
             ax.text(2 * i, -0.45, growth_rate if dense and i else in_channels, ha="center", va="top")
             if i == 0:
                 continue
-            if not dense:  # x_i = x_{i-1} + g_i(x_{i-1}): the identity path is the red arc
-                ax.text(2 * i, 0, "+", ha="center", va="center", color="w", fontsize=14)
+            reads = in_channels + (i - 1) * growth_rate if dense else in_channels
             name = f"$f_{i}$" if dense else f"$g_{i}$"
             ax.text(2 * i - 1, 0, name, ha="center", va="center", bbox=dict(fc="w", ec="0.3"))
-            reads = in_channels + (i - 1) * growth_rate if dense else in_channels
             ax.text(2 * i - 1, -0.45, f"in {reads}", ha="center", va="top", fontsize=8, color="0.4")
             ax.annotate("", (2 * i - 0.3, 0), (2 * i - 0.75, 0), arrowprops=dict(arrowstyle="->"))
             for j in range(i) if dense else [i - 1]:
@@ -64,51 +49,45 @@ def plot_connectivity(num_convs: int = 4, in_channels: int = 3, growth_rate: int
                     style["connectionstyle"] = "arc3,rad=-0.35"
                     ax.annotate("", (2 * i - 1.15, 0.25), (2 * j + 0.15, 0.28), arrowprops=style)
                 arrows += dense
-            if not dense:
+            if not dense:  # x_i = x_{i-1} + g_i(x_{i-1}): the identity path is the red arc
+                ax.text(2 * i, 0, "+", ha="center", va="center", color="w", fontsize=14)
                 style = dict(arrowstyle="->", color="C3", connectionstyle="arc3,rad=-0.5")
                 ax.annotate("", (2 * i - 0.15, 0.28), (2 * i - 1.85, 0.28), arrowprops=style)
         total = in_channels + num_convs * growth_rate
         title = f"dense block: concatenate, {in_channels} + {num_convs}x{growth_rate} = {total} channels out"
         ax.set_title(title if dense else "residual blocks: add")
-        ax.set(xlim=(-0.5, 2 * num_convs + 0.5), ylim=ylim, aspect="equal")
+        ax.set(xlim=(-0.5, 2 * num_convs + 0.5), ylim=(-0.9, height - 0.9), aspect="equal")
         ax.axis("off")
     return arrows
 
 
-def densenet_channels_view(
-    num_channels: int = 64, growth_rate: int = 32, num_convs: int = 4, resnet18_params: int | None = None
-) -> str:
-    """Print and return the channels after every stage of ``DenseNet(num_channels, growth_rate,
-    (num_convs,) * 4)`` and its parameter count (beside ResNet-18's, if given)."""
-    arch = (num_convs,) * 4
-    channels = " -> ".join(str(c) for _, c in densenet_channels(num_channels, growth_rate, arch))
-    params = f"parameters: {densenet_num_params(num_channels, growth_rate, arch):,}"
-    if resnet18_params is not None:
-        params += f" (ResNet-18: {resnet18_params:,})"
-    text = f"channels: {channels}\n{params}"
-    print(text)
-    return text
+def densenet_explorer(resnet18_params: int):
+    """Sliders for the stem's width, the growth rate and the conv blocks per dense block, printing the
+    channels after every stage and the parameters (beside ResNet-18's); computed at once, so that the
+    cell also runs headless."""
 
-
-def densenet_explorer(resnet18_params: int | None = None):
-    """Sliders for `densenet_channels_view`'s arguments; computed once at once, so that the cell also
-    runs headless."""
+    def view(num_channels, growth_rate, num_convs):
+        arch = (num_convs,) * 4
+        channels = " -> ".join(str(c) for _, c in densenet_channels(num_channels, growth_rate, arch))
+        params = densenet_num_params(num_channels, growth_rate, arch)
+        text = f"channels: {channels}\nparameters: {params:,} (ResNet-18: {resnet18_params:,})"
+        print(text)
+        return text
 
     def slider(low, high, step, value):
         return widgets.IntSlider(value=value, min=low, max=high, step=step, continuous_update=False)
 
     explorer = widgets.interactive(
-        densenet_channels_view,
+        view,
         num_channels=slider(16, 128, 16, 64),
         growth_rate=slider(8, 64, 8, 32),
         num_convs=slider(1, 8, 1, 4),
-        resnet18_params=widgets.fixed(resnet18_params),
     )
     explorer.update()
     return explorer
 
 
-def architecture_table(runs: dict):
+def architecture_table(runs: dict) -> pd.DataFrame:
     """One row per ``name: (net, trainer, cfg)`` of ``runs``: parameters, forward MFLOPs per image at
     the training resolution, training images/s and validation accuracy."""
     rows = {}
@@ -125,23 +104,24 @@ def architecture_table(runs: dict):
     return pd.DataFrame(rows).T
 
 
-def reference_architecture_table(models: Mapping[str, str], setting: str = "demo"):
-    """The committed benchmark's rows of ``setting`` ("demo" or "book") for ``models`` (a display name
-    -> the benchmark's model name) as `architecture_table`'s columns, with epochs."""
+def reference_architecture_table(models: Mapping[str, str], setting: str = "demo") -> pd.DataFrame:
+    """`architecture_table`'s columns, with epochs, from the committed benchmark's rows of ``setting``
+    ("demo" or "book") for ``models`` (a display name -> the benchmark's model name)."""
     rows = {r["model"]: r for r in load_reference()["rows"] if r["setting"] == setting}
     missing = sorted(set(models.values()) - set(rows))
     if missing:
-        known = sorted(rows)
-        raise KeyError(f"The reference results have no {setting!r} rows for {missing}; known: {known}.")
+        raise KeyError(
+            f"The reference results have no {setting!r} rows for {missing}; known: {sorted(rows)}."
+        )
     columns = {"MFLOPs/image": "forward_mflops_per_image", "images/s": "images_per_s", "epochs": "epochs"}
     columns["val acc"] = "test_acc"
     table = {name: {c: rows[key][k] for c, k in columns.items()} for name, key in models.items()}
     return pd.DataFrame(table).T
 
 
-def relative_to(table, reference: str = "ResNet"):
-    """``table`` with each model's FLOPs per second of training over ``reference``'s, and its
-    accuracy minus the reference's."""
+def relative_to(table: pd.DataFrame, reference: str = "ResNet") -> pd.DataFrame:
+    """``table`` with each model's FLOPs per second of training over ``reference``'s, and its accuracy
+    minus the reference's."""
     if reference not in table.index:
         raise KeyError(f"No row {reference!r} to compare with; the rows are {list(table.index)}.")
     out = table.copy()
@@ -151,10 +131,9 @@ def relative_to(table, reference: str = "ResNet"):
     return out
 
 
-def format_architecture_table(table):
+def format_architecture_table(table: pd.DataFrame):
     """``table`` styled for display: thousands, one decimal, percentages, ratios with two decimals."""
     formats = {"parameters": "{:,.0f}", "MFLOPs/image": "{:.1f}", "images/s": "{:,.0f}", "epochs": "{:.2f}"}
-    formats |= {"val acc": "{:.1%}"}
-    formats |= {c: "{:.2f}" for c in table.columns if c.startswith("MFLOP/s vs")}
+    formats |= {"val acc": "{:.1%}"} | {c: "{:.2f}" for c in table.columns if c.startswith("MFLOP/s vs")}
     formats |= {c: "{:+.1%}" for c in table.columns if c.startswith("acc vs")}
     return table.style.format({c: f for c, f in formats.items() if c in table.columns})

@@ -1,74 +1,55 @@
 """Measurements and figures of notebook 02 (ResNet)."""
 
-from __future__ import annotations
-
 import ipywidgets as widgets
 import torch
 from d2l import torch as d2l
 from torch import nn
 from torch.nn import functional as F
 
-from d2l_ext.measure import eval_mode, train_mode
+from d2l_ext.measure import eval_mode
 
 __all__ = [
-    "branch_ratios",
-    "conv_grad_rms",
-    "final_loss",
-    "grad_rms_explorer",
-    "init_grad_rms",
-    "plot_function_fits",
-    "plot_grad_rms",
-    "plot_step_losses",
-    "residual_parts",
-    "shortcut_gradient",
-]
-
-
-def conv_grad_rms(net: nn.Module, X: torch.Tensor, y: torch.Tensor) -> list[float]:
-    """RMS of the loss gradient of the weight of every convolution of ``net`` but the 1x1 ones, input
-    side first, in one training step on ``X``, ``y`` (``.grad`` is overwritten).
-
-    The RMS, unlike the norm, does not grow with the layer's size, so layers of any width compare;
-    without the 1x1 shortcuts a ResNet and its PlainNet give lists of the same length.
-    """
-    with train_mode(net):
-        net.zero_grad()
-        net.loss(net(X), y).backward()
-    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
-    return [(m.weight.grad.norm() / m.weight.grad.numel() ** 0.5).item() for m in convs]
+    "branch_ratios", "final_loss", "grad_rms_explorer", "init_grad_rms", "plot_function_fits",
+    "plot_grad_rms", "plot_step_losses", "residual_parts", "shortcut_gradient",
+]  # fmt: skip
 
 
 def init_grad_rms(Net, num_residuals: int, widths, X, y, seed: int = 0, **kwargs) -> list[float]:
-    """`conv_grad_rms` of a fresh ``Net`` of ``num_residuals`` blocks per stage of ``widths``, initialized
-    as `Trainer` does, seeded with ``seed`` without touching the caller's random state."""
+    """RMS of the loss gradient of each convolution's weight, input side first, in the first training
+    step on ``X``, ``y`` of a fresh ``Net`` of ``num_residuals`` blocks per stage of ``widths``, seeded
+    with ``seed`` without touching the caller's random state.
+
+    The RMS, unlike the norm, lets layers of any size compare; without the 1x1 shortcuts, a ResNet and
+    its PlainNet give lists of the same length."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = Net(tuple((num_residuals, w) for w in widths), **kwargs)
         net.apply_init([X[:2]], d2l.init_cnn)
-    return conv_grad_rms(net, X, y)
-
-
-def residual_parts(blk: nn.Module, X: torch.Tensor):
-    """``(g, s, join)`` of a `Residual` or `PreActResidual` block on ``X``: the branch's output, the
-    shortcut's, and the function with ``join(g, s) == blk(X)`` (ReLU(g + s), or g + s)."""
-    kind = _residual_kind(blk)
-    if kind == "PreActResidual":
-        g = blk.conv2(F.relu(blk.bn2(blk.conv1(F.relu(blk.bn1(X))))))
-        return g, X, torch.add
-    if kind == "Residual":
-        g = blk.bn2(blk.conv2(F.relu(blk.bn1(blk.conv1(X)))))
-        s = X if blk.conv3 is None else blk.conv3(X)
-        return g, s, lambda g, s: F.relu(g + s)
-    raise TypeError(f"residual_parts takes a Residual or a PreActResidual block; got {type(blk).__name__}.")
+    net.loss(net(X), y).backward()
+    grads = [m.weight.grad for m in net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+    return [(g.norm() / g.numel() ** 0.5).item() for g in grads]
 
 
 def _residual_kind(m: nn.Module) -> str | None:
     # By class name, not isinstance: a notebook's own Residual (the one the exporter copies into
     # d2l_ext.resnet) is another class object with the same layers. PlainBlock has no shortcut.
     names = [c.__name__ for c in type(m).__mro__]
-    if "PlainBlock" in names:
-        return None
-    return next((n for n in names if n in ("PreActResidual", "Residual")), None)
+    if "PlainBlock" not in names:
+        return next((n for n in names if n in ("PreActResidual", "Residual")), None)
+
+
+def residual_parts(blk: nn.Module, X: torch.Tensor):
+    """``(g, s, join)`` of a `Residual` or `PreActResidual` block on ``X``: the branch's output, the
+    shortcut's, and the function with ``join(g, s) == blk(X)`` (ReLU(g + s), or g + s)."""
+    kind = _residual_kind(blk)
+    if kind is None:
+        raise TypeError(
+            f"residual_parts takes a Residual or PreActResidual block, not a {type(blk).__name__}."
+        )
+    if kind == "PreActResidual":
+        return blk.conv2(F.relu(blk.bn2(blk.conv1(F.relu(blk.bn1(X)))))), X, torch.add
+    g = blk.bn2(blk.conv2(F.relu(blk.bn1(blk.conv1(X)))))
+    return g, X if blk.conv3 is None else blk.conv3(X), lambda g, s: F.relu(g + s)
 
 
 def shortcut_gradient(blk: nn.Module, X: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
@@ -82,22 +63,25 @@ def shortcut_gradient(blk: nn.Module, X: torch.Tensor, grad_out: torch.Tensor) -
 
 
 def branch_ratios(net: nn.Module, X: torch.Tensor) -> list[float]:
-    """||g(x)|| / ||s(x)|| (branch against shortcut) for every residual block of ``net``, input side
+    """||g(x)|| / ||s(x)|| (branch against shortcut) of every residual block of ``net``, input side
     first, on the minibatch ``X`` in eval mode."""
     blocks = [m for m in net.modules() if _residual_kind(m)]
-    X = X.to(next(net.parameters()).device)
     if not blocks:
         raise ValueError(f"{type(net).__name__} has no Residual or PreActResidual block to measure.")
-    inputs = {}
-    hooks = [b.register_forward_pre_hook(lambda b, args: inputs.__setitem__(b, args[0])) for b in blocks]
+    ratios = []
+
+    def measure(blk, inputs, output):
+        g, s, _ = residual_parts(blk, inputs[0])
+        ratios.append((g.norm() / s.norm()).item())
+
+    hooks = [blk.register_forward_hook(measure) for blk in blocks]
     try:
         with torch.no_grad(), eval_mode(net):
-            net(X)
-            parts = [residual_parts(b, inputs[b])[:2] for b in blocks]
+            net(X.to(next(net.parameters()).device))
     finally:
-        for h in hooks:
-            h.remove()
-    return [(g.norm() / s.norm()).item() for g, s in parts]
+        for hook in hooks:
+            hook.remove()
+    return ratios
 
 
 def final_loss(losses: list[float], frac: float = 0.1) -> float:
@@ -113,7 +97,7 @@ def final_loss(losses: list[float], frac: float = 0.1) -> float:
 def plot_function_fits(x, f_star, fits: dict, distances: dict):
     """``f_star`` and ``fits`` (a label -> the closest member of a class) over ``x`` (left), and the
     ``distances`` of each family's classes from ``f_star`` (right). Returns the axes."""
-    fig, axes = d2l.plt.subplots(1, 2, figsize=(10, 3.6))
+    _, axes = d2l.plt.subplots(1, 2, figsize=(10, 3.6))
     axes[0].plot(x, f_star, "k-", lw=3, alpha=0.4, label="$f^*$")
     for label, fit in fits.items():
         axes[0].plot(x, fit, "--", label=label)
@@ -132,7 +116,7 @@ def plot_step_losses(losses: dict, num_points: int = 25):
     """Training loss per step, ``losses[name, layers]``, averaged over a sliding window of
     ``len / num_points`` steps, one panel per network. Returns the axes."""
     names = list(dict.fromkeys(name for name, _ in losses))
-    fig, axes = d2l.plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), sharey=True, squeeze=False)
+    _, axes = d2l.plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), sharey=True, squeeze=False)
     for ax, name in zip(axes[0], names):
         for (net, layers), run in losses.items():
             if net == name:
@@ -146,7 +130,7 @@ def plot_step_losses(losses: dict, num_points: int = 25):
 
 
 def plot_grad_rms(norms: dict, title: str = ""):
-    """One line per network: its `conv_grad_rms`, input side first (log scale). Returns the axes."""
+    """One line per network: its `init_grad_rms`, input side first (log scale). Returns the axes."""
     _, ax = d2l.plt.subplots(figsize=(6, 3.2))
     for name, g in norms.items():
         ax.plot(range(1, len(g) + 1), g, ".-", label=name)
@@ -157,7 +141,7 @@ def plot_grad_rms(norms: dict, title: str = ""):
 
 def grad_rms_explorer(nets, widths, X, y, value: int, max_value: int = 9, **kwargs):
     """A slider for the blocks per stage, redrawing `plot_grad_rms` of `init_grad_rms` for each class in
-    ``nets``. Drawn once at once, so that the figure shows also where no browser runs."""
+    ``nets``; drawn at once, so that the figure shows also where no browser runs."""
 
     def show(num_residuals):
         norms = {Net.__name__: init_grad_rms(Net, num_residuals, widths, X, y, **kwargs) for Net in nets}

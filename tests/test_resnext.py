@@ -115,42 +115,25 @@ CHANNELS = r"num_channels is the number of output channels, a positive int, e\.g
 BOT_MUL = r"bot_mul is the bottleneck multiplier, a positive number, e\.g\."
 STRIDES = r"strides is the stride of the 3x3 convolution, a positive int"
 ARCH = r"arch is a sequence of \(num_residuals, num_channels\) pairs"
-X8 = torch.randn(1, 8, 4, 4)
+X8, W4 = torch.randn(1, 8, 4, 4), torch.randn(4, 1, 3, 3)
 REFUSED = [  # (what is called, its arguments, error, message)
     (ResNeXtBlock, (48, 32, 1), ValueError, r"b = round\(48 \* 1\) = 48 .* 32 groups .* divisors of 48"),
     (ResNeXtBlock, (256, 3, 0.5), ValueError, r"b = round\(256 \* 0.5\) = 128 .* 3 groups"),
-    (ResNeXtBlock, (32, 0, 1), ValueError, GROUPS),
-    (ResNeXtBlock, (32, -2, 1), ValueError, GROUPS),
-    (ResNeXtBlock, (32, True, 1), ValueError, GROUPS),
+    *[(ResNeXtBlock, (32, g, 1), ValueError, GROUPS) for g in (0, -2, True)],
     (ResNeXtBlock, (32, 2.0, 1), TypeError, GROUPS),
-    (ResNeXtBlock, (0, 4, 1), ValueError, CHANNELS),
-    (ResNeXtBlock, (-8, 4, 1), ValueError, CHANNELS),
-    (ResNeXtBlock, (True, 4, 1), ValueError, CHANNELS),
-    (ResNeXtBlock, (16.0, 4, 1), TypeError, CHANNELS),
-    (ResNeXtBlock, ("16", 4, 1), TypeError, CHANNELS),
-    (ResNeXtBlock, (16, 4, 0), ValueError, BOT_MUL),
-    (ResNeXtBlock, (16, 4, -0.5), ValueError, BOT_MUL),
-    (ResNeXtBlock, (16, 4, float("nan")), ValueError, BOT_MUL),
-    (ResNeXtBlock, (16, 4, True), ValueError, BOT_MUL),
-    (ResNeXtBlock, (16, 4, "0.5"), TypeError, BOT_MUL),
-    (ResNeXtBlock, (16, 4, None), TypeError, BOT_MUL),
-    (ResNeXtBlock, (16, 4, 1, True, 0), ValueError, STRIDES),
-    (ResNeXtBlock, (16, 4, 1, True, -1), ValueError, STRIDES),
+    *[(ResNeXtBlock, (c, 4, 1), ValueError, CHANNELS) for c in (0, -8, True)],
+    *[(ResNeXtBlock, (c, 4, 1), TypeError, CHANNELS) for c in (16.0, "16")],
+    *[(ResNeXtBlock, (16, 4, m), ValueError, BOT_MUL) for m in (0, -0.5, float("nan"), True)],
+    *[(ResNeXtBlock, (16, 4, m), TypeError, BOT_MUL) for m in ("0.5", None)],
+    *[(ResNeXtBlock, (16, 4, 1, True, s), ValueError, STRIDES) for s in (0, -1)],
     (ResNeXtBlock, (16, 4, 1, True, 1.5), TypeError, STRIDES),
     (ResNeXtBlock, (16, 1, 0.01), ValueError, "larger bot_mul"),
     (ResNeXtBlock, (16, 4, 1, False, 2), ValueError, "use_1x1conv=True"),
     (ResNeXtBlock(16, 4, 1), (X8,), ValueError, "8 channels in, 16 out: pass use_1x1conv=True"),
-    (
-        group_conv_by_split,
-        (X8[:, :6], torch.randn(4, 1, 3, 3), None, 4),
-        ValueError,
-        "groups=4 must divide c_i=6",
-    ),
+    (group_conv_by_split, (X8[:, :6], W4, None, 4), ValueError, "groups=4 must divide c_i=6"),
     # ResNet.__init__ checks arch before ResNeXt swaps a block: one message for both models
-    (ResNeXt, ([(2, 64), 3], 8, 1), TypeError, ARCH),
-    (ResNeXt, ([(2, 64, 1)], 8, 1), TypeError, ARCH),
-    (ResNeXt, ([], 8, 1), ValueError, ARCH),
-    (ResNeXt, ([(0, 64)], 8, 1), ValueError, ARCH),
+    *[(ResNeXt, (arch, 8, 1), TypeError, ARCH) for arch in ([(2, 64), 3], [(2, 64, 1)])],
+    *[(ResNeXt, (arch, 8, 1), ValueError, ARCH) for arch in ([], [(0, 64)])],
     (ResNeXt, (((1, 16), (1, 24)), 16, 1), ValueError, r"b = round\(24 \* 1\) = 24"),
     (resnext_cost, (16, 16, 8, 0.25), ValueError, r"b = round\(16 \* 0.25\) = 4"),
 ]
@@ -164,46 +147,40 @@ def test_bad_arguments_are_refused_saying_what_to_pass(call, args, error, messag
 
 # -- the model ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("preset", ["ci", "demo", "full"])
-def test_preset_widths_split_into_groups(preset):
+def test_preset_widths_split_into_groups_and_the_model_gives_ten_classes(preset):
     m = experiment("resnext", preset, verbose=False).model
-    for _, c in m["arch"]:
-        assert bottleneck_channels(c, m["groups"], m["bot_mul"]) % m["groups"] == 0
+    assert all(bottleneck_channels(c, m["groups"], m["bot_mul"]) % m["groups"] == 0 for _, c in m["arch"])
+    assert stage_shapes(ResNeXt(**m), torch.zeros(1, 1, 28, 28))["last"] == (1, 10)
 
 
-def test_model_is_resnet_with_resnext_blocks():
-    m = experiment("resnext", "ci", verbose=False).model
-    net = ResNeXt(**m)
-    assert isinstance(net, ResNet)
-    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
-    blocks = [mod for mod in net.modules() if isinstance(mod, ResNeXtBlock)]
-    assert len(blocks) == 4 and all(b.conv2.groups == 8 for b in blocks)
-    assert [b.conv2.weight.shape[1] for b in blocks] == [2, 4, 8, 16]  # channels per group
-    assert blocks[0].conv4 is None and all(b.conv4 is not None for b in blocks[1:])
-    # the stem and head are ResNet's: same layers, same shapes as a ResNet of the same arch
-    resnet = ResNet(m["arch"], stem_kernel=m["stem_kernel"], stem_stride=m["stem_stride"])
-    resnet(torch.randn(2, 1, 28, 28))
-    for stem_or_head in (0, -1):
-        shapes = [p.shape for p in net.net[stem_or_head].parameters()]
-        assert shapes == [p.shape for p in resnet.net[stem_or_head].parameters()]
-    assert net.hparams["groups"] == 8 and net.hparams["bot_mul"] == 1
+LAYOUTS = [
+    dict(arch=((2, 16), (3, 32), (1, 64)), groups=4, bot_mul=0.5, stem_kernel=3, stem_stride=1),
+    dict(arch=((1, 8),), groups=4, bot_mul=0.5, stem_kernel=3, stem_stride=1),
+    experiment("resnext", "ci", verbose=False).model,
+]
 
 
-@pytest.mark.parametrize("arch", [((2, 16), (3, 32), (1, 64)), ((1, 8),)])
-def test_model_has_resnets_layout_block_for_block(arch):
-    """Every residual block of a ResNet of the same arch becomes a ResNeXt block with its width,
-    stride and shortcut, so the two models give the same shapes stage by stage."""
-    stem = dict(stem_kernel=3, stem_stride=1)
-    net, resnet = ResNeXt(arch, groups=4, bot_mul=0.5, **stem), ResNet(arch, **stem)
+@pytest.mark.parametrize("kwargs", LAYOUTS)
+def test_model_is_a_resnet_with_a_resnext_block_for_each_residual_block(kwargs):
+    """Each block of a ResNet of the same arch becomes a ResNeXt block with its width, stride and
+    shortcut; the stem and the head are ResNet's, so the two models give the same shapes."""
+    arch, groups, bot_mul = kwargs["arch"], kwargs["groups"], kwargs["bot_mul"]
+    net = ResNeXt(**kwargs)
+    resnet = ResNet(**{k: v for k, v in kwargs.items() if k not in ("groups", "bot_mul")})
+    assert isinstance(net, ResNet) and net.hparams == dict(resnet.hparams, groups=groups, bot_mul=bot_mul)
+    X = torch.randn(2, 1, 28, 28)
+    assert stage_shapes(net, X) == stage_shapes(resnet, X)  # which also builds the Lazy layers
     stages, ref_stages = list(net.net)[1:-1], list(resnet.net)[1:-1]
     assert [len(s) for s in stages] == [len(s) for s in ref_stages] == [n for n, _ in arch]
     for stage, ref_stage, (_, width) in zip(stages, ref_stages, arch):
         for blk, res in zip(stage, ref_stage):
             assert isinstance(blk, ResNeXtBlock) and blk.conv3.out_channels == width
-            assert blk.conv2.stride == res.conv1.stride
-            assert (blk.conv4 is None) == (res.conv3 is None)
-    X = torch.randn(2, 1, 16, 16)
-    assert stage_shapes(net, X) == stage_shapes(resnet, X)
-    assert net.hparams == dict(resnet.hparams, groups=4, bot_mul=0.5)
+            assert blk.conv2.stride == res.conv1.stride and (blk.conv4 is None) == (res.conv3 is None)
+            b = bottleneck_channels(width, groups, bot_mul)
+            assert blk.conv2.groups == groups and blk.conv2.weight.shape[1] == b // groups
+    for stem_or_head in (0, -1):
+        shapes = [p.shape for p in net.net[stem_or_head].parameters()]
+        assert shapes == [p.shape for p in resnet.net[stem_or_head].parameters()]
 
 
 # -- cost (d2l_ext.resnext_tools) ---------------------------------------------------------------
@@ -218,7 +195,7 @@ def test_conv_cost_is_c_i_c_o_over_g(groups):
     assert count_flops(conv, torch.randn(2, 128, 6, 6)) == 2 * 2 * 6 * 6 * 9 * 128 * 128 // groups
 
 
-def test_resnext_cost_matches_real_layers():
+def test_resnext_cost_matches_real_layers_and_its_view_shows_it_in_mflops_or_the_refusal(capsys):
     rows = resnext_cost(64, 256, groups=32, bot_mul=0.5)
     assert [r["module"] for r in rows] == [
         "Residual(256): two 3x3 convs",
@@ -232,6 +209,12 @@ def test_resnext_cost_matches_real_layers():
     assert rows[2]["flops"] == 2 * 28 * 28 * 9 * 128 * 128 // 32
     assert rows[1]["flops"] == 2 * 28 * 28 * 9 * 64 * 256 and rows[1]["ratio"] == 1
     assert rows[2]["ratio"] == rows[2]["flops"] / rows[1]["flops"]
+    table = resnext_cost_view(64, 256, 32, 0.5)
+    assert list(table.columns) == ["params", "ratio", "MFLOPs"] and table.params.iloc[3] == 64_256
+    assert table.MFLOPs.iloc[2] == round(2 * 28 * 28 * 9 * 128 * 128 / 32 / 1e6, 3)
+    assert "ResNeXtBlock(256, 32, 0.5)" in capsys.readouterr().out  # displayed, not only returned
+    assert resnext_cost_view(16, 16, groups=8, bot_mul=0.25) is None
+    assert "b = round(16 * 0.25) = 4" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("c, groups", [(256, 32), (64, 8), (96, 4)])
@@ -248,16 +231,6 @@ def test_a_narrower_bottleneck_saves_more_than_half(c, groups):
     assert all(flops[i + 1] < flops[i] / 2 and params[i + 1] < params[i] / 2 for i in range(2))
     doubled_groups = resnext_cost(c, c, 2 * groups, 1, size)[-1]["flops"]  # b = c, twice the groups
     assert doubled_groups > 1.9 * flops[1]
-
-
-def test_cost_view_shows_the_table_in_mflops_or_refuses_with_the_reason(capsys):
-    table = resnext_cost_view(64, 256, 32, 0.5)
-    assert list(table.columns) == ["params", "ratio", "MFLOPs"]
-    assert table.params.iloc[3] == 64_256
-    assert table.MFLOPs.iloc[2] == round(2 * 28 * 28 * 9 * 128 * 128 / 32 / 1e6, 3)
-    assert "ResNeXtBlock(256, 32, 0.5)" in capsys.readouterr().out  # displayed, not only returned
-    assert resnext_cost_view(16, 16, groups=8, bot_mul=0.25) is None
-    assert "b = round(16 * 0.25) = 4" in capsys.readouterr().out
 
 
 # -- the generated module is the lecture's code -------------------------------------------------

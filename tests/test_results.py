@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from d2l_ext.results import REFERENCE_RESULTS, reference_results, summary_table
+from d2l_ext.results import REFERENCE_RESULTS, load_reference, reference_results, summary_table
 
 
 def test_summary_table_formats_each_kind_of_value():
@@ -28,6 +28,6 @@ def test_reference_results_label_the_machine_and_keep_the_committed_numbers(caps
     assert list(table["test accuracy"]) == [f"{r['test_acc']:.1%}" for r in rows]
 
 
-def test_reference_results_say_how_to_make_them(tmp_path):
+def test_missing_reference_results_say_how_to_make_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="make bench"):
-        reference_results(path=tmp_path / "missing.json")
+        load_reference(tmp_path / "missing.json")
