@@ -1,12 +1,7 @@
-"""The exercises: solutions/ (the instructor's otter-assign sources) and exercises/ (what students get).
-
-For every solutions notebook: exercises/ is exactly what ``tools/exercises.py`` generates; every
-exercise states the lecture notebook's text; the student notebook holds no line of a solution and
-leaves every name a check reads as an empty answer under its exercise, for one exercise only (the
-checks read the notebook's globals); run as a student gets it, every check fails on the empty
-answers with a fixed hint and shows no solution; and every test cell calls its test function as
-otter does, so that nbval over solutions/ (``make test``) runs each check on the solution.
-"""
+"""The exercises: solutions/ (otter-assign sources) and exercises/ (what students get), which is
+what ``tools/exercises.py`` generates. Each exercise states the lecture's text; the student notebook
+holds no solution and leaves each name a check reads as an empty answer of one exercise; there every
+check fails with a fixed hint, and each test cell calls its test as otter does (nbval runs them)."""
 
 from __future__ import annotations
 
@@ -152,24 +147,16 @@ GOOD = [(1, "ex1", "yes", [TEST]), (2, "ex2", "no")]
 # A config line to set, the exercises' layout, and what problems() says.
 PROBLEMS = {
     "good": ("", GOOD, []),
-    "checked-without-tests": (
-        "",
-        [(1, "ex1", "yes")],
-        ["Exercise 1 says 'Checked: yes', but ex1 has no test"],
-    ),
+    "checked-without-tests": ("", [(1, "ex1", "yes")], ["'Checked: yes', but ex1 has no test"]),
     "open-with-tests": ("", [(1, "ex1", "no", [TEST])], ["Exercise 1 says 'Checked: no', but ex1 has tests"]),
-    "misnumbered": (
-        "",
-        [(2, "ex1", "no")],
-        ["numbered [2], not 1, 2, ...", "Exercise 2 is in question 'ex1'"],
-    ),
+    "misnumbered": ("", [(2, "ex1", "no")], ["numbered [2], not 1, 2", "Exercise 2 is in question 'ex1'"]),
     "outside": ("", [(1, None, "no")], ["Exercise 1 is outside every question block"]),
     "generate": ("generate: true", GOOD, ["says generate: True"]),
     "export-cell": ("export_cell: true", GOOD, ["says export_cell: True"]),
     "tests-in-notebook": ("tests: {files: false, ok_format: false}", GOOD, ["says tests: {'files': False"]),
     "requirements": ("requirements: requirements.txt", GOOD, ["says requirements: requirements.txt"]),
     "no-config": (None, GOOD, ["found 0 raw cells '# ASSIGNMENT CONFIG'"]),
-}
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("config, layout, found", PROBLEMS.values(), ids=PROBLEMS)
@@ -184,13 +171,10 @@ def test_problems_are_named_with_what_to_write(tmp_path, config, layout, found):
     assert all("generate: false" in p for p in problems if "CONFIG" in p)  # what to write
 
 
-def test_an_exercise_without_its_checked_line_is_refused(tmp_path):
+def test_a_missing_checked_line_or_a_student_version_that_would_fail_lint_is_refused(tmp_path):
     path = notebook_with(tmp_path, CONFIG, ("markdown", "## Exercise 1\n\n(easy) Text."))
     with pytest.raises(tool.ExerciseError, match="Exercise 1 has no line 'Checked: yes'"):
         tool.exercises(path)
-
-
-def test_a_student_version_that_would_fail_lint_is_refused_with_the_fix(tmp_path):
     # The set-up imports what only the solution uses: unused in the student version.
     test = (
         '""" # BEGIN TEST CONFIG\nfailure_message: ' + "a hint " * 13 + '\n""" # END TEST CONFIG\n\n\n'
@@ -210,7 +194,7 @@ def test_a_student_version_that_would_fail_lint_is_refused_with_the_fix(tmp_path
 
 
 def test_count_is_a_table_of_every_solutions_notebook():
-    code, out = 0, io.StringIO()
+    out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = tool.main(["--count"])
     rows = [line.split("|")[1:-1] for line in out.getvalue().splitlines()[2:]]
@@ -259,13 +243,6 @@ def test_exercises_are_the_lectures_and_each_test_cell_calls_its_test(notebook):
             and [getattr(a, "id", None) for a in call.args] == params
             and not call.keywords
         ), f"{notebook.name}: {fn.name} must be called as {fn.name}({', '.join(params)})"
-
-
-@pytest.mark.parametrize("notebook", SOURCES, ids=IDS)
-def test_the_student_notebook_holds_no_solution(notebook):
-    text = "\n".join(cell.source for cell in cells(student(notebook.stem)))
-    leaked = sorted(line for line in solution_lines(notebook) if line in text)
-    assert not leaked, f"exercises/{notebook.name} shows lines of the solutions: {leaked[:5]}"
 
 
 def answer_names(notebook: Path) -> dict[str, set[str]]:
@@ -328,8 +305,11 @@ def test_each_check_reads_empty_answers_of_its_exercise_and_can_print_a_hint_onl
 
 @pytest.mark.parametrize("notebook", SOURCES, ids=IDS)
 def test_every_check_fails_on_the_empty_answers_with_a_hint(notebook, tmp_path):
-    """Every code cell of the student version in order, in a copy of exercises/, as a student runs it."""
-    stem, results, namespace = notebook.stem, {}, {"__name__": "__main__"}
+    """Every code cell of the student version in order, in a copy of exercises/, as a student runs it;
+    neither the notebook nor a failing check shows a line of the solution."""
+    stem, results, namespace, secret = notebook.stem, {}, {"__name__": "__main__"}, solution_lines(notebook)
+    leaked = sorted(line for line in secret if line in "\n".join(c.source for c in cells(student(stem))))
+    assert not leaked, f"exercises/{notebook.name} shows lines of the solutions: {leaked[:5]}"
     shutil.copyfile(student(stem), tmp_path / f"{stem}.ipynb")
     shutil.copytree(tool.EXERCISES / "tests" / stem, tmp_path / "tests" / stem)
     # otter logs to .OTTER_LOG in the folder it runs in
@@ -340,7 +320,6 @@ def test_every_check_fails_on_the_empty_answers_with_a_hint(notebook, tmp_path):
             else:
                 exec(compile(cell.source, f"{stem}.ipynb", "exec"), namespace)
     assert sorted(results) == sorted({path.stem for path, _ in check_functions(stem)})
-    secret = solution_lines(notebook)
     for question, result in results.items():
         shown = repr(result) + result._repr_html_()  # what the notebook shows, as text and as HTML
         assert not result.passed_all, f"{question} passes on the empty answer"

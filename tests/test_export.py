@@ -144,11 +144,10 @@ def test_add_to_class_moves_only_where_the_meaning_stays(repo, monkeypatch):
     assert edges.Base().everywhere() == "base"
 
 
-def test_check_passes_when_in_sync_and_fails_on_drift(repo, capsys):
+def test_check_names_drift_and_stale_modules_and_no_hand_written_module_is_overwritten(repo, capsys):
     assert export.main(["--check"]) == 1  # the module is missing
-    assert export.main([]) == 0
-    assert export.main(["--check"]) == 0
-    nb_path = repo / "notebooks" / "07_toy.ipynb"
+    assert export.main([]) == 0 and export.main(["--check"]) == 0
+    nb_path, module = repo / "notebooks" / "07_toy.ipynb", repo / "d2l_ext" / "toy.py"
     nb = nbformat.read(nb_path, as_version=4)
     nb.cells[2].source = nb.cells[2].source.replace("X * self.k", "X * self.k + 1")
     nbformat.write(nb, nb_path)
@@ -157,22 +156,12 @@ def test_check_passes_when_in_sync_and_fails_on_drift(repo, capsys):
     assert (
         "not in sync" in err and "d2l_ext/toy.py differs" in err and "+        return X * self.k + 1" in err
     )
-    assert "return X * self.k + 1" not in (repo / "d2l_ext" / "toy.py").read_text()  # check writes nothing
-
-
-def test_refuses_to_overwrite_a_hand_written_module(repo, capsys):
-    hand = repo / "d2l_ext" / "toy.py"
-    hand.write_text("# my own code\n")
-    assert export.main([]) == 1
-    assert hand.read_text() == "# my own code\n"
-    assert "hand-written" in capsys.readouterr().err
-
-
-def test_stale_generated_module_is_reported(repo, capsys):
-    assert export.main([]) == 0
-    (repo / "notebooks" / "07_toy.ipynb").unlink()
-    assert export.main(["--check"]) == 1
-    assert "no notebook saves into it" in capsys.readouterr().err
+    assert "return X * self.k + 1" not in module.read_text()  # check writes nothing
+    (repo / "d2l_ext" / "old.py").write_text(export.HEADER.format(nb="notebooks/06_old.ipynb") + "\n")
+    module.write_text("# my own code\n")
+    assert export.main([]) == 1 and module.read_text() == "# my own code\n"
+    err = capsys.readouterr().err
+    assert "toy.py is hand-written" in err and "old.py is generated but no notebook saves into it" in err
 
 
 def test_unparseable_cell_names_notebook_and_cell(repo):

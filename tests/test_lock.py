@@ -1,10 +1,6 @@
-"""The lock (tools/lock.py): what the project controls, checked without asking the registry.
-
-requirements.txt satisfies pyproject.toml; the venv that `make setup` made (the one running these
-tests) is the lock; binder/requirements.txt is the lock's share for Binder. And a release made after
-the lock, served from a local package folder, changes nothing that `make setup` installs.
-(tests/test_binder.py resolves Binder's file together with Binder's base environment.)
-"""
+"""The lock (tools/lock.py), checked without the registry: requirements.txt satisfies pyproject.toml,
+this venv is the lock, binder/requirements.txt is its share for Binder (test_binder.py resolves it with
+Binder's base), and a release made after the lock changes nothing that `make setup` installs."""
 
 from __future__ import annotations
 
@@ -112,13 +108,10 @@ def test_drift_names_each_difference():
     assert lock.drift(locked, locked) == []
 
 
-@pytest.mark.parametrize("line", ["torch>=2.2", "torch", "a==1,<2", "b @ https://example.org/b.whl"])
-def test_pins_refuse_anything_but_an_exact_pin(line):
-    with pytest.raises(lock.LockError, match="not an exact pin"):
-        lock.pins(f"--extra-index-url {lock.CPU_INDEX}\n# a comment\n{line}\n")
-
-
-def test_pins_follow_markers():
+def test_pins_follow_markers_and_refuse_anything_but_an_exact_pin():
+    for line in ["torch>=2.2", "torch", "a==1,<2", "b @ https://example.org/b.whl"]:
+        with pytest.raises(lock.LockError, match="not an exact pin"):
+            lock.pins(f"--extra-index-url {lock.CPU_INDEX}\n# a comment\n{line}\n")
     text = "numpy==2.4.6 ; python_full_version < '3.12'\nnumpy==2.5.5 ; python_full_version >= '3.12'\n"
     text += "appnope==1.0.0 ; sys_platform == 'darwin'\n"
     linux = binder_environment()
@@ -146,10 +139,9 @@ def wheel(folder: Path, name: str, version: str) -> Path:
 
 
 def test_setup_installs_the_lock_whatever_is_released(tmp_path):
-    """A newer release of a small locked package, served from a local folder (find-links) as the
-    registry serves a release made after the lock: `make setup`'s script still installs the locked
-    version into a new venv, and there the drift test passes. The new venv sees this venv's packages
-    but that one (through a folder of links), so that the set-up installs only it."""
+    """A newer release of a small locked package, served from a local folder as the registry serves a
+    release made after the lock: tools/setup.sh still installs the locked version into a new venv
+    (which sees this venv's other packages through links), and there the drift test passes."""
     name = "six"
     locked = lock.pins(lock.LOCK.read_text())[name]
     released = tmp_path / "released"

@@ -1,9 +1,6 @@
-"""Every section of every lecture notebook stands alone: after a kernel restart mid-lecture, the
-set-up cells (the code before the first ``##`` section) and the section's own cells run it. Checked
-on the code, in the order it runs; a section that needs what an earlier one trained opens with a
-``restore`` cell (tools/slides.py, rule 1). The closing sections, which gather every section's
-numbers, are exempt. `tools/warm.py --sections` runs every section in a fresh kernel instead.
-"""
+"""Every section of every lecture notebook stands alone after a kernel restart: the set-up cells and
+its own cells (a ``restore`` cell first where it needs an earlier training) bind every name it reads.
+Checked statically; the closing sections are exempt. `tools/warm.py --sections` runs them instead."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""A section that leans hardest on earlier ones runs alone, as after a kernel restart in the lecture:
-section 6 of notebook 01 ("Small batches are noisy") reads the BN-LeNet of section 3 and the
-ghost-batch runs of section 4, which its `restore` cell replays. It runs in a fresh kernel with the
-notebook's set-up cells and nothing else (`tools/warm.py`'s own runner), against the test session's
-run cache (`make test` fills it earlier; run alone, the runs train first, in the ci preset). The
-static check of every section of every notebook is tests/test_sections.py; `python tools/warm.py
---sections` runs them all."""
+"""The section that leans hardest on earlier ones runs alone, as after a kernel restart mid-lecture:
+section 6 of notebook 01 reads the BN-LeNet of section 3 and the ghost-batch runs of section 4, which
+its `restore` cell replays. It runs in a fresh kernel after the set-up cells (`tools/warm.py`'s
+runner) against the test session's run cache (run alone: the runs train first, in the ci preset)."""
 
 import os
 from pathlib import Path

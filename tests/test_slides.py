@@ -2,7 +2,6 @@
 cell skipped and collapsed, every other cell shown, and the checks still where they run."""
 
 import ast
-import copy
 import re
 from pathlib import Path
 
@@ -158,6 +157,13 @@ def test_check_refuses_a_slide_too_long_to_read(toy, capsys):
     assert slides.main([str(toy)]) == 0 and slides.main(["--check", str(toy)]) == 0
 
 
+def test_check_names_a_notebook_whose_metadata_was_never_written(tmp_path, capsys):
+    path = tmp_path / "07_new.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 07 · New")]), path)
+    assert slides.main(["--check", str(path)]) == 1  # it used to end in an AttributeError
+    assert "'slide_type': 'slide'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "source, validation",
     [
@@ -186,17 +192,7 @@ def test_sections_follow_rise_on_skipped_cells_first():
     assert [(s.h, s.v, s.cells, s.fragments) for s in slides.sections(nb)] == [
         (0, 0, [0, 1, 2, 3, 4], 1), (0, 1, [5, 6], 0), (1, 0, [7], 0)
     ]  # fmt: skip
-    assert slides.steps(copy.deepcopy(nb)) == 4
-
-
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
-def test_the_title_opens_the_notebook_and_exercises_and_references_close_it(nb):
-    cells = read(nb).cells
-    assert len({c.id for c in cells}) == len(cells), "cell ids name the cells: they must be unique"
-    levels = [slides.heading_level(c) for c in cells]  # with the rules, every "##" opens a slide
-    assert levels[0] == 1 and 1 not in levels[1:], "one title, the first cell"
-    # The lecture ends with exercises and references, a slide each.
-    assert [c.source.split("\n")[0] for c in cells[-2:]] == ["## Exercises", "## References"]
+    assert slides.steps(nb) == 4
 
 
 def asserts(source: str) -> bool:
@@ -217,13 +213,17 @@ def guarded(test: ast.expr) -> bool:
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
-def test_the_checks_still_run_where_they_did(nb):
-    """Each check stands right after the code it checks and runs in every runner: no tag, magic or
-    comment keeps it from running, and each validation cell checks something: it asserts, raises a
-    clear error where it validates arguments, or defines an oracle's helper. A restore cell stands
-    right after its section's heading (or another restore cell) and does its work only where a name
-    is missing: ``if "name" not in globals():``, optionally ``or`` a test of its value."""
+def test_the_lecture_layout_and_the_checks_still_run_where_they_did(nb):
+    """One title, first; exercises and references last; unique cell ids. Each check stands right
+    after the code it checks and runs in every runner (no tag, magic or comment stops it), and each
+    validation cell checks something: it asserts, raises a clear error, or defines an oracle's helper.
+    A restore cell stands right after its section's heading (or another restore cell) and works only
+    where a name is missing: ``if "name" not in globals():``, optionally ``or`` a test of its value."""
     cells = read(nb).cells
+    assert len({c.id for c in cells}) == len(cells), "cell ids name the cells: they must be unique"
+    levels = [slides.heading_level(c) for c in cells]  # with the rules, every "##" opens a slide
+    assert levels[0] == 1 and 1 not in levels[1:], "one title, the first cell"
+    assert [c.source.split("\n")[0] for c in cells[-2:]] == ["## Exercises", "## References"]
     assert any(map(slides.is_validation, cells)), f"{nb.name} has no validation cell"
     for n, cell in enumerate(cells):
         where = f"{nb.name}, cell {n + 1} (id {cell.id})"

@@ -1,16 +1,11 @@
 #!/usr/bin/env python3
-"""Generate the students' exercise notebooks from the instructor's solutions, or check them.
+"""Generate the students' exercise notebooks from the instructor's solutions (``make exercises``).
 
-``otter assign`` turns ``solutions/NN_topic.ipynb`` into ``exercises/NN_topic.ipynb``, whose init
-cell gets ``tests_dir="tests/NN_topic"`` (a kernel starts in the notebook's folder), and its checks
-``exercises/tests/NN_topic/exK.py``; then the files get what the pre-commit hooks would give them
-(nbstripout, ruff), so ``--check`` compares bytes. An exercise is a Markdown cell: a heading
-``Exercise N``, the lecture notebook's text, and ``Checked: yes`` (question ``exN`` has tests) or
-``Checked: no`` (a model answer).
-
-    python tools/exercises.py           # write exercises/ from solutions/
-    python tools/exercises.py --check   # exit 1, naming every file that differs
-    python tools/exercises.py --count   # checked and model-answer exercises per notebook (Markdown)
+``otter assign`` turns ``solutions/NN_topic.ipynb`` into ``exercises/NN_topic.ipynb`` (its checks in
+``exercises/tests/NN_topic/exK.py``), which then get what the pre-commit hooks would give them, so
+that ``--check`` compares bytes; ``--count`` prints the checked and model-answer exercises per
+notebook. An exercise is a Markdown cell: a heading ``Exercise N``, the lecture notebook's text, and
+``Checked: yes`` (question ``exN`` has tests) or ``Checked: no`` (a model answer).
 """
 
 from __future__ import annotations
@@ -34,9 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS, EXERCISES = ROOT / "solutions", ROOT / "exercises"
 NAME = re.compile(r"^\d\d_[a-z][a-z0-9_]*\.ipynb$")
 RUFF = Path(sys.executable).parent / "ruff"  # the venv's, which the pre-commit hooks use
-
-# The checks run in the student's notebook: nothing for Gradescope (no autograder zip, which carries
-# a timestamp), no PDF, no export cell; otter's own run of the tests is off since nbval runs them.
+# The checks run in the student's notebook: no autograder zip (it carries a timestamp), no PDF, no
+# export cell; otter's own run of the tests is off since nbval runs them.
 OFF = ["check_all_cell", "export_cell", "generate", "run_tests", "solutions_pdf", "template_pdf"]
 REQUIRED_CONFIG = {
     "init_cell": True,
@@ -44,7 +38,6 @@ REQUIRED_CONFIG = {
     "tests": {"files": True, "ok_format": False},
 }
 OPTIONAL_CONFIG = {"name", "show_question_points"}
-
 CONFIG = re.compile(r"#\s+assignment\s+config", re.I)
 EXERCISE = re.compile(r"^\s*(?:#{1,6}\s*)?[*_]*Exercise\s+(\d+)\b[*_.:]*\s*$", re.I)
 CHECKED = re.compile(r"^\W*Checked\W*\s*(yes|no)\b", re.I)
@@ -165,8 +158,10 @@ def generate(source: Path) -> dict[Path, bytes]:
                 raise ExerciseError(f"{_rel(source)}: otter assign failed: {e}\n{err.getvalue()}") from e
         student = Path(tmp, "student")
         nb = nbformat.read(student / source.name, as_version=nbformat.NO_CONVERT)
-        for cell in nb.cells:  # each notebook's checks in a folder of their own
-            init = f'otter.Notebook("{source.name}"'
+        init = f'otter.Notebook("{source.name}"'
+        for (
+            cell
+        ) in nb.cells:  # each notebook's checks in a folder of their own (a kernel starts in its folder)
             cell.source = cell.source.replace(init, f'{init}, tests_dir="tests/{source.stem}"')
         nb = nbstripout.strip_output(
             nb, keep_output=False, keep_count=False, keep_id=False, extra_keys=STRIP_KEYS
@@ -257,12 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
+    if args.check and errors:
+        errors.append("Run `python tools/exercises.py` (make exercises), then commit exercises/.")
     if errors:
         print("\n".join(errors), file=sys.stderr)
-        if args.check:
-            print(
-                "Run `python tools/exercises.py` (make exercises), then commit exercises/.", file=sys.stderr
-            )
         return 1
     if not changes:
         print(f"{_rel(EXERCISES)} is in sync with {_rel(SOLUTIONS)}.")

@@ -1,13 +1,12 @@
 #!/usr/bin/env python3
-"""Write the notebooks' ``#@save`` definitions into ``d2l_ext``, or check (``--check``) that they are.
+"""Write the notebooks' ``#@save`` definitions into ``d2l_ext`` (``make export``), or check them.
 
-As in d2l, a trailing ``#@save`` (``# @save`` after ruff) on a top-level definition's header or
-decorator saves the definition, on an import or assignment the statement. ``notebooks/NN_topic.ipynb``
-becomes ``d2l_ext/topic.py``: a generated header (a module without it is never overwritten),
-``__all__``, and above each definition a comment naming its cell (from 1, markdown included). A
-function saved with ``@add_to_class(C)``, ``C`` a class saved earlier, becomes a method at the end of
-``C``'s body unless that changes its meaning: ``C`` decorated or on one line, another decorator
-outside it, or a ``__private`` name (a class body mangles those).
+As in d2l, ``#@save`` (``# @save`` after ruff) on a top-level definition's header saves the
+definition, on an import or assignment the statement: ``notebooks/NN_topic.ipynb`` becomes
+``d2l_ext/topic.py``, with a generated header (a module without it is never overwritten), ``__all__``
+and a comment naming each definition's cell. A function saved with ``@add_to_class(C)``, ``C`` a
+class saved earlier, becomes a method at the end of ``C``'s body unless that would change its
+meaning: ``C`` decorated or on one line, or a ``__private`` name (a class body mangles those).
 """
 
 from __future__ import annotations
@@ -20,38 +19,35 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK = re.compile(r"\s*#\s*@save\s*$")
-# Two lines, so that the header stays within the line length that ruff checks.
 HEADER = (
     "# Generated from {nb} by tools/export.py.\n# Do not edit: change the notebook and run `make export`."
 )
 NAME = re.compile(r"^\d\d_(?P<topic>[a-z][a-z0-9_]*)\.ipynb$")
+PRIVATE = re.compile(r"\b__(?!\w*__\b)\w")  # a name a class body would mangle
 INDENT = "    "
 
 
-@dataclass
-class Chunk:
+class Chunk(NamedTuple):
     """One saved top-level statement: its cell (from 1), its lines without the marks, parsed."""
 
     cell: int
     lines: list[str]
     node: ast.stmt
-    methods: list[Chunk] = field(default_factory=list)  # add_to_class functions moved into it
 
 
 def saved_chunks(notebook: Path) -> list[Chunk]:
     """The saved top-level statements of ``notebook``, in notebook order."""
     chunks = []
     for n, cell in enumerate(json.loads(notebook.read_text())["cells"], start=1):
-        src = "".join(cell["source"])
-        if cell["cell_type"] != "code" or not any(MARK.search(line) for line in src.splitlines()):
-            continue
         # IPython magics and shell lines become blank lines, so that line numbers stay.
-        lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in src.splitlines()]
+        lines = ["" if s.lstrip().startswith(("%", "!")) else s for s in "".join(cell["source"]).splitlines()]
+        if cell["cell_type"] != "code" or not any(map(MARK.search, lines)):
+            continue
         try:
             tree = ast.parse("\n".join(lines))
         except SyntaxError as e:
@@ -62,9 +58,9 @@ def saved_chunks(notebook: Path) -> list[Chunk]:
             first = min([d.lineno for d in getattr(node, "decorator_list", [])] + [node.lineno])
             body = getattr(node, "body", None)
             header_end = max(node.lineno, body[0].lineno - 1) if body else node.lineno
-            header = lines[first - 1 : header_end]
-            if any(MARK.search(line) for line in header):
-                text = [MARK.sub("", line) for line in header] + lines[header_end : node.end_lineno]
+            if any(map(MARK.search, lines[first - 1 : header_end])):
+                header = [MARK.sub("", s) for s in lines[first - 1 : header_end]]
+                text = header + lines[header_end : node.end_lineno]
                 chunks.append(Chunk(n, text, ast.parse("\n".join(text)).body[0]))
     return chunks
 
@@ -77,19 +73,10 @@ def add_to_class_target(node: ast.stmt) -> str | None:
     return m and m[2]
 
 
-def _uses_private_names(node: ast.AST) -> bool:
-    """Whether ``node`` names a ``__private`` identifier, which a class body would mangle."""
-    for n in ast.walk(node):
-        names = [getattr(n, a, None) for a in ("id", "attr", "arg", "name", "asname")]
-        names += getattr(n, "names", [])  # global and nonlocal
-        if any(isinstance(s, str) and s.startswith("__") and not s.endswith("__") for s in names):
-            return True
-    return False
-
-
 def _as_method(chunk: Chunk, marker: str) -> list[str]:
-    """The function of ``chunk`` without its add_to_class decorator, indented as a method."""
-    node = chunk.node
+    """The function of ``chunk`` without its add_to_class decorator, indented as a method, and with
+    ``super()`` for the ``super(C, self)`` that the book must write outside the class."""
+    node, deco = chunk.node, chunk.node.decorator_list[0]
     defs = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
     docs = [n.body[0].value for n in ast.walk(node) if isinstance(n, defs) and ast.get_docstring(n, False)]
     # Indenting a line inside a multi-line string (a docstring aside) would change its value.
@@ -100,11 +87,8 @@ def _as_method(chunk: Chunk, marker: str) -> list[str]:
         if not any(n is doc for doc in docs)
         for i in range(n.lineno + 1, n.end_lineno + 1)
     }
-    # Outside its class the book must write `super(C, self)`; inside it, `super()` means the same.
     args = node.args.posonlyargs + node.args.args
-    target = add_to_class_target(node)
-    explicit = args and re.compile(rf"\bsuper\(\s*{target}\s*,\s*{args[0].arg}\s*\)")
-    deco = node.decorator_list[0]
+    explicit = args and re.compile(rf"\bsuper\(\s*{add_to_class_target(node)}\s*,\s*{args[0].arg}\s*\)")
     out = [INDENT + marker]
     for i, line in enumerate(chunk.lines, start=1):
         if i in verbatim:
@@ -115,22 +99,22 @@ def _as_method(chunk: Chunk, marker: str) -> list[str]:
     return out
 
 
-def _merge_methods(chunks: list[Chunk]) -> list[Chunk]:
-    """Move each add_to_class function into its class when that keeps its meaning (module doc)."""
-    classes: dict[str, Chunk] = {}
-    kept = []
+def _blocks(chunks: list[Chunk], rel: str) -> list[str]:
+    """Each definition under a comment naming its cell, each add_to_class function moved into its
+    class where that keeps its meaning (module doc)."""
+    blocks, classes = [], {}  # class name -> index of its block
     for chunk in chunks:
-        node = chunk.node
-        target = classes.get(add_to_class_target(node) or "")
-        if target is not None and not _uses_private_names(node):
-            target.methods.append(chunk)
+        node, marker = chunk.node, f"# {rel}, cell {chunk.cell}"
+        target = add_to_class_target(node)
+        if target in classes and not PRIVATE.search("\n".join(chunk.lines)):
+            blocks[classes[target]] += "\n\n" + "\n".join(_as_method(chunk, marker))
             continue
         if isinstance(node, ast.ClassDef):
             classes.pop(node.name, None)
             if not node.decorator_list and node.body[0].lineno != node.lineno:
-                classes[node.name] = chunk
-        kept.append(chunk)
-    return kept
+                classes[node.name] = len(blocks)
+        blocks.append("\n".join([marker, *chunk.lines]))
+    return blocks
 
 
 def bound_names(node: ast.stmt) -> list[str]:
@@ -174,23 +158,16 @@ def generate(notebook: Path) -> str | None:
         (c["source"][0].lstrip("# ").strip() for c in cells if c["cell_type"] == "markdown" and c["source"]),
         notebook.stem,
     )
-    is_import = [isinstance(c.node, ast.Import | ast.ImportFrom) for c in chunks]
-    imports = dict.fromkeys("\n".join(c.lines) for c, i in zip(chunks, is_import) if i)
-    definitions = _merge_methods([c for c, i in zip(chunks, is_import) if not i])
+    imports = [c for c in chunks if isinstance(c.node, ast.Import | ast.ImportFrom)]
+    definitions = [c for c in chunks if not isinstance(c.node, ast.Import | ast.ImportFrom)]
     public = [n for c in definitions for n in bound_names(c.node) if not n.startswith("_")]
-    blocks = []
-    for chunk in definitions:
-        lines = [f"# {rel}, cell {chunk.cell}", *chunk.lines]
-        for method in chunk.methods:
-            lines += ["", *_as_method(method, f"# {rel}, cell {method.cell}")]
-        blocks.append("\n".join(lines))
     parts = [
         HEADER.format(nb=rel),
         f'"""{title}\n\nThe definitions saved from {rel}; the comment above each names its cell\n'
         '(counted from 1, markdown cells included).\n"""',
-        "\n".join(imports),
+        "\n".join(dict.fromkeys("\n".join(c.lines) for c in imports)),
         f"__all__ = {list(dict.fromkeys(public))!r}",
-        *blocks,
+        *_blocks(definitions, rel),
     ]
     return _ruff("\n\n\n".join(p for p in parts if p) + "\n", module_of(notebook))
 
@@ -208,24 +185,24 @@ def main(argv: list[str] | None = None) -> int:
         if not NAME.match(nb.name):
             print(f"skipping {nb.name}: notebooks are named NN_topic.ipynb", file=sys.stderr)
             continue
-        text = generate(nb)
-        if text is None:
+        if (text := generate(nb)) is None:
             continue
         module = module_of(nb)
         wanted.add(module)
-        name, source = module.relative_to(ROOT).as_posix(), nb.relative_to(ROOT).as_posix()
-        old = module.read_text() if module.exists() else ""
+        name, old = module.relative_to(ROOT).as_posix(), module.read_text() if module.exists() else ""
         if module.exists() and not is_generated(module):
-            rename = f"rename {nb.name} or that module, it will not be overwritten"
-            problems.append(f"{name} is hand-written (no generated header); {rename}.")
+            problems.append(
+                f"{name} is hand-written (no generated header); rename {nb.name} or that module, "
+                "it will not be overwritten."
+            )
         elif old != text and check:
             diff = difflib.unified_diff(
                 old.splitlines(True), text.splitlines(True), name, f"{name} (from {nb.name})"
             )
-            problems.append(f"{name} differs from what {source} generates:\n{''.join(diff)}")
+            problems.append(f"{name} differs from what notebooks/{nb.name} generates:\n{''.join(diff)}")
         elif old != text:
             module.write_text(text)
-            print(f"wrote {name} from {source}")
+            print(f"wrote {name} from notebooks/{nb.name}")
     problems += [
         f"{m.relative_to(ROOT)} is generated but no notebook saves into it any more; delete it."
         for m in sorted((ROOT / "d2l_ext").glob("*.py"))

@@ -1,11 +1,9 @@
 #!/usr/bin/env python3
 """The lock: the exact versions `make setup` installs and Binder's image holds, resolved by uv.
 
-``make lock`` writes requirements.txt, uv's universal resolution of pyproject.toml (with its lab,
-test and site extras) and requirements.in for Python 3.11 and newer, its header naming the date
-after which no release was considered; and binder/requirements.txt, its share for Binder's Linux and
-Python (binder/runtime.txt), torch from PyTorch's CPU index. ``--sync`` (make setup) removes what
-the lock does not name from this environment and checks that it is the lock.
+``make lock`` writes requirements.txt (pyproject.toml with its extras and requirements.in, for every
+platform and Python 3.11+, as of the date in its header) and binder/requirements.txt, its share for
+Binder (torch from PyTorch's CPU index). ``--sync`` (make setup) makes this environment the lock.
 """
 
 from __future__ import annotations
@@ -64,14 +62,13 @@ class LockError(Exception):
 
 
 def binder_base() -> dict[str, str]:
-    """``name -> version`` of ``python`` and the Python packages (PyPI names) of repo2docker's base
-    environment for binder/runtime.txt's Python: what Binder's image holds before our file."""
+    """``name -> version`` of ``python`` and the Python packages (PyPI names) that Binder's image
+    holds before our file: repo2docker's base environment for binder/runtime.txt's Python."""
     runtime = ROOT / "binder" / "runtime.txt"
     m = re.fullmatch(r"python-(\d+\.\d+)", runtime.read_text().strip())
     if not m:
         raise LockError(f"{runtime} should read python-X.Y (e.g. python-3.11), not {runtime.read_text()!r}.")
-    spec = importlib.util.find_spec("repo2docker")
-    if spec is None:
+    if (spec := importlib.util.find_spec("repo2docker")) is None:
         raise LockError("repo2docker is not installed: run `make setup` (it comes with the test tools).")
     conda = Path(spec.origin).parent / "buildpacks" / "conda" / f"environment.py-{m[1]}-linux-64.lock"
     if not conda.exists():
@@ -107,7 +104,7 @@ def pins(text: str, environment: dict[str, str] | None = None) -> dict[str, str]
 def installed() -> dict[str, str]:
     """``name -> version`` of every distribution this interpreter sees, but d2l and this package."""
     found = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
-    return {n: v for n, v in found.items() if n not in NOT_LOCKED}
+    return {name: version for name, version in found.items() if name not in NOT_LOCKED}
 
 
 def drift(locked: dict[str, str], have: dict[str, str]) -> list[str]:
@@ -135,10 +132,8 @@ def uv(*args: str) -> str:
 
 
 def binder_conflicts(binder: str, newer: str) -> str:
-    """Why Binder's image would be broken after pip installs the requirements text ``binder`` over its
-    base environment, or "". pip leaves the rest of the base as it is, with only a warning where that
-    breaks a package, so uv must find all of it consistent, needing nothing more (``newer``: the
-    lock's date)."""
+    """Why Binder's image would be broken once pip installs the requirements text ``binder`` over its
+    base environment (pip keeps the rest of the base, warning at most), or ""; ``newer``: the lock's date."""
     base = binder_base()
     pinned = pins(binder)  # no markers: it is resolved for Binder's platform alone
     kept = {name: version for name, version in base.items() if name not in pinned and name != "python"}
@@ -165,8 +160,7 @@ def locked_at() -> str:
 
 
 def lock(now: datetime) -> None:
-    """Write both files from the newest releases uploaded before ``now`` that pyproject.toml and
-    requirements.in allow, and that Binder's base environment accepts."""
+    """Write both files from the newest releases before ``now`` that our inputs and Binder's base allow."""
     newer = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     extras = ["--extra", "lab", "--extra", "test", "--extra", "site"]
     here = ["--universal", "--python-version", "3.11", "--upgrade", "--exclude-newer", newer, "-o", LOCK.name]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare everything the notebooks and tests need, idempotently:
-#   1. the data set: Debian's package dataset-fashion-mnist where apt-get and root are available
-#      (elsewhere d2l_ext downloads it into ~/.cache/d2l_ext on first use);
+#   1. Debian's packages where apt-get and root are available: the data set dataset-fashion-mnist
+#      (elsewhere d2l_ext downloads it into ~/.cache/d2l_ext on first use) and Chromium for the
+#      browser test (elsewhere, point E2E_CHROMIUM at a Chromium binary);
 #   2. a virtual environment in $VENV (default .venv) with exactly the versions of the lock,
 #      requirements.txt (`make lock` writes it with uv), then d2l and this package without their
 #      dependencies (d2l's exact pins break Python 3.12; what it imports is in the lock);
@@ -15,37 +16,34 @@ D2L_SPEC="d2l==1.0.3"
 
 say() { printf '[setup] %s\n' "$*"; }
 
-# 1. Data set: the Debian package, unless it is there or the user points elsewhere.
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -z "${FASHION_MNIST_DIR:-}" ]; then
-  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    say "installing the Debian package dataset-fashion-mnist"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
-  elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then
-    say "installing the Debian package dataset-fashion-mnist (sudo)"
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
-  else
-    say "no root for apt-get: Fashion-MNIST will be downloaded into ~/.cache/d2l_ext on first use"
+# apt_install WHAT ELSEWHERE ARG...: apt-get install ARG... as root or with sudo; without either,
+# say what happens ELSEWHERE.
+apt_install() {
+  local what=$1 elsewhere=$2 sudo=()
+  shift 2
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  if ! command -v apt-get >/dev/null || { [ ${#sudo[@]} = 1 ] && ! sudo -n true 2>/dev/null; }; then
+    say "$elsewhere"
+    return
   fi
-fi
+  say "installing $what from Debian${sudo:+ (sudo)}"
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
 
-# --- browser for the JupyterLab end-to-end test (tests/test_lab_e2e.py) ---------------------------
-# Debian's Chromium, driven headless by Playwright; Playwright's own browser download is not used.
-# Elsewhere, point E2E_CHROMIUM at a Chromium binary.
-if [ ! -x /usr/bin/chromium ] && [ -z "${E2E_CHROMIUM:-}" ]; then
-  browser_pkgs="chromium chromium-driver fonts-liberation"
-  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    say "installing Debian's $browser_pkgs for the browser test"
-    # shellcheck disable=SC2086  # a list of packages
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $browser_pkgs >/dev/null
-  elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then
-    say "installing Debian's $browser_pkgs for the browser test (sudo)"
-    # shellcheck disable=SC2086
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $browser_pkgs >/dev/null
-  else
-    say "no /usr/bin/chromium and no root for apt-get: the browser test needs E2E_CHROMIUM=<chromium binary>"
-  fi
+# 1. The data set and the browser, unless they are there or the user points elsewhere.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -z "${FASHION_MNIST_DIR:-}" ]; then
+  apt_install "the data set, dataset-fashion-mnist" \
+    "no root for apt-get: Fashion-MNIST will be downloaded into ~/.cache/d2l_ext on first use" \
+    dataset-fashion-mnist
 fi
-# --- end of the browser block ----------------------------------------------------------------------
+if [ ! -x /usr/bin/chromium ] && [ -z "${E2E_CHROMIUM:-}" ]; then
+  # Debian's Chromium, driven headless by Playwright (tests/test_lab_e2e.py); Playwright's own browser
+  # download is not used.
+  apt_install "Chromium for the browser test" \
+    "no /usr/bin/chromium and no root for apt-get: the browser test needs E2E_CHROMIUM=<chromium binary>" \
+    --no-install-recommends chromium chromium-driver fonts-liberation
+fi
 
 # 2. Virtual environment: the lock, whatever has been released since; a stamp of the inputs skips
 #    this when nothing changed.

@@ -1,13 +1,8 @@
 #!/usr/bin/env python3
-"""The lecture's notebooks as a static website (Jupyter Book 1), and README.md's Binder badge.
-
-    python tools/site.py build    # execute every notebook (preset in force, demo when unset) into build/html
-    python tools/site.py badge    # write README.md's Binder badge from site/_config.yml
-
-site/_config.yml's ``repository:`` and ``binderhub_url`` give every Binder link. ``build`` lays the
-book out as the repository is (site/'s pages on top, notebooks/ beside them), with README.md's
-opening on the landing page and the tables made from benchmarks/results/; a cell's error or any
-Sphinx warning fails it.
+"""The course website (Jupyter Book 1): ``build`` executes every notebook under the preset in force
+(demo when unset) into build/html; ``badge`` writes README.md's Binder badge. site/_config.yml gives
+every Binder link; the landing page opens with README.md's, the measured tables come from
+benchmarks/results/, and a cell's error or any Sphinx warning fails the build.
 """
 
 from __future__ import annotations
@@ -31,11 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from d2l_ext.presets import EXPERIMENTS, PRESETS, experiment  # noqa: E402
 
-SITE = ROOT / "site"
-README = ROOT / "README.md"
-RESULTS = ROOT / "benchmarks" / "results"
-OUT = ROOT / "build" / "html"
-WORK = ROOT / "build" / "site"
+SITE, README, RESULTS = ROOT / "site", ROOT / "README.md", ROOT / "benchmarks" / "results"
+OUT, WORK = ROOT / "build" / "html", ROOT / "build" / "site"
 # README.md's badge: the one line that is a Binder badge image linking to a launch.
 BADGE = re.compile(r"^\[!\[Binder\]\([^)]*\)\]\([^)]*\)[ \t]*$", re.M)
 READ_ME_OPENING = "{readme-opening}"
@@ -67,10 +59,9 @@ class Repository:
 
 
 def config(site: Path = SITE) -> dict:
-    path = site / "_config.yml"
-    if not path.exists():
-        raise SiteError(f"{path} is missing: the site's settings live there.")
-    return yaml.safe_load(path.read_text())
+    if not (site / "_config.yml").exists():
+        raise SiteError(f"{site / '_config.yml'} is missing: the site's settings live there.")
+    return yaml.safe_load((site / "_config.yml").read_text())
 
 
 def repository(site: Path = SITE) -> Repository:
@@ -94,20 +85,18 @@ def repository(site: Path = SITE) -> Repository:
             not str(repo.get("path_to_book", "")).strip("/")
         ),
     }
-    for message, ok in checks.items():
-        if not ok:
-            raise SiteError(f"site/_config.yml: {message}")
+    if wrong := [message for message, ok in checks.items() if not ok]:
+        raise SiteError(f"site/_config.yml: {wrong[0]}")
     return Repository(m[1], m[2], branch, binderhub)
 
 
-def _toc(site: Path, notebooks: bool) -> list[str]:
-    files = [c["file"] for c in yaml.safe_load((site / "_toc.yml").read_text()).get("chapters", [])]
-    return [f for f in files if f.startswith("notebooks/") == notebooks]
+def _toc(site: Path) -> list[str]:
+    return [c["file"] for c in yaml.safe_load((site / "_toc.yml").read_text()).get("chapters", [])]
 
 
 def chapters(site: Path = SITE) -> list[str]:
     """The notebooks of site/_toc.yml, in order, as paths from the repository's root."""
-    files = [f"{file}.ipynb" for file in _toc(site, notebooks=True)]
+    files = [f"{file}.ipynb" for file in _toc(site) if file.startswith("notebooks/")]
     notebooks = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "notebooks").glob("*.ipynb"))
     if files != notebooks:
         raise SiteError(
@@ -119,7 +108,7 @@ def chapters(site: Path = SITE) -> list[str]:
 
 def pages(site: Path = SITE) -> list[str]:
     """The file names of site/_toc.yml's pages that are not notebooks (the landing page aside)."""
-    return [f"{file}.md" for file in _toc(site, notebooks=False)]
+    return [f"{file}.md" for file in _toc(site) if not file.startswith("notebooks/")]
 
 
 def readme_opening(readme: str, repo: Repository) -> str:
@@ -159,27 +148,22 @@ def page(text: str, notebooks: list[str]) -> str:
     ]
     for stem in stems:
         c, w = cold["notebooks"].get(f"{stem}.ipynb"), warm["notebooks"].get(f"{stem}.ipynb")
-        row = (
-            f"{c['seconds']:.0f} s | {w['seconds']:.0f} s | {w['replayed']}"
-            if c and w
-            else "not measured yet | |"
-        )
-        times.append(f"| {stem} | {row} |")
+        row = f"{c['seconds']:.0f} s | {w['seconds']:.0f} s | {w['replayed']}" if c and w else ""
+        times.append(f"| {stem} | {row or 'not measured yet | |'} |")
     if before:
         took = ", ".join(f"{Path(n).stem} {b['seconds']:.0f} s" for n, b in before["notebooks"].items())
         times += [
             "",
             f"Before instructor mode (commit {before['commit']}), measured the same way: {took} cold.",
         ]
-    numbers = " / ".join(stem[:2] for stem in stems)
     walks = [
-        f"| walk | peak, server and kernels | per notebook (with the server): {numbers} | measured |",
+        f"| walk | peak, server and kernels | per notebook (with the server): "
+        f"{' / '.join(stem[:2] for stem in stems)} | measured |",
         "|---|---:|---|---|",
     ]
     for r in (records[k] for k in ("binder_walk_ci", "binder_walk_demo") if k in records):
-        each = " / ".join(
-            f"{r['peak_mb_by_step'][s]:,}" if s in r["peak_mb_by_step"] else "not measured yet" for s in stems
-        )
+        steps = r["peak_mb_by_step"]
+        each = " / ".join(f"{steps[s]:,}" if s in steps else "not measured yet" for s in stems)
         walks.append(
             f"| `{r['preset']}` preset | {r['peak_mb']:,} MB | {each} MB | {r['date']}, {r['machine']} |"
         )
@@ -198,10 +182,10 @@ def badge_problems(readme: str, repo: Repository, first: str) -> list[str]:
 
 def write_badge() -> int:
     repo, first, readme = repository(), chapters()[0], README.read_text()
-    if problems := badge_problems(readme, repo, first):
-        if len(BADGE.findall(readme)) != 1:
-            print(*problems, file=sys.stderr)
-            return 1
+    if len(BADGE.findall(readme)) != 1:
+        print(*badge_problems(readme, repo, first), file=sys.stderr)
+        return 1
+    if badge_problems(readme, repo, first):
         README.write_text(BADGE.sub(lambda _: repo.badge(first), readme))
     print(f"README.md's Binder badge launches {first} from site/_config.yml's {repo.url}, {repo.branch}")
     return 0
@@ -218,8 +202,7 @@ def cell_timeout(name: str) -> int:
 def stage(src: Path, name: str) -> None:
     """The book's sources in ``src``: site/ with the landing page and tables made, and the notebooks."""
     repo, notebooks, cfg = repository(), chapters(), config()
-    if src.exists():
-        shutil.rmtree(src)
+    shutil.rmtree(src, ignore_errors=True)
     src.mkdir(parents=True)
     cfg["execute"]["timeout"] = cell_timeout(name)
     (src / "_config.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -237,24 +220,23 @@ def stage(src: Path, name: str) -> None:
 def build(out: Path = OUT, work: Path = WORK) -> Path:
     """Execute the notebooks and write the site to ``out``; returns the landing page."""
     name = os.environ.get("D2L_EXT_PRESET", "").strip().lower() or "demo"  # not full on a GPU
+    src, built = work / "src", work / "_build"
     if name not in PRESETS:
         raise SiteError(f"D2L_EXT_PRESET={name!r} is not a preset; use one of {', '.join(PRESETS)}.")
     if out.exists() and any(out.iterdir()) and not (out / ".buildinfo").exists():
         raise SiteError(
             f"{out} is not a site that Sphinx built, and building would replace it: give --out a new folder."
         )
-    src, built = work / "src", work / "_build"
     if (src.exists() or built.exists()) and not (src / "_toc.yml").exists():
         raise SiteError(
             f"{work} holds a src/ or _build/ that this tool did not make: give --work a new folder."
         )
-    os.environ["D2L_EXT_PRESET"] = name  # the kernels inherit it
-    if built.exists():  # what an earlier build executed must not count
-        shutil.rmtree(built)
-    stage(src, name)
     jb = Path(sys.executable).with_name("jb")
     if not jb.exists():
         raise SiteError(f"{jb} is missing: install the site tools, `pip install -e '.[site]'`.")
+    os.environ["D2L_EXT_PRESET"] = name  # the kernels inherit it
+    shutil.rmtree(built, ignore_errors=True)  # what an earlier build executed must not count
+    stage(src, name)
     print(f"Building the site in the {name} preset (cells may run {cell_timeout(name)} s) ...", flush=True)
     start = time.monotonic()
     run = subprocess.run([jb, "build", src, "--path-output", work, "--all", "-W", "--keep-going"], cwd=ROOT)
@@ -266,12 +248,10 @@ def build(out: Path = OUT, work: Path = WORK) -> Path:
         if o.get("output_type") == "error"
     ]
     if run.returncode != 0 or errors:
-        reports = sorted((built / "html" / "reports").rglob("*.log"))
-        raise SiteError(
-            "the site did not build: "
-            + "; ".join(errors or ["see the warnings above"])
-            + "".join(f"\n  the cell's traceback: {r}" for r in reports)
+        reports = "".join(
+            f"\n  the cell's traceback: {r}" for r in sorted((built / "html" / "reports").rglob("*.log"))
         )
+        raise SiteError(f"the site did not build: {'; '.join(errors or ['see the warnings above'])}{reports}")
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,10 @@
 """Run the lecture notebooks, each top to bottom in a fresh kernel: ``make warm``, ``make memory``.
 
-Each training stores its run in the run cache (d2l_ext/runs.py) under the key the lecture asks for,
-so that the lecture replays it. ``--sections`` then runs each ``##`` section alone after the set-up
-cells, as after a restart mid-lecture. ``--memory`` measures each kernel's peak resident memory
-(``VmHWM``, or the sampled RSS of the kernel and its children if higher) and the Binder estimate
-(less the resident pages of PyTorch's CUDA libraries: Binder installs the CPU-only build), and fails
-above ``--limit-mb``. ``--record`` writes what it measured as JSON (as in benchmarks/results/).
+Each training stores its run in the run cache (d2l_ext/runs.py), so that the lecture replays it.
+``--sections`` then runs each ``##`` section alone after the set-up cells, as after a restart
+mid-lecture. ``--memory`` measures each kernel's peak resident memory and the Binder estimate (less
+PyTorch's CUDA libraries: Binder installs the CPU-only build), failing above ``--limit-mb``.
+``--record`` writes what it measured as JSON (as in benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -54,36 +53,38 @@ def cuda_library_rss(pid: int) -> int:
 
 def execute(nb, notebook: Path, timeout: int, memory: dict | None = None) -> float:
     """Run ``nb`` in a fresh kernel started in ``notebook``'s folder; the seconds it took. With a
-    ``memory`` dict, fill in the kernel's ``peak`` and ``cuda_libs`` bytes and the ``binder`` estimate."""
+    ``memory`` dict, fill in the kernel's ``peak`` (its ``VmHWM``, or the sampled RSS of it and its
+    children such as data-loader workers, if higher), its ``cuda_libs`` and the ``binder`` estimate."""
     path = {"metadata": {"path": str(notebook.parent)}}
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources=path)
-    start, done, peak = time.perf_counter(), threading.Event(), [0]
-    # nbclient's own run where memory is not measured: the cell-by-cell loop below hung once in
-    # tests/test_sections_run.py (the kernel idle, the client waiting), where execute() had not.
-    if memory is None:
-        client.execute()
-        return time.perf_counter() - start
-    with client.setup_kernel():
+    done, sampled = threading.Event(), [0]
+
+    def sample(kernel: psutil.Process) -> None:
+        while not done.wait(0.1):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                tree = [kernel, *kernel.children(recursive=True)]
+                sampled[0] = max(sampled[0], sum(p.memory_info().rss for p in tree))
+
+    def measure(**_) -> None:  # at the start and after each cell, while the kernel lives
+        pid = client.km.provisioner.pid
+        status = Path(f"/proc/{pid}/status").read_text()
+        peak = max(int(re.search(r"^VmHWM:\s+(\d+)", status, re.M)[1]) * 1024, sampled[0])
+        if peak > memory.get("peak", -1):  # smaps is slow to read: only when the peak grows
+            memory.update(peak=peak, cuda_libs=cuda_library_rss(pid))
+            memory["binder"] = peak - memory["cuda_libs"]
+
+    def watch(**_) -> None:
         kernel = psutil.Process(client.km.provisioner.pid)
+        threading.Thread(target=sample, args=(kernel,), daemon=True).start()
+        measure()
 
-        def sample() -> None:  # the kernel and its children, e.g. data-loader workers
-            while not done.wait(0.1):
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    tree = [kernel, *kernel.children(recursive=True)]
-                    peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            for index, cell in enumerate(nb.cells):
-                client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
-        finally:
-            done.set()
-            sampler.join()
-            status = Path(f"/proc/{kernel.pid}/status").read_text()
-            high_water_mark = int(re.search(r"^VmHWM:\s+(\d+)", status, re.M)[1]) * 1024
-            memory.update(peak=max(high_water_mark, peak[0]), cuda_libs=cuda_library_rss(kernel.pid))
-            memory["binder"] = memory["peak"] - memory["cuda_libs"]
+    if memory is not None:
+        client.on_notebook_start, client.on_cell_executed = watch, measure
+    start = time.perf_counter()
+    try:
+        client.execute()
+    finally:
+        done.set()
     return time.perf_counter() - start
 
 
@@ -131,10 +132,9 @@ def run_sections(notebook: Path, timeout: int, record: dict) -> bool:
         try:
             seconds = execute(alone, notebook, timeout)
         except CellExecutionError as e:
-            why = "what does it use that only an earlier section makes?"
             print(
                 f"{notebook.name}, section {title!r}: it fails in a fresh kernel after the set-up cells "
-                f"({why})\n{e}",
+                f"(what does it use that only an earlier section makes?)\n{e}",
                 file=sys.stderr,
             )
             return False
@@ -156,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.preset:
         os.environ["D2L_EXT_PRESET"] = args.preset
     notebooks = args.notebooks or sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    # A bad $D2L_EXT_PRESET or notebook is refused in one line before anything runs.
-    try:
+    try:  # a bad $D2L_EXT_PRESET or notebook is refused in one line before anything runs
         preset, nbs = current_preset(), [read(notebook) for notebook in notebooks]
     except ValueError as e:
         print(e, file=sys.stderr)
