@@ -1,14 +1,7 @@
-"""The course website (`tools/site.py build`, `make html`), built in the ci preset and read in Debian's
-headless Chromium (the ``browser`` fixture of tests/test_lab_e2e.py).
-
-The site is built once, into a temporary folder, executing every notebook (the build's cost); a
-local HTTP server on loopback serves it, and the browser reaches nothing else (the CDNs of MathJax
-and the widget manager are cut off, so nothing here depends on the network). For every page: it
-loads, every image in it loaded, no output is a traceback; every link within the site resolves
-(anchors included); each notebook's page launches that notebook on Binder with the URL that
-site/_config.yml's one setting gives, and links to the notebook file; widgets are stored with their
-state (sliders and the plot they drive), cells tagged ``hide-input`` are collapsed, equations are
-left to MathJax, and the landing page is README.md's opening with the lecture in order.
+"""The course website (`tools/site.py build`, `make html`), built once in the ci preset (executing
+every notebook: the build's cost) and read in Debian's headless Chromium (the ``browser`` fixture of
+tests/test_lab_e2e.py) from a loopback HTTP server; the browser reaches nothing else (the CDNs of
+MathJax and the widget manager are cut off), so nothing here depends on the network.
 """
 
 from __future__ import annotations
@@ -21,7 +14,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,71 +24,49 @@ from pathlib import Path
 import nbformat
 import pytest
 from playwright.sync_api import Browser, Page
-from repo_scripts import script
+from repo_scripts import REPO, script
 from test_lab_e2e import TRACEBACK, WIDGET_REPR, browser  # noqa: F401 (a fixture)
 
-REPO = Path(__file__).resolve().parents[1]
 course_site = script("tools/site.py", "course_site")
 
-# Timeouts (seconds) only guard against a hang. Building the site in the ci preset took 399 to
-# 593 s (about 210 s of CPU, mostly executing the notebooks) on a 2-core CPU loaded with other work
-# (load 6 to 10, OMP_NUM_THREADS=1); a page loads in about a second.
+# Timeouts (seconds) only guard against a hang: the ci build took 399 to 593 s (210 s of CPU) on a
+# 2-core CPU loaded with other work (load 6 to 10); a page loads in about a second.
 BUILD_TIMEOUT, PAGE_TIMEOUT, HTTP_TIMEOUT = 6000, 60, 30
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-
-
-class Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # the test reports what failed, not every request
-        pass
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     """The site, built by `tools/site.py build` in the ci preset into a temporary folder."""
     tmp = tmp_path_factory.mktemp("site")
-    out = tmp / "html"
-    start = time.monotonic()
     run = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "site.py"),
-            "build",
-            "--out",
-            str(out),
-            "--work",
-            str(tmp / "work"),
-        ],
+        [sys.executable, REPO / "tools" / "site.py", "build", "--out", tmp / "html", "--work", tmp / "work"],
         env={**os.environ, "D2L_EXT_PRESET": "ci"},
         capture_output=True,
         text=True,
         timeout=BUILD_TIMEOUT,
     )
     assert run.returncode == 0, f"the site did not build:\n{run.stdout[-6000:]}\n{run.stderr[-6000:]}"
-    print(f"site built in {time.monotonic() - start:.0f} s")
-    return out
+    return tmp / "html"
 
 
 @pytest.fixture(scope="module")
 def site(built) -> Iterator[str]:
     """The base URL of a loopback HTTP server on the built site."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(built)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=built)
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="module")
 def page(browser: Browser, site: str) -> Iterator[Page]:  # noqa: F811 (the imported fixture)
     context = browser.new_context()
-    # Only the site itself: a CDN (MathJax, the widget manager) is cut off, so the verdict is the
-    # same with or without a network.
-    context.route(re.compile(r"^(?!" + re.escape(site) + ")"), lambda route: route.abort())
+    context.route(re.compile(r"^(?!" + re.escape(site) + ")"), lambda route: route.abort())  # only the site
     p = context.new_page()
     p.set_default_timeout(PAGE_TIMEOUT * 1000)
     yield p
@@ -109,11 +79,6 @@ PAGES = ["index.html", "intro.html", *[nb.replace(".ipynb", ".html") for nb in N
 PAGES += [name.replace(".md", ".html") for name in course_site.pages()]  # teaching, speed, development
 
 
-def executed(built: Path, nb: str) -> nbformat.NotebookNode:
-    """The notebook as the build executed it (its outputs are what the page shows)."""
-    return nbformat.read(built.parent / "work" / "_build" / "jupyter_execute" / nb, as_version=4)
-
-
 def visit(page: Page, url: str) -> None:
     response = page.goto(url, wait_until="load")
     assert response is not None and response.status == 200, f"{url}: {response and response.status}"
@@ -121,25 +86,22 @@ def visit(page: Page, url: str) -> None:
         page.wait_for_url("**/intro.html", wait_until="load")
 
 
+def each(page: Page, selector: str, expression: str) -> list:
+    """The JavaScript ``expression`` of each element ``e`` that ``selector`` finds in the page."""
+    return page.eval_on_selector_all(selector, f"els => els.map(e => {expression})")
+
+
 # Cheap checks of the tool itself (no build).
 
 
-def test_toc_is_the_lecture_in_order():
-    assert [Path(nb).stem for nb in NOTEBOOKS] == sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb"))
-    assert NOTEBOOKS[0] == "notebooks/00_fashion_mnist.ipynb"
-
-
-def test_readme_opening_stops_at_the_first_section_and_links_into_the_repository():
+def test_landing_page_has_readme_opening_once():
     readme = (
         "# T\n\n[![Binder](b.svg)](https://x)\n\nSee [the data](d2l_ext/data.py), [x](#a).\n\n## Next\nno\n"
     )
     opening = course_site.readme_opening(readme, REPOSITORY)
-    assert "## Next" not in opening and "no" not in opening.split()
+    assert "## Next" not in opening and "no" not in opening.split()  # it stops at the first section
     assert f"[the data]({REPOSITORY.url}/blob/{REPOSITORY.branch}/d2l_ext/data.py)" in opening
     assert "[x](#a)" in opening and "(https://x)" in opening
-
-
-def test_landing_page_has_readme_opening_once():
     readme = "# T\n\nFirst paragraph.\n\n## Next\n"
     template = "% a comment about {readme-opening}\n{readme-opening}\n\nUnder the {preset} preset.\n"
     page = course_site.landing_page(template, readme, REPOSITORY, "ci")
@@ -155,12 +117,10 @@ def test_cell_timeout_guards_a_hang_only():
 
 
 def test_a_toc_missing_a_notebook_is_refused(tmp_path):
-    site = Path(tmp_path / "site")
-    site.mkdir()
     toc = (REPO / "site" / "_toc.yml").read_text()
-    (site / "_toc.yml").write_text(re.sub(r"(?m)^  - file: notebooks/02_resnet\n", "", toc))
+    (tmp_path / "_toc.yml").write_text(re.sub(r"(?m)^  - file: notebooks/02_resnet\n", "", toc))
     with pytest.raises(course_site.SiteError, match=r"02_resnet.*list every notebook"):
-        course_site.chapters(site)
+        course_site.chapters(tmp_path)
 
 
 def test_build_replaces_only_what_it_made(tmp_path, monkeypatch):
@@ -182,30 +142,19 @@ def test_build_replaces_only_what_it_made(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("path", PAGES)
-def test_page_loads_with_its_images_and_no_traceback(built, site, page, path):
+def test_page_loads_with_its_images_and_no_traceback(site, page, path):
     visit(page, site + path)
-    images = page.eval_on_selector_all("img", "els => els.map(e => [e.src, e.complete, e.naturalWidth])")
+    images = each(page, "img", "[e.src, e.complete, e.naturalWidth]")
     # The one image from elsewhere is README's Binder badge (on the landing page); the browser
     # reaches nothing but the site, so it is not asked to load.
     outside = {src for src, _, _ in images if not src.startswith(site)}
     assert outside <= {REPOSITORY.binderhub + "/badge_logo.svg"}, outside
-    images = [i for i in images if i[0].startswith(site)]
-    broken = [src for src, complete, width in images if not (complete and width > 0)]
+    broken = [src for src, complete, width in images if src.startswith(site) and not (complete and width > 0)]
     assert not broken, f"{path}: images that did not load: {broken}"
-    outputs = "\n".join(page.eval_on_selector_all(".cell_output", "els => els.map(e => e.textContent)"))
+    outputs = "\n".join(each(page, ".cell_output", "e.textContent"))
     assert not TRACEBACK.search(outputs), f"{path}: a traceback in the page"
     assert page.locator(".cell_output .traceback, .output.traceback").count() == 0, path
     assert not WIDGET_REPR.search(outputs), f"{path}: a widget shown as its text repr"
-    if path.startswith("notebooks/"):
-        nb = executed(built, path.replace(".html", ".ipynb"))
-        figures = sum(
-            1
-            for c in nb.cells
-            for o in c.get("outputs", [])
-            if {"image/png", "image/svg+xml"} & set(o.get("data", {}))
-        )
-        # Every figure the notebook drew is an image of the page (widgets' plots live in their state).
-        assert len(images) >= figures, (path, len(images), figures)
 
 
 class Links(html.parser.HTMLParser):
@@ -236,8 +185,8 @@ def fetch(url: str) -> tuple[int, bytes]:
 
 
 def test_every_link_within_the_site_resolves(site):
-    """Every page reachable from the landing page, every href and src in it within the site, and
-    every anchor, followed over HTTP."""
+    """Every page reachable from the landing page, and every href, src and anchor in it that stays
+    within the site, followed over HTTP."""
     status: dict[str, int] = {}
     pages: dict[str, Links] = {}
     todo = [site + "index.html"]
@@ -266,82 +215,57 @@ def test_every_link_within_the_site_resolves(site):
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS)
-def test_notebook_page_launches_binder_from_the_setting_and_links_the_file(site, page, nb):
+def test_notebook_page(built, site, page, nb):
+    """It launches the notebook on Binder from the setting, links its file, shows every figure,
+    collapses the cells tagged ``hide-input`` and stores each widget with its state."""
     visit(page, site + nb.replace(".ipynb", ".html"))
-    hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
+    hrefs = each(page, "a[href]", "e.href")
     binder = [h for h in hrefs if h.startswith(REPOSITORY.binderhub + "/v2/")]
     assert binder == [REPOSITORY.binder_url(nb)], binder
+    assert REPOSITORY.url in hrefs or REPOSITORY.url + "/" in hrefs  # the repository button
     # The download button gives the notebook file: the repository's notebook, cell for cell.
     files = {h for h in hrefs if h.startswith(site) and h.endswith(".ipynb")}
     assert len(files) == 1, files
     status, body = fetch(files.pop())
     assert status == 200
-    served = nbformat.reads(body.decode(), as_version=4)
-    source = nbformat.read(REPO / nb, as_version=4)
-    assert [c.source for c in served.cells] == [c.source for c in source.cells]
-    assert REPOSITORY.url in hrefs or REPOSITORY.url + "/" in hrefs  # the repository button
+    cells = nbformat.read(REPO / nb, as_version=4).cells
+    assert [c.source for c in nbformat.reads(body.decode(), as_version=4).cells] == [c.source for c in cells]
 
+    # The build's outputs: every figure the notebook drew is an image of the page (widgets' plots
+    # live in their state).
+    ran = nbformat.read(built.parent / "work" / "_build" / "jupyter_execute" / nb, as_version=4)
+    outputs = [o.get("data", {}) for c in ran.cells for o in c.get("outputs", [])]
+    figures = sum(bool({"image/png", "image/svg+xml"} & set(data)) for data in outputs)
+    images = [src for src in each(page, "img", "e.src") if src.startswith(site)]
+    assert len(images) >= figures, (len(images), figures)
 
-def test_landing_page_is_readme_opening_with_the_lecture_in_order(site, page):
-    visit(page, site + "intro.html")
-    readme = (REPO / "README.md").read_text()
-    first = re.split(r"\n\n", readme.split("\n## ")[0])[2]  # the paragraph under the badge
+    tagged = sum(c.cell_type == "code" and "hide-input" in c.metadata.get("tags", []) for c in cells)
+    collapsed = page.locator("details.hide.above-input")
+    assert collapsed.count() == tagged, (collapsed.count(), tagged)
+    for i in range(tagged):
+        assert collapsed.nth(i).get_attribute("open") is None
+        assert not collapsed.nth(i).locator(".cell_input").is_visible()
 
-    def words(text: str) -> str:  # as the page shows them: links as their text, smart quotes plain
-        text = re.sub(r"\[([^\]]*)\]\([^)]*\)|[*`]", r"\1", text)
-        return " ".join(text.translate(str.maketrans("\u201c\u201d\u2018\u2019", "\"\"''")).split())
-
-    text = words(page.inner_text("main"))
-    assert words(first) in text
-    hrefs = page.eval_on_selector_all("main a[href]", "els => els.map(e => e.href)")
-    binder = [h for h in hrefs if h.startswith(REPOSITORY.binderhub + "/v2/")]
-    assert binder == [REPOSITORY.binder_url(NOTEBOOKS[0])]  # README's badge, from the setting
-    lecture = [h.removeprefix(site).split("#")[0] for h in hrefs if h.startswith(site + "notebooks/")]
-    assert list(dict.fromkeys(lecture)) == [nb.replace(".ipynb", ".html") for nb in NOTEBOOKS]
-    assert "executed under the ci run preset" in text  # the preset the build ran
-
-
-def widget_views(nb: nbformat.NotebookNode) -> list[str]:
-    """The model ids of the widgets that the executed notebook's cells display."""
-    return [
-        o["data"][WIDGET_VIEW]["model_id"]
-        for c in nb.cells
-        for o in c.get("outputs", [])
-        if WIDGET_VIEW in o.get("data", {})
-    ]
-
-
-def test_widgets_are_stored_with_their_state(built, site, page):
-    """A page shows a widget from its stored state (the widget manager, from a CDN, renders it), so
-    each widget must be there: its view, the models it refers to, its sliders and what its Output
-    showed when the notebook ran (a plot, a table)."""
-    shown = 0
-    for nb in NOTEBOOKS:
-        expected = widget_views(executed(built, nb))
-        visit(page, site + nb.replace(".ipynb", ".html"))
-        views = page.eval_on_selector_all(
-            f'script[type="{WIDGET_VIEW}"]', "els => els.map(e => e.textContent)"
-        )
-        assert [json.loads(v)["model_id"] for v in views] == expected, nb
-        if not expected:
-            continue
-        states = page.eval_on_selector_all(
-            f'script[type="{WIDGET_STATE}"]', "els => els.map(e => e.textContent)"
-        )
-        assert len(states) == 1, (nb, len(states))
-        models = json.loads(states[0])["state"]
-        for model_id in expected:
-            tree = descendants(models, model_id)
-            names = [models[m]["model_name"] for m in tree]
-            assert any(n.endswith("SliderModel") for n in names), (nb, names)
-            outputs = [
-                models[m]["state"].get("outputs", [])
-                for m in tree
-                if models[m]["model_name"] == "OutputModel"
-            ]
-            assert outputs and all(outputs), f"{nb}: a widget without the output it showed: {names}"
-            shown += 1
-    assert shown, "no notebook displayed a widget: the cost explorer of notebook 03 is one"
+    # A page shows a widget from its stored state (the widget manager, from a CDN, renders it), so
+    # each widget must be there: its view, the models it refers to, its sliders and what its Output
+    # showed when the notebook ran (a plot, a table).
+    expected = [data[WIDGET_VIEW]["model_id"] for data in outputs if WIDGET_VIEW in data]
+    if any("ipywidgets" in c.source for c in cells):  # notebook 03's cost explorer
+        assert expected, "the notebook displayed no widget"
+    views = each(page, f'script[type="{WIDGET_VIEW}"]', "e.textContent")
+    assert [json.loads(v)["model_id"] for v in views] == expected
+    if not expected:
+        return
+    (state,) = each(page, f'script[type="{WIDGET_STATE}"]', "e.textContent")
+    models = json.loads(state)["state"]
+    for model_id in expected:
+        tree = descendants(models, model_id)
+        names = [models[m]["model_name"] for m in tree]
+        assert any(n.endswith("SliderModel") for n in names), names
+        shown = [
+            models[m]["state"].get("outputs", []) for m in tree if models[m]["model_name"] == "OutputModel"
+        ]
+        assert shown and all(shown), f"a widget without the output it showed: {names}"
 
 
 def descendants(models: dict, model_id: str) -> list[str]:
@@ -357,23 +281,29 @@ def descendants(models: dict, model_id: str) -> list[str]:
     return [m for m in found if models[m]["model_name"] != "LayoutModel"]
 
 
-def test_hide_input_cells_are_collapsed(built, site, page):
-    for nb in NOTEBOOKS:
-        cells = nbformat.read(REPO / nb, as_version=4).cells
-        tagged = sum(c.cell_type == "code" and "hide-input" in c.metadata.get("tags", []) for c in cells)
-        visit(page, site + nb.replace(".ipynb", ".html"))
-        collapsed = page.locator("details.hide.above-input")
-        assert collapsed.count() == tagged, (nb, collapsed.count(), tagged)
-        for i in range(tagged):
-            assert collapsed.nth(i).get_attribute("open") is None
-            assert not collapsed.nth(i).locator(".cell_input").is_visible()
+def test_landing_page_is_readme_opening_with_the_lecture_in_order(site, page):
+    visit(page, site + "intro.html")
+    readme = (REPO / "README.md").read_text()
+    first = re.split(r"\n\n", readme.split("\n## ")[0])[2]  # the paragraph under the badge
+
+    def words(text: str) -> str:  # as the page shows them: links as their text, smart quotes plain
+        text = re.sub(r"\[([^\]]*)\]\([^)]*\)|[*`]", r"\1", text)
+        return " ".join(text.translate(str.maketrans("\u201c\u201d\u2018\u2019", "\"\"''")).split())
+
+    text = words(page.inner_text("main"))
+    assert words(first) in text
+    hrefs = each(page, "main a[href]", "e.href")
+    binder = [h for h in hrefs if h.startswith(REPOSITORY.binderhub + "/v2/")]
+    assert binder == [REPOSITORY.binder_url(NOTEBOOKS[0])]  # README's badge, from the setting
+    lecture = [h.removeprefix(site).split("#")[0] for h in hrefs if h.startswith(site + "notebooks/")]
+    assert list(dict.fromkeys(lecture)) == [nb.replace(".ipynb", ".html") for nb in NOTEBOOKS]
+    assert "executed under the ci run preset" in text  # the preset the build ran
 
 
 def test_equations_are_left_to_mathjax(site, page):
     visit(page, site + "notebooks/01_batch_norm.html")
     assert page.locator("script[src*='mathjax']").count() == 1
-    math = page.eval_on_selector_all(".math", "els => els.map(e => e.textContent)")
     # MathJax typesets what the page keeps between \( \) and \[ \]: the lecture's BN formula among it.
-    assert any(re.search(r"\\gamma", m) for m in math) and all(re.search(r"\\[(\[]", m) for m in math), math[
-        :5
-    ]
+    math = each(page, ".math", "e.textContent")
+    assert any(re.search(r"\\gamma", m) for m in math), math[:5]
+    assert all(re.search(r"\\[(\[]", m) for m in math), math[:5]
