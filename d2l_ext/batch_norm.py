@@ -208,7 +208,7 @@ class BookBatchNorm(nn.Module):
         return Y
 
 
-# notebooks/01_batch_norm.ipynb, cell 32
+# notebooks/01_batch_norm.ipynb, cell 34
 class BNLeNetScratch(d2l.Classifier):
     """LeNet with batch normalization (Ioffe & Szegedy, 2015) before each sigmoid; our BatchNorm.
 
@@ -229,7 +229,7 @@ class BNLeNetScratch(d2l.Classifier):
         )  # fmt: skip
 
 
-# notebooks/01_batch_norm.ipynb, cell 33
+# notebooks/01_batch_norm.ipynb, cell 35
 class BNLeNet(d2l.Classifier):
     """LeNet with batch normalization (Ioffe & Szegedy, 2015) before each sigmoid; PyTorch's layers.
 
@@ -250,7 +250,7 @@ class BNLeNet(d2l.Classifier):
         )  # fmt: skip
 
 
-# notebooks/01_batch_norm.ipynb, cell 35
+# notebooks/01_batch_norm.ipynb, cell 37
 def unpadded_lenet(**kwargs):
     """The book's LeNet with its first convolution unpadded: BN-LeNet without its BN layers."""
     net = d2l.LeNet(**kwargs)
@@ -258,7 +258,7 @@ def unpadded_lenet(**kwargs):
     return net
 
 
-# notebooks/01_batch_norm.ipynb, cell 110
+# notebooks/01_batch_norm.ipynb, cell 116
 class BNLeNetAfter(d2l.Classifier):
     """BN-LeNet with each batch normalization after its sigmoid instead of before it.
 
@@ -279,7 +279,7 @@ class BNLeNetAfter(d2l.Classifier):
         )  # fmt: skip
 
 
-# notebooks/01_batch_norm.ipynb, cell 115
+# notebooks/01_batch_norm.ipynb, cell 121
 def layer_norm(X, normalized_shape=None, weight=None, bias=None, eps=1e-5):
     """Layer normalization (Ba, Kiros & Hinton, 2016), with ``F.layer_norm``'s arguments.
 
@@ -304,7 +304,7 @@ def layer_norm(X, normalized_shape=None, weight=None, bias=None, eps=1e-5):
     return Y if bias is None else Y + bias
 
 
-# notebooks/01_batch_norm.ipynb, cell 116
+# notebooks/01_batch_norm.ipynb, cell 122
 def _to_shape(normalized_shape) -> tuple[int, ...]:
     """``normalized_shape`` (an int, or a tuple, list or torch.Size of ints) as a tuple of positive ints."""
     shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else normalized_shape
@@ -321,7 +321,7 @@ def _to_shape(normalized_shape) -> tuple[int, ...]:
     return tuple(int(n) for n in shape)
 
 
-# notebooks/01_batch_norm.ipynb, cell 117
+# notebooks/01_batch_norm.ipynb, cell 123
 class LayerNorm(nn.Module):
     """Layer normalization (Ba, Kiros & Hinton, 2016) from scratch; equals nn.LayerNorm.
 
