@@ -1,6 +1,5 @@
 """Measurements and figures of notebook 02 (ResNet)."""
 
-import ipywidgets as widgets
 import torch
 from d2l import torch as d2l
 from torch import nn
@@ -9,7 +8,7 @@ from torch.nn import functional as F
 from d2l_ext.measure import eval_mode
 
 __all__ = [
-    "branch_ratios", "final_loss", "grad_rms_explorer", "init_grad_rms", "plot_function_fits",
+    "branch_ratios", "final_loss", "init_grad_rms", "plot_function_fits",
     "plot_grad_rms", "plot_step_losses", "residual_parts", "shortcut_gradient",
 ]  # fmt: skip
 
@@ -137,18 +136,3 @@ def plot_grad_rms(norms: dict, title: str = ""):
     ax.set(yscale="log", xlabel="convolution (input side first)", ylabel="gradient RMS at init", title=title)
     ax.legend()
     return ax
-
-
-def grad_rms_explorer(nets, widths, X, y, value: int, max_value: int = 9, **kwargs):
-    """A slider for the blocks per stage, redrawing `plot_grad_rms` of `init_grad_rms` for each class in
-    ``nets``; drawn at once, so that the figure shows also where no browser runs."""
-
-    def show(num_residuals):
-        norms = {Net.__name__: init_grad_rms(Net, num_residuals, widths, X, y, **kwargs) for Net in nets}
-        plot_grad_rms(norms, f"{2 * len(widths) * num_residuals + 2} layers")
-        d2l.plt.show()
-
-    slider = widgets.IntSlider(value, 1, max_value, continuous_update=False, description="blocks")
-    explorer = widgets.interactive(show, num_residuals=slider)
-    explorer.update()
-    return explorer

@@ -22,7 +22,6 @@ from d2l_ext.resnet import PlainBlock, PlainNet, PreActResidual, Residual, ResNe
 from d2l_ext.resnet_tools import (
     branch_ratios,
     final_loss,
-    grad_rms_explorer,
     init_grad_rms,
     plot_function_fits,
     plot_grad_rms,
@@ -370,20 +369,6 @@ def test_plot_step_losses_one_panel_per_network_with_window_means(figures):
     assert list(axes[0].lines[0].get_ydata()) == [3.0, 2.0, 1.5]
     assert list(axes[0].lines[0].get_xdata()) == [2, 3, 4]
     assert [line.get_label() for line in axes[0].lines] == ["8 layers", "32 layers"]
-
-
-@pytest.mark.filterwarnings("ignore:FigureCanvasAgg is non-interactive")
-def test_grad_rms_explorer_draws_now_and_on_every_slider_move(figures):
-    X, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
-    explorer = grad_rms_explorer((PlainNet, ResNet), (4, 8), X, y, value=1, max_value=3, **SMALL)
-    slider = explorer.children[0]
-    assert (slider.value, slider.min, slider.max) == (1, 1, 3)
-    ax = matplotlib.pyplot.gcf().axes[0]
-    assert ax.get_title() == "6 layers"  # 2 stages of 1 block: 2 x 2 convolutions, stem, head
-    assert list(ax.lines[0].get_ydata()) == init_grad_rms(PlainNet, 1, (4, 8), X, y, **SMALL)
-    slider.value = 3
-    ax = matplotlib.pyplot.gcf().axes[0]
-    assert ax.get_title() == "14 layers" and len(ax.lines[1].get_ydata()) == 1 + 2 * 3 * 2
 
 
 # -- the measures of residual blocks ----------------------------------------------------------
