@@ -208,7 +208,7 @@ class DenseNet(d2l.Classifier):
         return self.net(X)
 
 
-# notebooks/04_densenet.ipynb, cell 39
+# notebooks/04_densenet.ipynb, cell 41
 def densenet_channels(num_channels: int, growth_rate: int, arch) -> list[tuple[str, int]]:
     """The channel count after the stem, every dense block and every transition of DenseNet."""
     stages = [("b1", num_channels)]

@@ -1,11 +1,14 @@
 """Measurements, figures and tables of notebook 04 (DenseNet)."""
 
+import contextlib
+import os
 from collections.abc import Mapping
 
 import ipywidgets as widgets
 import pandas as pd
 import torch
 from d2l import torch as d2l
+from torch.profiler import ProfilerActivity, profile
 
 from d2l_ext.densenet import DenseNet, densenet_channels
 from d2l_ext.measure import count_flops, num_params
@@ -13,7 +16,7 @@ from d2l_ext.results import load_reference
 
 __all__ = [
     "architecture_table", "densenet_explorer", "densenet_num_params", "format_architecture_table",
-    "plot_connectivity", "reference_architecture_table", "relative_to",
+    "op_time_shares", "plot_connectivity", "reference_architecture_table", "relative_to",
 ]  # fmt: skip
 
 
@@ -137,3 +140,49 @@ def format_architecture_table(table: pd.DataFrame):
     formats |= {"val acc": "{:.1%}"} | {c: "{:.2f}" for c in table.columns if c.startswith("MFLOP/s vs")}
     formats |= {c: "{:+.1%}" for c in table.columns if c.startswith("acc vs")}
     return table.style.format({c: f for c, f in formats.items() if c in table.columns})
+
+
+# What each kind of operation is called in the profile (lower case, a part of the name suffices).
+OP_KINDS = {
+    "convolution": ("conv",),
+    "BN": ("batch_norm",),
+    "ReLU": ("relu", "clamp_min", "threshold"),
+    "pooling": ("pool",),
+    "cat": ("aten::cat",),
+}
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    # The profiler's C++ side writes its start and stop (and, in a CUDA build on a CPU, a device
+    # count error) to the process's stderr, below Python's sys.stderr: only the file descriptor
+    # can be quieted.
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def op_time_shares(net, X: torch.Tensor, y: torch.Tensor, steps: int = 3) -> dict[str, float]:
+    """Each kind of operation's share (`OP_KINDS`, the rest "other") of the self CPU time of
+    ``steps`` forward and backward passes of ``net`` on one thread, and the milliseconds per step."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: shares that a busy second core does not move
+    try:
+        net.loss(net(X), y).backward()  # warm-up: first-call allocations stay out of the profile
+        with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                net.loss(net(X), y).backward()
+    finally:
+        torch.set_num_threads(threads)
+    times = dict.fromkeys([*OP_KINDS, "other"], 0.0)
+    for event in prof.key_averages():  # self time: each microsecond counted once
+        name = event.key.lower()
+        kind = next((k for k, parts in OP_KINDS.items() if any(p in name for p in parts)), "other")
+        times[kind] += event.self_cpu_time_total
+    total = sum(times.values())
+    return {k: t / total for k, t in times.items()} | {"ms per step": total / 1e3 / steps}

@@ -32,6 +32,7 @@ from d2l_ext.densenet_tools import (
     densenet_explorer,
     densenet_num_params,
     format_architecture_table,
+    op_time_shares,
     plot_connectivity,
     reference_architecture_table,
     relative_to,
@@ -378,3 +379,22 @@ def test_the_generated_module_holds_only_lesson_code():
     (densenet,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "DenseNet"]
     methods = [n.name for n in densenet.body if isinstance(n, ast.FunctionDef)]
     assert methods == ["b1", "__init__", "min_input", "forward"]
+
+
+def test_op_time_shares_add_up_find_the_concatenation_and_restore_the_threads(capfd):
+    threads = torch.get_num_threads()
+    y = torch.randint(0, 10, (4,))
+    torch.manual_seed(0)
+    dense, res = DenseNet(8, 4, (2, 2)), ResNet(((1, 8), (1, 16)))
+    shares = {}
+    for name, net in (("dense", dense), ("res", res)):
+        X = torch.randn(4, 1, 32, 32)
+        net(X)
+        shares[name] = op_time_shares(net, X, y, steps=2)
+    assert torch.get_num_threads() == threads
+    for s in shares.values():
+        assert set(s) == {*densenet_tools.OP_KINDS, "other", "ms per step"}
+        assert sum(v for k, v in s.items() if k != "ms per step") == pytest.approx(1)
+        assert s["convolution"] > 0 and s["BN"] > 0 and s["ms per step"] > 0
+    assert shares["dense"]["cat"] > 0 and shares["res"]["cat"] == 0  # only DenseNet concatenates
+    assert capfd.readouterr().err == ""  # the profiler's own lines stay out of the notebook

@@ -54,7 +54,8 @@ def test_ex6_runs(b_runs, DenseNetB):
     assert ok, "b_runs should have the keys 'DenseNet' and 'DenseNet-B'"
     ok = all(0.3 < r["val_acc"] <= 1 for r in b_runs.values())
     assert ok, "both models should be trained"
-    X = torch.zeros(1, 1, 28, 28)
+    size = cfg.data.get("resize", 28)
+    X = torch.zeros(1, 1, size, size)
     ok = all(
         (
             b_runs[name]["params"] == num_params(Net(**cfg.model), X)
