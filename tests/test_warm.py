@@ -1,6 +1,9 @@
 """tools/warm.py: bad input is refused in one line that says what to do, before any notebook runs
 (its runs themselves: test_runs.py); with --memory, the kernel's peak."""
 
+import asyncio
+from queue import Empty
+
 import nbformat
 import pytest
 from repo_scripts import script
@@ -51,3 +54,33 @@ def test_memory_is_the_kernels_peak_and_a_notebook_over_the_limit_fails(tmp_path
     assert warm.main([str(path), "--memory", "--limit-mb", str(memory["peak"] / 1e6 + 1000)]) == 0
     assert warm.main([str(path), "--memory", "--limit-mb", "300"]) == 1
     assert "Over 300 MB (Binder estimate): 01_big.ipynb" in capsys.readouterr().err
+
+
+class Channel:
+    """A channel whose message is there, but whose first ``misses`` waits do not see it."""
+
+    def __init__(self, misses: int):
+        self.misses, self.waits = misses, []
+
+    async def get_msg(self, timeout=None):
+        self.waits.append(timeout)
+        if len(self.waits) <= self.misses:
+            await asyncio.sleep(timeout)
+            raise Empty
+        return {"msg_type": "execute_reply"}
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_a_reply_one_wait_missed_is_found_by_the_next_look(timeout):
+    channel = Channel(misses=2)
+    warm.poll_in_slices(channel, every=0.01)
+    assert asyncio.run(channel.get_msg(timeout=timeout)) == {"msg_type": "execute_reply"}
+    assert channel.waits == [0.01, 0.01, 0.01]
+
+
+def test_a_reply_that_never_comes_still_times_out():
+    channel = Channel(misses=10**6)
+    warm.poll_in_slices(channel, every=0.01)
+    with pytest.raises(Empty):
+        asyncio.run(channel.get_msg(timeout=0.05))
+    assert max(channel.waits) <= 0.01  # in slices, never one long wait

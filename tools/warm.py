@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from queue import Empty
 
 import nbformat
 import psutil
@@ -51,6 +52,26 @@ def cuda_library_rss(pid: int) -> int:
     return total
 
 
+def poll_in_slices(channel, every: float = 1.0) -> None:
+    """Make ``channel.get_msg`` look for a message every ``every`` seconds until its timeout, instead
+    of in one wait. After a widget cell, nbclient's one wait for the cell's reply has missed it here
+    (kernel idle, client waiting until the cell timeout; nbclient issue #312, open); a new look
+    finds a message that is already there."""
+    get_msg = channel.get_msg
+
+    async def sliced(timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = every if deadline is None else min(every, max(0.0, deadline - time.monotonic()))
+            try:
+                return await get_msg(timeout=left)
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    channel.get_msg = sliced
+
+
 def execute(nb, notebook: Path, timeout: int, memory: dict | None = None) -> float:
     """Run ``nb`` in a fresh kernel started in ``notebook``'s folder; the seconds it took. With a
     ``memory`` dict, fill in the kernel's ``peak`` (its ``VmHWM``, or the sampled RSS of it and its
@@ -73,13 +94,17 @@ def execute(nb, notebook: Path, timeout: int, memory: dict | None = None) -> flo
             memory.update(peak=peak, cuda_libs=cuda_library_rss(pid))
             memory["binder"] = peak - memory["cuda_libs"]
 
-    def watch(**_) -> None:
-        kernel = psutil.Process(client.km.provisioner.pid)
-        threading.Thread(target=sample, args=(kernel,), daemon=True).start()
-        measure()
+    def start(**_) -> None:
+        poll_in_slices(client.kc.shell_channel)
+        poll_in_slices(client.kc.iopub_channel)
+        if memory is not None:
+            kernel = psutil.Process(client.km.provisioner.pid)
+            threading.Thread(target=sample, args=(kernel,), daemon=True).start()
+            measure()
 
+    client.on_notebook_start = start
     if memory is not None:
-        client.on_notebook_start, client.on_cell_executed = watch, measure
+        client.on_cell_executed = measure
     start = time.perf_counter()
     try:
         client.execute()
